@@ -1,0 +1,162 @@
+"""The pydantic schema of every prefsmith config: models, roles, sampling, game, tools, storage, Ray,
+training.
+
+Fields marked with `execution()` only change how a run executes (concurrency, batch sizes, addresses,
+memory); `config_hash` leaves them out, so changing them never invalidates data already played.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_EXECUTION_KEY = "prefsmith_execution"
+
+
+def execution(default: Any, description: str, **kwargs: Any) -> Any:
+    """A field that changes how a run executes but never what it produces (excluded from `config_hash`)."""
+    return Field(default, description=description, json_schema_extra={_EXECUTION_KEY: True}, **kwargs)
+
+
+def is_execution_field(model: type[BaseModel], name: str) -> bool:
+    extra = model.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(_EXECUTION_KEY))
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored typos."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    """One model and the engine that serves it; roles refer to it by its key in `models`."""
+
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="A prefsmith model name (`prefsmith models list`), an HF model id or a local path.",
+    )
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="Engine that serves the model."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    max_model_len: int | None = Field(None, gt=0, description="Context window; None = the model's own.")
+    base_url: str | None = execution(None, "OpenAI-compatible endpoint (backend=openai).")
+    api_key_env: str | None = execution(
+        None, "Name of the environment variable holding the API key; the key itself is never stored."
+    )
+    tensor_parallel_size: int = execution(1, "vLLM tensor parallel degree.", ge=1)
+    gpu_memory_utilization: float = execution(0.85, "vLLM share of GPU memory.", gt=0, le=1)
+    enforce_eager: bool = execution(False, "vLLM: disable CUDA graphs (required on the CPU build).")
+    num_gpus: float = execution(0, "GPUs the engine actor reserves.", ge=0)
+    num_cpus: float = execution(1, "CPUs the engine actor reserves.", ge=0)
+    threads: int = execution(1, "torch intra-op threads for the transformers backend.", ge=1)
+    max_batch_size: int = execution(32, "Most requests one engine call batches together.", ge=1)
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(0.8, ge=0, description="0 means greedy.")
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(256, gt=0, description="Most new tokens per completion.")
+    seed: int = Field(0, description="Base seed; episode and candidate seeds derive from it.")
+
+
+class RolesConfig(Strict):
+    """Which model (a key of `models`) plays each role."""
+
+    target: str = "default"
+    judge: str = "default"
+    reward: str = "default"
+    optimizer: str = "default"
+
+
+class GameConfig(Strict):
+    """The Anyprefer game (spec/anyprefer.md)."""
+
+    candidates: int = Field(5, ge=2, description="C: candidates the target samples per round.")
+    max_rounds: int = Field(3, ge=1, description="R: rounds before an episode gives up.")
+    accept_threshold: int = Field(8, ge=1, le=10, description="τ: reward score that accepts a pair.")
+    parse_retries: int = Field(2, ge=0, description="Retries of an unparseable structured answer.")
+
+
+class ToolsConfig(Strict):
+    enabled: list[str] = Field(
+        default_factory=lambda: ["reference_answer", "calculator"],
+        description="Tools the judge may call (see `prefsmith tools list`).",
+    )
+    retrieval_corpus: str | None = Field(
+        None, description="Folder or JSONL file the retrieval tool searches."
+    )
+    labor_table: str | None = Field(None, description="BLS CPS table 11 file for the labor statistics tool.")
+    sandbox_timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit of one sandboxed execution.")
+    sandbox_memory_mb: int = Field(512, gt=0, description="Address-space limit of one sandboxed execution.")
+
+
+class PromptSourceConfig(Strict):
+    """A prompt source: a built-in set or a file (JSONL, CSV, Parquet) or HF datasets folder."""
+
+    builtin: str | None = Field(None, description="Name of a built-in prompt set.")
+    path: str | None = Field(None, description="File or folder with prompts.")
+    limit: int | None = Field(None, gt=0, description="Use at most this many prompts from the source.")
+    seed: int = Field(0, description="Seed of generated built-in sets.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PromptSourceConfig:
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("give exactly one of 'builtin' or 'path'")
+        return self
+
+
+class StorageConfig(Strict):
+    url: str | None = execution(
+        None, "SQLAlchemy URL; None = $PREFSMITH_DB, else a SQLite file under $PREFSMITH_HOME."
+    )
+
+
+class RayConfig(Strict):
+    address: str | None = execution(None, "Ray cluster address; None = $RAY_ADDRESS, else a local Ray.")
+    num_cpus: int | None = execution(None, "CPUs of a local Ray; None = all.", ge=1)
+    episodes_in_flight: int = execution(16, "K: episodes played concurrently.", ge=1)
+    batch_wait_ms: float = execution(20.0, "How long an engine actor waits to fill a batch.", ge=0)
+
+
+class TrainingConfig(Strict):
+    """A training job (`configs/train_*.yaml`): settings shared by the trainers; trainer-specific knobs
+    go under `extra` and are validated by the trainer's own config class."""
+
+    model: str = Field("smollm2-135m-instruct", description="Policy model (name, HF id or path).")
+    learning_rate: float = Field(5e-7, gt=0)
+    beta: float = Field(0.1, gt=0, description="Preference loss temperature β.")
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs decide).")
+    per_device_train_batch_size: int = execution(2, "Pairs per device per step.", ge=1)
+    gradient_accumulation_steps: int = execution(1, "Micro-batches per optimizer step.", ge=1)
+    max_length: int | None = Field(512, gt=0, description="Truncate prompt+completion to this many tokens.")
+    seed: int = 0
+    extra: dict[str, Any] = Field(default_factory=dict, description="Trainer-specific settings.")
+
+
+class SynthesisConfig(Strict):
+    """Everything a synthesis run needs. `config_hash` identifies the data it produces."""
+
+    models: dict[str, ModelConfig] = Field(default_factory=lambda: {"default": ModelConfig()})
+    roles: RolesConfig = Field(default_factory=RolesConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    game: GameConfig = Field(default_factory=GameConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    prompts: list[PromptSourceConfig] = Field(
+        default_factory=lambda: [PromptSourceConfig(builtin="arithmetic")]
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _roles_name_models(self) -> SynthesisConfig:
+        for role, key in self.roles.model_dump().items():
+            if key not in self.models:
+                known = ", ".join(sorted(self.models)) or "none"
+                raise ValueError(
+                    f"roles.{role} names model {key!r}, which is not under 'models' (have: {known})"
+                )
+        return self
