@@ -1,0 +1,179 @@
+"""Read-side queries: run summaries for `prefsmith runs`, accepted pairs for export, export lookup.
+
+All return plain data (dataclasses / dicts) so callers never hold ORM objects past a session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from configs.errors import NotFoundError
+from storage.models import Episode, Export, PreferencePair, Prompt, Round, Run
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    id: str
+    config_hash: str
+    status: str
+    created_at: str
+    prompts: int
+    episodes: int
+    episodes_done: int
+    rounds: int
+    pairs: int
+    accepted_pairs: int
+    failures: int
+    exports: int
+    metrics: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSummary]:
+    runs_q = select(Run).order_by(Run.created_at)
+    if run_ids is not None:
+        runs_q = runs_q.where(Run.id.in_(run_ids))
+    runs = session.execute(runs_q).scalars().all()
+    if not runs:
+        return []
+    ids = [r.id for r in runs]
+    episodes = dict(
+        session.execute(
+            select(Episode.run_id, func.count()).where(Episode.run_id.in_(ids)).group_by(Episode.run_id)
+        ).all()
+    )
+    prompts = dict(
+        session.execute(
+            select(Episode.run_id, func.count(func.distinct(Episode.prompt_id)))
+            .where(Episode.run_id.in_(ids))
+            .group_by(Episode.run_id)
+        ).all()
+    )
+    done = dict(
+        session.execute(
+            select(Episode.run_id, func.count())
+            .where(Episode.run_id.in_(ids), Episode.status.in_(("accepted", "rejected", "failed")))
+            .group_by(Episode.run_id)
+        ).all()
+    )
+    failed = dict(
+        session.execute(
+            select(Episode.run_id, func.count())
+            .where(Episode.run_id.in_(ids), Episode.status == "failed")
+            .group_by(Episode.run_id)
+        ).all()
+    )
+    rounds = dict(
+        session.execute(
+            select(Episode.run_id, func.count(Round.id))
+            .join(Round, Round.episode_id == Episode.id)
+            .where(Episode.run_id.in_(ids))
+            .group_by(Episode.run_id)
+        ).all()
+    )
+    pairs = {
+        row[0]: (row[1], row[2])
+        for row in session.execute(
+            select(
+                PreferencePair.run_id,
+                func.count(),
+                func.sum(case((PreferencePair.accepted.is_(True), 1), else_=0)),
+            )
+            .where(PreferencePair.run_id.in_(ids))
+            .group_by(PreferencePair.run_id)
+        ).all()
+    }
+    exports = dict(
+        session.execute(
+            select(Export.run_id, func.count()).where(Export.run_id.in_(ids)).group_by(Export.run_id)
+        ).all()
+    )
+    return [
+        RunSummary(
+            id=r.id,
+            config_hash=r.config_hash,
+            status=r.status,
+            created_at=r.created_at.isoformat(),
+            prompts=prompts.get(r.id, 0),
+            episodes=episodes.get(r.id, 0),
+            episodes_done=done.get(r.id, 0),
+            rounds=rounds.get(r.id, 0),
+            pairs=pairs.get(r.id, (0, 0))[0],
+            accepted_pairs=int(pairs.get(r.id, (0, 0))[1] or 0),
+            failures=failed.get(r.id, 0),
+            exports=exports.get(r.id, 0),
+            metrics=dict(r.metrics or {}),
+        )
+        for r in runs
+    ]
+
+
+def list_runs(session: Session) -> list[RunSummary]:
+    return _summaries(session)
+
+
+def run_summary(session: Session, run_id: str) -> RunSummary:
+    found = _summaries(session, [run_id])
+    if not found:
+        raise NotFoundError(f"no run named {run_id!r} in this database (see `prefsmith runs list`)")
+    return found[0]
+
+
+def get_run(session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"no run named {run_id!r} in this database (see `prefsmith runs list`)")
+    return run
+
+
+def accepted_pairs(session: Session, run_id: str, min_score: float | None = None) -> list[dict[str, Any]]:
+    """The run's accepted pairs joined with their prompts, ordered by pair id (a stable export order)."""
+    query = (
+        select(PreferencePair, Prompt.messages)
+        .join(Prompt, Prompt.id == PreferencePair.prompt_id)
+        .where(PreferencePair.run_id == run_id, PreferencePair.accepted.is_(True))
+        .order_by(PreferencePair.id)
+    )
+    if min_score is not None:
+        query = query.where(PreferencePair.reward_score >= min_score)
+    rows = []
+    for pair, messages in session.execute(query).all():
+        rows.append(
+            {
+                "pair_id": pair.id,
+                "prompt_id": pair.prompt_id,
+                "episode_id": pair.episode_id,
+                "messages": messages,
+                "chosen": pair.chosen,
+                "rejected": pair.rejected,
+                "score": pair.reward_score,
+                "chosen_score": pair.chosen_score,
+                "rejected_score": pair.rejected_score,
+                "reward_analysis": pair.reward_analysis,
+                "round_index": pair.round_index,
+                "target_prompt_version": pair.target_prompt_version,
+                "judge_prompt_version": pair.judge_prompt_version,
+                "target_model": pair.target_model,
+                "judge_model": pair.judge_model,
+                "reward_model": pair.reward_model,
+            }
+        )
+    return rows
+
+
+def next_export_version(session: Session, run_id: str) -> int:
+    latest = session.execute(select(func.max(Export.version)).where(Export.run_id == run_id)).scalar_one()
+    return (latest or 0) + 1
+
+
+def get_export(session: Session, export_id: str) -> Export:
+    export = session.get(Export, export_id)
+    if export is None:
+        raise NotFoundError(f"no export with id {export_id!r} in this database")
+    return export

@@ -1,0 +1,381 @@
+"""Idempotent writes of what a synthesis run produces: runs, prompts, prompt versions, episodes and rounds.
+
+Every write is keyed by content or by (parent, index), so replaying the same record stores it once; a
+round with its candidates, judgments, evidence and pair goes in inside one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from configs.errors import StorageError
+from storage.models import (
+    Episode,
+    Generation,
+    Judgment,
+    PreferencePair,
+    Prompt,
+    PromptVersion,
+    Round,
+    Run,
+    ToolEvidence,
+    utcnow,
+)
+
+EPISODE_DONE = ("accepted", "rejected", "failed")
+
+
+def sha256_hex(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def prompt_id_for(messages: Sequence[dict[str, Any]]) -> str:
+    """sha256 of the canonical JSON of the prompt's messages: the same prompt has the same id everywhere."""
+    return sha256_hex(json.dumps(list(messages), sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+
+
+def episode_id_for(run_id: str, prompt_id: str) -> str:
+    return sha256_hex("episode", run_id, prompt_id)
+
+
+def pair_id_for(episode_id: str, round_index: int) -> str:
+    return sha256_hex("pair", episode_id, str(round_index))
+
+
+def insert_ignore(session: Session, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """INSERT … ON CONFLICT (keys) DO NOTHING on SQLite and PostgreSQL; a per-row check elsewhere."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        session.execute(insert(model).values(rows).on_conflict_do_nothing(index_elements=keys))
+        return
+    for row in rows:
+        exists = session.execute(
+            select(func.count()).select_from(model).filter_by(**{k: row[k] for k in keys})
+        ).scalar_one()
+        if not exists:
+            session.add(model(**row))
+    session.flush()
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    messages: list[dict[str, Any]]
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return prompt_id_for(self.messages)
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    text: str
+    model_id: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JudgmentRecord:
+    generation_index: int
+    score: float | None
+    rationale: str
+    model_id: str
+    verified: bool | None = None
+    raw_output: str | None = None
+
+
+@dataclass(frozen=True)
+class EvidenceRecord:
+    tool: str
+    arguments: dict[str, Any]
+    result: dict[str, Any]
+    generation_index: int | None = None
+    verdict: bool | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    chosen_index: int
+    rejected_index: int
+    chosen_score: float | None
+    rejected_score: float | None
+    reward_score: float | None
+    reward_analysis: str
+    accepted: bool
+    target_model: str
+    judge_model: str
+    reward_model: str
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """Everything one round produced; `outcome` is 'accepted', 'rejected' or 'failed'."""
+
+    index: int
+    target_prompt_version: int
+    judge_prompt_version: int
+    outcome: str
+    candidates: list[CandidateRecord] = field(default_factory=list)
+    judgments: list[JudgmentRecord] = field(default_factory=list)
+    evidence: list[EvidenceRecord] = field(default_factory=list)
+    pair: PairRecord | None = None
+    failure_reason: str | None = None
+
+
+def ensure_run(session: Session, run_id: str, config_hash: str, config: dict[str, Any]) -> Run:
+    """Create run `run_id`, or return it if it exists with the same config hash (a resume)."""
+    run = session.get(Run, run_id)
+    if run is None:
+        insert_ignore(
+            session,
+            Run,
+            [
+                {
+                    "id": run_id,
+                    "config_hash": config_hash,
+                    "config": config,
+                    "status": "created",
+                    "metrics": {},
+                    "created_at": utcnow(),
+                    "updated_at": utcnow(),
+                }
+            ],
+            ["id"],
+        )
+        run = session.get(Run, run_id)
+        assert run is not None
+    if run.config_hash != config_hash:
+        raise StorageError(
+            f"run {run_id!r} already exists with config hash {run.config_hash[:12]}, not {config_hash[:12]}; "
+            "choose another --run-name to play a different config"
+        )
+    return run
+
+
+def add_prompts(session: Session, prompts: Sequence[PromptRecord]) -> list[str]:
+    """Store prompts (once each, by content); return their ids in order."""
+    rows = {
+        p.id: {"id": p.id, "messages": p.messages, "source": p.source, "meta": p.meta, "created_at": utcnow()}
+        for p in prompts
+    }
+    insert_ignore(session, Prompt, list(rows.values()), ["id"])
+    return [p.id for p in prompts]
+
+
+def ensure_episodes(session: Session, run_id: str, prompt_ids: Sequence[str]) -> list[str]:
+    """One pending episode per (run, prompt); existing episodes are left as they are."""
+    rows = [
+        {
+            "id": episode_id_for(run_id, pid),
+            "run_id": run_id,
+            "prompt_id": pid,
+            "status": "pending",
+            "rounds_played": 0,
+            "created_at": utcnow(),
+        }
+        for pid in dict.fromkeys(prompt_ids)
+    ]
+    insert_ignore(session, Episode, rows, ["id"])
+    return [r["id"] for r in rows]
+
+
+def add_prompt_version(
+    session: Session,
+    run_id: str,
+    role: str,
+    text: str,
+    *,
+    parent_version: int | None = None,
+    critique: str | None = None,
+) -> int:
+    """Append a new version of `role`'s prompt in `run_id`; the first text for a role is version 0.
+
+    If the newest version already has this text, it is returned instead of a duplicate.
+    """
+    latest = session.execute(
+        select(PromptVersion)
+        .where(PromptVersion.run_id == run_id, PromptVersion.role == role)
+        .order_by(PromptVersion.version.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if latest is not None and latest.text == text:
+        return latest.version
+    version = 0 if latest is None else latest.version + 1
+    session.add(
+        PromptVersion(
+            run_id=run_id,
+            role=role,
+            version=version,
+            text=text,
+            parent_version=parent_version,
+            critique=critique,
+        )
+    )
+    session.flush()
+    return version
+
+
+def store_round(
+    session: Session, run_id: str, prompt_id: str, record: RoundRecord, *, final_status: str | None = None
+) -> int:
+    """Store one round with everything it produced, once; return the round's id.
+
+    Replaying a round already stored changes nothing. `final_status` (accepted/rejected/failed) closes the
+    episode in the same transaction, so an episode is never 'done' without its last round.
+    """
+    episode_id = episode_id_for(run_id, prompt_id)
+    if session.get(Episode, episode_id) is None:
+        raise StorageError(f"episode of prompt {prompt_id[:12]} is not part of run {run_id!r}")
+    insert_ignore(
+        session,
+        Round,
+        [
+            {
+                "episode_id": episode_id,
+                "index": record.index,
+                "target_prompt_version": record.target_prompt_version,
+                "judge_prompt_version": record.judge_prompt_version,
+                "outcome": record.outcome,
+                "failure_reason": record.failure_reason,
+                "created_at": utcnow(),
+            }
+        ],
+        ["episode_id", "index"],
+    )
+    round_id = session.execute(
+        select(Round.id).where(Round.episode_id == episode_id, Round.index == record.index)
+    ).scalar_one()
+
+    insert_ignore(
+        session,
+        Generation,
+        [
+            {
+                "round_id": round_id,
+                "index": i,
+                "text": c.text,
+                "finish_reason": c.finish_reason,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "model_id": c.model_id,
+                "sampling": c.sampling,
+            }
+            for i, c in enumerate(record.candidates)
+        ],
+        ["round_id", "index"],
+    )
+    insert_ignore(
+        session,
+        Judgment,
+        [
+            {
+                "round_id": round_id,
+                "generation_index": j.generation_index,
+                "score": j.score,
+                "rationale": j.rationale,
+                "verified": j.verified,
+                "raw_output": j.raw_output,
+                "model_id": j.model_id,
+            }
+            for j in record.judgments
+        ],
+        ["round_id", "generation_index"],
+    )
+    insert_ignore(
+        session,
+        ToolEvidence,
+        [
+            {
+                "round_id": round_id,
+                "seq": i,
+                "generation_index": e.generation_index,
+                "tool": e.tool,
+                "arguments": e.arguments,
+                "result": e.result,
+                "verdict": e.verdict,
+                "error": e.error,
+            }
+            for i, e in enumerate(record.evidence)
+        ],
+        ["round_id", "seq"],
+    )
+    if record.pair is not None:
+        p = record.pair
+        try:
+            chosen, rejected = (
+                record.candidates[p.chosen_index].text,
+                record.candidates[p.rejected_index].text,
+            )
+        except IndexError:
+            raise StorageError(
+                f"pair of round {record.index} names a candidate that does not exist"
+            ) from None
+        insert_ignore(
+            session,
+            PreferencePair,
+            [
+                {
+                    "id": pair_id_for(episode_id, record.index),
+                    "run_id": run_id,
+                    "episode_id": episode_id,
+                    "round_id": round_id,
+                    "prompt_id": prompt_id,
+                    "chosen_index": p.chosen_index,
+                    "rejected_index": p.rejected_index,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "chosen_score": p.chosen_score,
+                    "rejected_score": p.rejected_score,
+                    "reward_score": p.reward_score,
+                    "reward_analysis": p.reward_analysis,
+                    "accepted": p.accepted,
+                    "round_index": record.index,
+                    "target_prompt_version": record.target_prompt_version,
+                    "judge_prompt_version": record.judge_prompt_version,
+                    "target_model": p.target_model,
+                    "judge_model": p.judge_model,
+                    "reward_model": p.reward_model,
+                    "created_at": utcnow(),
+                }
+            ],
+            ["id"],
+        )
+
+    rounds_played = session.execute(
+        select(func.count()).select_from(Round).where(Round.episode_id == episode_id)
+    ).scalar_one()
+    values: dict[str, Any] = {"rounds_played": rounds_played}
+    if final_status is not None:
+        if final_status not in EPISODE_DONE:
+            raise ValueError(f"final_status must be one of {EPISODE_DONE}, not {final_status!r}")
+        values |= {
+            "status": final_status,
+            "finished_at": utcnow(),
+            "failure_reason": record.failure_reason if final_status == "failed" else None,
+        }
+    else:
+        values["status"] = "running"
+    session.execute(
+        update(Episode).where(Episode.id == episode_id, Episode.status.not_in(EPISODE_DONE)).values(**values)
+    )
+    return round_id
