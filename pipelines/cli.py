@@ -1,0 +1,296 @@
+"""The `prefsmith` command line (also `python -m pipelines.cli`, which `ray job submit` runs).
+
+Errors a user can cause print one line and exit non-zero; a traceback means a bug in prefsmith.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from configs.errors import PrefsmithError
+
+app = typer.Typer(
+    name="prefsmith",
+    help="Synthesise preference data with agents (Anyprefer on Ray) and align models on it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="Models prefsmith knows by name, and their one-time preparation.", no_args_is_help=True
+)
+db_app = typer.Typer(help="The database: schema migrations.", no_args_is_help=True)
+runs_app = typer.Typer(help="What is stored: synthesis runs and their counts.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Configs: validate, show with overrides applied, and hash.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+app.add_typer(runs_app, name="runs")
+app.add_typer(config_app, name="config")
+
+console = Console()
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLAlchemy URL (default: $PREFSMITH_DB, else SQLite under $PREFSMITH_HOME)."),
+]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config field: KEY=VALUE (repeatable).")
+]
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the models prefsmith knows by name and whether each is prepared."""
+    from agents.catalog import CATALOG, models_dir
+
+    for name, entry in CATALOG.items():
+        folder = models_dir() / name
+        state = f"prepared at {folder}" if (folder / "model.safetensors").is_file() else "not prepared"
+        console.print(f"{name}  ({entry.hf_id}, from the {entry.distribution} package)  {state}")
+
+
+@models_app.command("prepare")
+def models_prepare(
+    name: Annotated[
+        str, typer.Argument(help="Model name (see `prefsmith models list`).")
+    ] = "smollm2-135m-instruct",
+    force: Annotated[bool, typer.Option(help="Convert again even if already prepared.")] = False,
+) -> None:
+    """Convert a model shipped in a wheel to a safetensors folder under $PREFSMITH_HOME, once."""
+    from agents.catalog import prepare
+
+    started = time.perf_counter()
+    folder = prepare(name, force=force)
+    console.print(f"{name}: ready at {folder} ({time.perf_counter() - started:.1f} s)")
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None) -> None:
+    """Create or migrate the database schema to the newest revision."""
+    from storage.db import redact_url, resolve_db_url
+    from storage.migrate import upgrade
+
+    revision = upgrade(db, create_dirs=db is None)
+    console.print(f"database {redact_url(resolve_db_url(db))} is at schema revision {revision}")
+
+
+@db_app.command("current")
+def db_current(db: DbOption = None) -> None:
+    """Print the database's schema revision and the newest one this prefsmith has."""
+    from storage.db import create_db_engine, redact_url
+    from storage.migrate import current_revision, head_revision
+
+    engine = create_db_engine(db)
+    try:
+        revision = current_revision(engine)
+    finally:
+        engine.dispose()
+    shown = redact_url(engine.url.render_as_string(hide_password=False))
+    console.print(f"database {shown}: revision {revision or 'none'} (newest: {head_revision()})")
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[str, typer.Option("--config", "-c", help="YAML file or preset name.")] = "quickstart",
+    set_: SetOption = None,
+) -> None:
+    """Validate a config, print it with overrides applied, and its config hash."""
+    import yaml
+
+    from configs.loading import config_hash, load_config
+
+    loaded = load_config(config, set_ or [])
+    console.print(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False), end="", markup=False)
+    console.print(f"# config_hash: {config_hash(loaded)}", markup=False)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(show_header=False, box=None)
+    for key in (
+        "id",
+        "status",
+        "config_hash",
+        "created_at",
+        "prompts",
+        "episodes",
+        "episodes_done",
+        "rounds",
+        "pairs",
+        "accepted_pairs",
+        "failures",
+        "exports",
+    ):
+        table.add_row(key, str(summary[key]))
+    for key, value in summary.get("metrics", {}).items():
+        table.add_row(f"metrics.{key}", str(value))
+    console.print(table)
+
+
+@runs_app.command("list")
+def runs_list(db: DbOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the runs stored in the database, with their counts."""
+    from storage.db import session_scope
+    from storage.migrate import open_database
+    from storage.queries import list_runs
+
+    engine = open_database(db)
+    try:
+        with session_scope(engine) as session:
+            summaries = [s.as_dict() for s in list_runs(session)]
+    finally:
+        engine.dispose()
+    if as_json:
+        print(json.dumps(summaries, indent=2))
+        return
+    if not summaries:
+        console.print("no runs yet (start one with `prefsmith quickstart` or `prefsmith synthesize`)")
+        return
+    table = Table("run", "config hash", "status", "prompts", "episodes", "rounds", "accepted", "failures")
+    for s in summaries:
+        table.add_row(
+            s["id"],
+            s["config_hash"][:12],
+            s["status"],
+            str(s["prompts"]),
+            str(s["episodes"]),
+            str(s["rounds"]),
+            str(s["accepted_pairs"]),
+            str(s["failures"]),
+        )
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run: Annotated[str, typer.Argument(help="Run id.")],
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show one run: counts of prompts, episodes, rounds, accepted pairs, failures; its config hash."""
+    from storage.db import session_scope
+    from storage.migrate import open_database
+    from storage.queries import run_summary
+
+    engine = open_database(db)
+    try:
+        with session_scope(engine) as session:
+            summary = run_summary(session, run).as_dict()
+    finally:
+        engine.dispose()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+
+
+@app.command("export")
+def export(
+    run: Annotated[str, typer.Option("--run", help="Run id to export.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (must not exist, or be empty).")],
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help="Keep pairs with reward ≥ N.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet, jsonl or hf.")] = "parquet",
+    force: Annotated[bool, typer.Option(help="Replace an existing export folder.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Write a run's accepted pairs as a versioned preference set in TRL's conversational format."""
+    from pipelines.export import export_run
+    from storage.migrate import open_database
+
+    engine = open_database(db)
+    try:
+        result = export_run(engine, run, out, fmt=fmt, min_score=min_score, force=force)  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+    console.print(
+        f"export {result.id}: {result.num_pairs} pairs → {result.path} "
+        f"({fmt}, content hash {result.content_hash[:12]})"
+    )
+
+
+@app.command("quickstart")
+def quickstart(db: DbOption = None) -> None:
+    """The README's main job on embedded defaults: prepare the small model and the database."""
+    from agents.catalog import prepare
+    from configs.loading import config_hash, load_config
+    from storage.db import redact_url, resolve_db_url
+    from storage.migrate import upgrade
+
+    config = load_config("quickstart")
+    model_name = config.models[config.roles.target].name
+    started = time.perf_counter()
+    folder = prepare(model_name)
+    console.print(f"[1/3] model {model_name}: ready at {folder} ({time.perf_counter() - started:.1f} s)")
+    revision = upgrade(db, create_dirs=db is None)
+    console.print(f"[2/3] database {redact_url(resolve_db_url(db))}: schema revision {revision}")
+    answer = _model_check(folder)
+    console.print(f"[3/3] model check: 'What is 2 + 3?' → {answer!r}", markup=False)
+    console.print(f"quickstart config hash {config_hash(config)[:12]}; next: `prefsmith runs list`.")
+
+
+def _model_check(folder: Path) -> str:
+    """One greedy answer from the prepared model, to show it loads and speaks."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3? Answer with a number."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def _mount_optional_apps() -> None:
+    """Mount the trainers' command groups (they import torch lazily, inside their commands)."""
+    try:
+        from training.commands import inspect_app, train_app
+    except ImportError:
+        return
+    app.add_typer(train_app, name="train")
+    app.add_typer(inspect_app, name="inspect")
+
+
+_mount_optional_apps()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user errors become one line on stderr and a non-zero exit code."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="prefsmith", standalone_mode=False)
+    except PrefsmithError as exc:
+        message = " ".join(str(exc).split())
+        print(f"prefsmith: error: {message}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("prefsmith: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Export of accepted pairs as a versioned preference set, and loading one back for the trainers.
+
+An export is a folder: the data in TRL's explicit-prompt conversational format (`prompt`, `chosen`,
+`rejected` as message lists, plus score and lineage columns) and a `manifest.json`; an `exports` row
+records it. The folder appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Engine
+
+from configs.errors import ExportError
+from storage.db import session_scope
+from storage.models import Export
+from storage.queries import accepted_pairs, get_export, get_run, next_export_version
+
+ExportFormat = Literal["parquet", "jsonl", "hf"]
+FORMATS: tuple[str, ...] = ("parquet", "jsonl", "hf")
+DATA_FILES = {"parquet": "data.parquet", "jsonl": "data.jsonl", "hf": "data"}
+MANIFEST = "manifest.json"
+REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    id: str
+    version: int
+    path: Path
+    num_pairs: int
+    content_hash: str
+    manifest: dict[str, Any]
+
+
+def export_id_for(run_id: str, version: int) -> str:
+    return f"{run_id}@v{version}"
+
+
+def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str) -> dict[str, Any]:
+    """One accepted pair as a TRL conversational preference row with its lineage."""
+    return {
+        "prompt": [{"role": m["role"], "content": m["content"]} for m in pair["messages"]],
+        "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+        "rejected": [{"role": "assistant", "content": pair["rejected"]}],
+        "score": pair["score"],
+        "chosen_score": pair["chosen_score"],
+        "rejected_score": pair["rejected_score"],
+        "pair_id": pair["pair_id"],
+        "prompt_id": pair["prompt_id"],
+        "run_id": run_id,
+        "config_hash": config_hash,
+        "round_index": pair["round_index"],
+        "target_prompt_version": pair["target_prompt_version"],
+        "judge_prompt_version": pair["judge_prompt_version"],
+        "target_model": pair["target_model"],
+        "judge_model": pair["judge_model"],
+        "reward_model": pair["reward_model"],
+    }
+
+
+def content_hash(rows: list[dict[str, Any]]) -> str:
+    """sha256 over the rows' canonical JSON: two exports with the same pairs have the same hash."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _write_data(rows: list[dict[str, Any]], folder: Path, fmt: str) -> None:
+    target = folder / DATA_FILES[fmt]
+    if fmt == "jsonl":
+        with target.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(rows, schema=_arrow_schema())
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, target)
+    else:
+        from datasets import Dataset
+
+        Dataset(table).save_to_disk(str(target))
+
+
+def _arrow_schema():  # noqa: ANN202 - pyarrow schema
+    import pyarrow as pa
+
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    return pa.schema(
+        [
+            ("prompt", pa.list_(message)),
+            ("chosen", pa.list_(message)),
+            ("rejected", pa.list_(message)),
+            ("score", pa.float64()),
+            ("chosen_score", pa.float64()),
+            ("rejected_score", pa.float64()),
+            ("pair_id", pa.string()),
+            ("prompt_id", pa.string()),
+            ("run_id", pa.string()),
+            ("config_hash", pa.string()),
+            ("round_index", pa.int64()),
+            ("target_prompt_version", pa.int64()),
+            ("judge_prompt_version", pa.int64()),
+            ("target_model", pa.string()),
+            ("judge_model", pa.string()),
+            ("reward_model", pa.string()),
+        ]
+    )
+
+
+def _check_destination(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"{out} already exists and is not empty; pass --force to replace it")
+    if not out.parent.exists():
+        raise ExportError(f"cannot write {out}: folder {out.parent} does not exist")
+
+
+def export_run(
+    engine: Engine,
+    run_id: str,
+    out: str | Path,
+    *,
+    fmt: ExportFormat = "parquet",
+    min_score: float | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """Write run `run_id`'s accepted pairs (reward ≥ `min_score`) to `out` and record an `exports` row."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
+    out = Path(out).expanduser().resolve()
+    with session_scope(engine) as session:
+        run = get_run(session, run_id)
+        config_hash = run.config_hash
+        pairs = accepted_pairs(session, run_id, min_score)
+        version = next_export_version(session, run_id)
+    _check_destination(out, force)
+
+    rows = [to_trl_row(p, run_id, config_hash) for p in pairs]
+    digest = content_hash(rows)
+    export_id = export_id_for(run_id, version)
+    manifest = {
+        "id": export_id,
+        "version": version,
+        "run_id": run_id,
+        "config_hash": config_hash,
+        "format": fmt,
+        "data": DATA_FILES[fmt],
+        "filters": {"accepted": True, "min_score": min_score},
+        "counts": {"pairs": len(rows), "prompts": len({r["prompt_id"] for r in rows})},
+        "content_hash": digest,
+        "models": {
+            role: sorted({r[f"{role}_model"] for r in rows}) for role in ("target", "judge", "reward")
+        },
+        "columns": list(REQUIRED_COLUMNS)
+        + [c for c in (rows[0] if rows else {}) if c not in REQUIRED_COLUMNS],
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "prefsmith_version": metadata.version("prefsmith"),
+    }
+
+    # Write beside the destination, then swap it in: a failure leaves no half-written export behind.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_data(rows, staging, fmt)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        with session_scope(engine) as session:
+            session.add(
+                Export(
+                    id=export_id,
+                    run_id=run_id,
+                    version=version,
+                    path=str(out),
+                    format=fmt,
+                    filters=manifest["filters"],
+                    num_pairs=len(rows),
+                    content_hash=digest,
+                    manifest=manifest,
+                )
+            )
+            session.flush()
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(
+        id=export_id, version=version, path=out, num_pairs=len(rows), content_hash=digest, manifest=manifest
+    )
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"{folder} is not a prefsmith export (no {MANIFEST})") from None
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if manifest.get("format") not in FORMATS:
+        raise ExportError(f"{path}: field 'format' must be one of {', '.join(FORMATS)}")
+    return manifest
+
+
+def load_preference_set(export: str | Path, db_url: str | None = None):  # noqa: ANN201 - datasets.Dataset
+    """Load an export — a folder written by `prefsmith export`, or an export id from the database — as a
+    `datasets.Dataset` that TRL's `DPOTrainer` takes as it is."""
+    from datasets import Dataset, load_from_disk
+
+    folder = Path(export).expanduser()
+    if not folder.is_dir():
+        from storage.migrate import open_database
+
+        engine = open_database(db_url)
+        try:
+            with session_scope(engine) as session:
+                folder = Path(get_export(session, str(export)).path)
+        finally:
+            engine.dispose()
+        if not folder.is_dir():
+            raise ExportError(f"export {export!r} was written to {folder}, which no longer exists")
+    manifest = read_manifest(folder)
+    data = folder / manifest.get("data", DATA_FILES[manifest["format"]])
+    if not data.exists():
+        raise ExportError(f"{data} is missing from export {folder}")
+    if manifest["format"] == "hf":
+        dataset = load_from_disk(str(data))
+    elif manifest["format"] == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            dataset = Dataset(pq.read_table(data))
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+            raise ExportError(f"{data}: not a readable Parquet file ({exc})") from None
+    else:
+        rows = []
+        with data.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise ExportError(f"{data}:{lineno}: invalid JSON ({exc.msg})") from None
+        dataset = Dataset.from_list(rows)
+    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+    if missing and len(dataset):
+        raise ExportError(f"{data}: missing column(s) {', '.join(missing)}")
+    return dataset

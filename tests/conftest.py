@@ -1,0 +1,90 @@
+"""Shared test fixtures: one thread for torch, a test-only PREFSMITH_HOME, the prepared small model,
+and databases of both kinds (a SQLite file and a fresh PostgreSQL database per test session)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Two noisy cores: one thread each, set before torch is imported anywhere.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_HOME = Path(os.environ.get("PREFSMITH_TEST_HOME") or REPO / ".cache" / "prefsmith-test")
+os.environ["PREFSMITH_HOME"] = str(TEST_HOME)
+os.environ.pop("PREFSMITH_DB", None)
+LABOR_DATA = REPO.parent / "shared" / "data" / "labor"
+PG_ADMIN_URL = os.environ.get("PREFSMITH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a hard dependency
+    pass
+
+
+@pytest.fixture(scope="session")
+def small_model_path() -> Path:
+    """SmolLM2-135M-Instruct converted from the installed wheel (once per machine, cached under TEST_HOME)."""
+    from agents.catalog import prepare
+
+    return prepare("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """The PostgreSQL server's admin URL; the suite fails (never skips) when it is unreachable."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure here means no server
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required for the storage tests: {exc}", pytrace=False)
+    finally:
+        engine.dispose()
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """An empty PostgreSQL database of its own, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"prefsmith_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database URL of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'prefsmith.db'}"
+    return request.getfixturevalue("fresh_postgres_url")
+
+
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """A migrated database of each kind."""
+    from storage.migrate import upgrade
+
+    upgrade(empty_db_url)
+    return empty_db_url
