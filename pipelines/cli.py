@@ -38,7 +38,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(runs_app, name="runs")
 app.add_typer(config_app, name="config")
 
-console = Console()
+console = Console(soft_wrap=True)
 
 DbOption = Annotated[
     str | None,

@@ -1,0 +1,118 @@
+"""The `prefsmith` CLI as users run it (a subprocess): runs, export, config, quickstart, and bad input.
+
+Every user error is one line on stderr, a non-zero exit, no traceback, and nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from storage.migrate import open_database
+from tests.conftest import REPO
+from tests.sample_run import store_sample_run
+
+
+def prefsmith(*args: str, home: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if home is not None:
+        env["PREFSMITH_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode != 0, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("prefsmith: error: ")
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def stored_db(db_url: str) -> str:
+    engine = open_database(db_url)
+    store_sample_run(engine, "cli-run", n_prompts=4)
+    engine.dispose()
+    return db_url
+
+
+def test_runs_list_and_show_json(stored_db: str) -> None:
+    listed = prefsmith("runs", "list", "--json", "--db", stored_db)
+    assert listed.returncode == 0, listed.stderr
+    (run,) = json.loads(listed.stdout)
+    assert run["id"] == "cli-run"
+    shown = prefsmith("runs", "show", "cli-run", "--json", "--db", stored_db)
+    summary = json.loads(shown.stdout)
+    assert {k: summary[k] for k in ("prompts", "episodes", "rounds", "accepted_pairs", "failures")} == {
+        "prompts": 4, "episodes": 4, "rounds": 6, "accepted_pairs": 3, "failures": 1,
+    }
+    assert summary["config_hash"] == "f" * 64
+    human = prefsmith("runs", "show", "cli-run", "--db", stored_db)
+    assert "accepted_pairs" in human.stdout and "cli-run" in human.stdout
+
+
+def test_export_command_and_its_errors(stored_db: str, tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    done = prefsmith("export", "--run", "cli-run", "--out", str(out), "--format", "jsonl", "--db", stored_db)
+    assert done.returncode == 0, done.stderr
+    assert "export cli-run@v1: 3 pairs" in done.stdout
+    assert len((out / "data.jsonl").read_text().splitlines()) == 3
+
+    assert_user_error(
+        prefsmith("export", "--run", "cli-run", "--out", str(out), "--db", stored_db), "pass --force"
+    )
+    unknown = tmp_path / "unknown"
+    assert_user_error(
+        prefsmith("export", "--run", "ghost", "--out", str(unknown), "--db", stored_db), "no run named 'ghost'"
+    )
+    assert not unknown.exists()
+
+
+def test_malformed_config_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  temperature: hot\n")
+    assert_user_error(prefsmith("config", "show", "--config", str(bad)), str(bad), "sampling.temperature")
+
+
+def test_unreachable_database_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    assert_user_error(
+        prefsmith("runs", "list", "--db", "postgresql://bob:hunter2@127.0.0.1:1/none"),
+        "cannot connect to database", "bob:***@127.0.0.1:1",
+    )
+    assert_user_error(prefsmith("db", "upgrade", "--db", f"sqlite:///{tmp_path}/missing/x.db"), "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_model_is_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert_user_error(prefsmith("models", "prepare", "gpt-17", home=home), "unknown prefsmith model 'gpt-17'")
+    assert not home.exists()
+
+
+def test_quickstart_prepares_model_and_database(tmp_path: Path, small_model_path: Path) -> None:
+    db = tmp_path / "qs.db"
+    done = prefsmith("quickstart", "--db", f"sqlite:///{db}")
+    assert done.returncode == 0, done.stderr
+    assert f"ready at {small_model_path}" in done.stdout
+    assert "schema revision 0001" in done.stdout
+    assert "'What is 2 + 3?' → '" in done.stdout and "5" in done.stdout.split("→", 1)[1]
+    listed = prefsmith("runs", "list", "--json", "--db", f"sqlite:///{db}")
+    assert json.loads(listed.stdout) == []
+
+
+def test_console_script_is_the_same_program() -> None:
+    script = Path(sys.executable).with_name("prefsmith")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for command in ("quickstart", "export", "runs", "models", "db", "config"):
+        assert command in done.stdout

@@ -1,0 +1,70 @@
+"""Config loading: presets, `--set` overrides, one-line errors naming file/line/field, and config_hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from configs import ConfigError, SynthesisConfig, TrainingConfig, config_hash, load_config
+
+
+def test_quickstart_preset_loads_and_overrides_apply() -> None:
+    config = load_config("quickstart", ["sampling.temperature=0.3", "game.candidates=4", "tools.enabled=[calculator]"])
+    assert isinstance(config, SynthesisConfig)
+    assert config.sampling.temperature == 0.3
+    assert config.game.candidates == 4
+    assert config.tools.enabled == ["calculator"]
+    assert config.models["default"].name == "smollm2-135m-instruct"
+
+
+def test_every_preset_validates() -> None:
+    for name in ("quickstart", "cluster"):
+        load_config(name)
+    assert load_config("train_dpo", schema=TrainingConfig).beta == 0.1
+
+
+def test_hash_ignores_execution_knobs_but_not_data_settings() -> None:
+    base = config_hash(load_config("quickstart"))
+    execution_only = [
+        "ray.episodes_in_flight=64",
+        "ray.address=ray://head:10001",
+        "models.default.max_batch_size=2",
+        "models.default.threads=8",
+        "storage.url=postgresql://db/x",
+    ]
+    assert config_hash(load_config("quickstart", execution_only)) == base
+    for data_change in ("sampling.temperature=0.1", "game.accept_threshold=9", "models.default.name=org/other",
+                        "prompts=[{builtin: coding}]", "tools.enabled=[]"):
+        assert config_hash(load_config("quickstart", [data_change])) != base, data_change
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  temperature: 0.5\n  top_p: 0.9: 1\ngame: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert str(err.value).startswith(f"{bad}:3: invalid YAML"), err.value
+
+
+def test_unknown_field_and_bad_value_name_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  temprature: 0.5\ngame:\n  candidates: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    message = str(err.value)
+    assert message.startswith(str(bad))
+    assert "field 'sampling.temprature'" in message and "Extra inputs are not permitted" in message
+    assert "field 'game.candidates'" in message and "greater than or equal to 2" in message
+
+
+def test_role_must_name_a_configured_model() -> None:
+    with pytest.raises(ConfigError, match="roles.judge names model 'big'"):
+        load_config("quickstart", ["roles.judge=big"])
+
+
+def test_bad_override_and_missing_file() -> None:
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config("quickstart", ["sampling.temperature"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("no/such/file.yaml")

@@ -1,0 +1,83 @@
+"""Export: TRL conversational rows, manifest, versions, filters, overwrite refusal; read back by id or path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from configs.errors import ExportError, NotFoundError
+from pipelines.export import content_hash, export_run, load_preference_set
+from storage.db import session_scope
+from storage.migrate import open_database
+from storage.models import Export
+from tests.sample_run import store_sample_run
+
+
+@pytest.fixture
+def sample_db(db_url: str):  # noqa: ANN201
+    engine = open_database(db_url)
+    sample = store_sample_run(engine, "sample", n_prompts=6)
+    yield engine, sample
+    engine.dispose()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "hf"])
+def test_export_formats_round_trip(sample_db, tmp_path: Path, fmt: str) -> None:  # noqa: ANN001
+    engine, sample = sample_db
+    result = export_run(engine, "sample", tmp_path / "out", fmt=fmt)
+    assert result.num_pairs == sample.accepted == 5
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"] == {"pairs": 5, "prompts": 5}
+    assert manifest["config_hash"] == "f" * 64 and manifest["run_id"] == "sample"
+    assert manifest["models"]["target"] == ["smollm2-135m-instruct"]
+    assert manifest["filters"] == {"accepted": True, "min_score": None}
+
+    dataset = load_preference_set(tmp_path / "out")
+    assert len(dataset) == 5
+    row = dataset[0]
+    assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+    assert row["chosen"][0]["role"] == "assistant" and row["rejected"][0]["role"] == "assistant"
+    assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+    assert row["score"] >= 8 and row["chosen_score"] == 9.0 and row["rejected_score"] == 2.0
+    # The hash in the manifest is the hash of exactly what was read back.
+    assert content_hash([dict(r) for r in dataset]) == manifest["content_hash"]
+
+
+def test_versions_min_score_force_and_lookup_by_id(sample_db, tmp_path: Path, db_url: str) -> None:  # noqa: ANN001
+    engine, _ = sample_db
+    first = export_run(engine, "sample", tmp_path / "v1")
+    strict = export_run(engine, "sample", tmp_path / "v2", min_score=9)
+    assert (first.version, strict.version) == (1, 2)
+    assert (first.id, strict.id) == ("sample@v1", "sample@v2")
+    assert strict.num_pairs == 3  # episodes 0, 2, 4 were accepted with reward 9; 1 and 3 with 8
+    assert first.content_hash != strict.content_hash
+
+    with pytest.raises(ExportError, match="already exists and is not empty; pass --force"):
+        export_run(engine, "sample", tmp_path / "v1")
+    again = export_run(engine, "sample", tmp_path / "v1", force=True)
+    assert again.version == 3 and again.content_hash == first.content_hash
+
+    by_id = load_preference_set("sample@v2", db_url=db_url)
+    assert len(by_id) == 3
+    with session_scope(engine) as session:
+        stored = session.execute(select(Export).order_by(Export.version)).scalars().all()
+        assert [e.num_pairs for e in stored] == [5, 3, 5]
+
+
+def test_unknown_run_writes_nothing(sample_db, tmp_path: Path) -> None:  # noqa: ANN001
+    engine, _ = sample_db
+    with pytest.raises(NotFoundError, match="no run named 'nope'"):
+        export_run(engine, "nope", tmp_path / "out")
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("prefsmith.db")] == []
+
+
+def test_bad_export_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="is not a prefsmith export"):
+        load_preference_set(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": "jsonl", "data": "data.jsonl"}')
+    (tmp_path / "data.jsonl").write_text('{"prompt": [], "chosen": [], "rejected": []}\n{"prompt": \n')
+    with pytest.raises(ExportError, match=r"data.jsonl:2: invalid JSON"):
+        load_preference_set(tmp_path)
