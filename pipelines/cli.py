@@ -260,13 +260,23 @@ def _model_check(folder: Path) -> str:
 
 
 def _mount_optional_apps() -> None:
-    """Mount the trainers' command groups (they import torch lazily, inside their commands)."""
+    """Mount the trainers' and evaluators' command groups (they import torch lazily, inside commands)."""
     try:
         from training.commands import inspect_app, train_app
     except ImportError:
-        return
-    app.add_typer(train_app, name="train")
-    app.add_typer(inspect_app, name="inspect")
+        train_app = typer.Typer(help="Train on exported preference sets.", no_args_is_help=True)
+        inspect_app = None
+    try:
+        from training.bias_commands import eval_app, labor_app, train_debias
+    except ImportError:
+        eval_app = labor_app = train_debias = None
+    if train_debias is not None:
+        train_app.command("debias")(train_debias)
+    if train_app.registered_commands or train_app.registered_groups:
+        app.add_typer(train_app, name="train")
+    for name, group in (("inspect", inspect_app), ("labor", labor_app), ("eval", eval_app)):
+        if group is not None:
+            app.add_typer(group, name=name)
 
 
 _mount_optional_apps()
