@@ -63,9 +63,7 @@ def locate_gguf(entry: CatalogModel) -> Path:
             path = Path(str(file.locate()))
             if path.is_file():
                 return path
-    raise ModelNotFoundError(
-        f"{entry.gguf_file} is missing from the installed {entry.distribution!r} package"
-    )
+    raise ModelNotFoundError(f"{entry.gguf_file} is missing from the installed {entry.distribution!r} package")
 
 
 def _prepared(folder: Path) -> bool:

@@ -53,6 +53,12 @@ class ModelConfig(Strict):
     num_cpus: float = execution(1, "CPUs the engine actor reserves.", ge=0)
     threads: int = execution(1, "torch intra-op threads for the transformers backend.", ge=1)
     max_batch_size: int = execution(32, "Most requests one engine call batches together.", ge=1)
+    kv_cache_gb: int = execution(1, "vLLM CPU build: KV cache GiB (VLLM_CPU_KVCACHE_SPACE).", ge=1)
+    request_timeout_s: float = execution(120.0, "backend=openai: timeout of one HTTP request.", gt=0)
+    max_retries: int = execution(
+        3, "backend=openai: retries (with backoff) after 429/5xx/connection errors.", ge=0
+    )
+    max_concurrency: int = execution(8, "backend=openai: HTTP requests in flight at once.", ge=1)
 
 
 class SamplingConfig(Strict):
@@ -84,6 +90,11 @@ class ToolsConfig(Strict):
     enabled: list[str] = Field(
         default_factory=lambda: ["reference_answer", "calculator"],
         description="Tools the judge may call (see `prefsmith tools list`).",
+    )
+    selection: Literal["configured", "model"] = Field(
+        "configured",
+        description="'configured': the judge uses every enabled tool that applies to the input (small models); "
+        "'model': the judge model picks among them from their schemas.",
     )
     retrieval_corpus: str | None = Field(
         None, description="Folder or JSONL file the retrieval tool searches."

@@ -123,6 +123,9 @@ class Round(Base):
     judge_prompt_version: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(16))
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the round decided and how, beyond the rows below it: tools chosen, ranking method, the reward
+    # model's raw answer, the optimizer's rewrite, raw outputs of players that failed to parse.
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     episode: Mapped[Episode] = relationship(back_populates="rounds")

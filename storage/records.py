@@ -140,6 +140,7 @@ class RoundRecord:
     evidence: list[EvidenceRecord] = field(default_factory=list)
     pair: PairRecord | None = None
     failure_reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def ensure_run(session: Session, run_id: str, config_hash: str, config: dict[str, Any]) -> Run:
@@ -235,6 +236,36 @@ def add_prompt_version(
     return version
 
 
+@dataclass(frozen=True)
+class PromptVersionRecord:
+    role: str
+    version: int
+    text: str
+    parent_version: int | None = None
+    critique: str | None = None
+
+
+def store_prompt_versions(session: Session, run_id: str, versions: Sequence[PromptVersionRecord]) -> None:
+    """Store prompt versions numbered by the caller (the run's prompt book); known versions are kept as is."""
+    insert_ignore(
+        session,
+        PromptVersion,
+        [
+            {
+                "run_id": run_id,
+                "role": v.role,
+                "version": v.version,
+                "text": v.text,
+                "parent_version": v.parent_version,
+                "critique": v.critique,
+                "created_at": utcnow(),
+            }
+            for v in versions
+        ],
+        ["run_id", "role", "version"],
+    )
+
+
 def store_round(
     session: Session, run_id: str, prompt_id: str, record: RoundRecord, *, final_status: str | None = None
 ) -> int:
@@ -257,6 +288,7 @@ def store_round(
                 "judge_prompt_version": record.judge_prompt_version,
                 "outcome": record.outcome,
                 "failure_reason": record.failure_reason,
+                "details": record.details,
                 "created_at": utcnow(),
             }
         ],
@@ -327,9 +359,7 @@ def store_round(
                 record.candidates[p.rejected_index].text,
             )
         except IndexError:
-            raise StorageError(
-                f"pair of round {record.index} names a candidate that does not exist"
-            ) from None
+            raise StorageError(f"pair of round {record.index} names a candidate that does not exist") from None
         insert_ignore(
             session,
             PreferencePair,
@@ -379,3 +409,10 @@ def store_round(
         update(Episode).where(Episode.id == episode_id, Episode.status.not_in(EPISODE_DONE)).values(**values)
     )
     return round_id
+
+
+def set_episode_reason(session: Session, run_id: str, prompt_id: str, reason: str) -> None:
+    """Why an episode ended without an accepted pair (kept for `rejected` episodes too, not only failures)."""
+    session.execute(
+        update(Episode).where(Episode.id == episode_id_for(run_id, prompt_id)).values(failure_reason=reason)
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.migrate import open_database
+from storage.migrate import head_revision, open_database
 from tests.conftest import REPO
 from tests.sample_run import store_sample_run
 
@@ -104,7 +104,7 @@ def test_quickstart_prepares_model_and_database(tmp_path: Path, small_model_path
     done = prefsmith("quickstart", "--db", f"sqlite:///{db}")
     assert done.returncode == 0, done.stderr
     assert f"ready at {small_model_path}" in done.stdout
-    assert "schema revision 0001" in done.stdout
+    assert f"schema revision {head_revision()}" in done.stdout
     assert "'What is 2 + 3?' → '" in done.stdout and "5" in done.stdout.split("→", 1)[1]
     listed = prefsmith("runs", "list", "--json", "--db", f"sqlite:///{db}")
     assert json.loads(listed.stdout) == []

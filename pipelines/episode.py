@@ -1,0 +1,285 @@
+"""One Anyprefer episode as a pure function of its players: sample, investigate, rank, grade, accept or
+rewrite the prompts, for at most R rounds; returns a record of every round.
+
+No Ray, no SQL, no model here: the players are anything with the methods below (a test scripts them).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from agents.game import Candidate, EpisodePrompt, Graded, PlayerFailure, Ranking, ToolCall, derived_seed
+from agents.verdicts import PromptRewrite, RewardVerdict
+
+RoundOutcome = Literal["accepted", "rejected", "tie", "failed"]
+EpisodeStatus = Literal["accepted", "gave_up", "failed"]
+
+
+class TargetPlayer(Protocol):
+    model_id: str
+
+    def sample(
+        self, prompt: EpisodePrompt, system_prompt: str, n: int, seed: int
+    ) -> list[Candidate] | PlayerFailure: ...
+
+
+class JudgePlayer(Protocol):
+    model_id: str
+
+    def choose_tools(self, prompt: EpisodePrompt) -> list[str]: ...
+
+    def investigate(
+        self, prompt: EpisodePrompt, candidates: list[Candidate], tool_names: list[str]
+    ) -> list[ToolCall]: ...
+
+    def rank(
+        self, prompt: EpisodePrompt, candidates: list[Candidate], calls: list[ToolCall], system_prompt: str
+    ) -> Ranking | PlayerFailure: ...
+
+
+class RewardPlayer(Protocol):
+    model_id: str
+
+    def grade(
+        self,
+        prompt: EpisodePrompt,
+        chosen: Candidate,
+        rejected: Candidate,
+        ranking: Ranking,
+        chosen_index: int,
+        rejected_index: int,
+        calls: list[ToolCall],
+    ) -> Graded[RewardVerdict] | PlayerFailure: ...
+
+
+class OptimizerPlayer(Protocol):
+    model_id: str
+
+    def rewrite(
+        self,
+        prompt: EpisodePrompt,
+        candidates: list[Candidate],
+        ranking: Ranking,
+        chosen_index: int,
+        rejected_index: int,
+        reward: RewardVerdict,
+        threshold: int,
+        target_prompt: str,
+        judge_prompt: str,
+    ) -> Graded[PromptRewrite] | PlayerFailure: ...
+
+
+@dataclass(frozen=True)
+class Players:
+    target: TargetPlayer
+    judge: JudgePlayer
+    reward: RewardPlayer
+    optimizer: OptimizerPlayer
+
+
+@dataclass(frozen=True)
+class GameSettings:
+    candidates: int = 5
+    max_rounds: int = 3
+    accept_threshold: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PromptRef:
+    """A version of a player's system prompt within a run."""
+
+    role: Literal["target", "judge"]
+    version: int
+    text: str
+    parent: int | None = None
+    critique: str | None = None
+
+
+class PromptBook:
+    """The run's prompt versions, shared by its concurrent episodes.
+
+    A rewrite gets a new version at once (so records can name it) but becomes the run's current prompt only
+    when a pair made with it is accepted, and only if the version it was derived from is still current:
+    two episodes promoting rival rewrites of the same parent cannot overwrite each other (first wins).
+    """
+
+    def __init__(self, target: str, judge: str) -> None:
+        self._lock = threading.Lock()
+        self._versions: dict[str, list[PromptRef]] = {
+            "target": [PromptRef("target", 0, target)],
+            "judge": [PromptRef("judge", 0, judge)],
+        }
+        self._current = {"target": 0, "judge": 0}
+
+    @classmethod
+    def restore(cls, versions: list[PromptRef], current: dict[str, int]) -> PromptBook:
+        """A book resumed from stored versions (a rerun of a run continues with the prompts it had learned)."""
+        book = cls("", "")
+        for role in ("target", "judge"):
+            mine = sorted((v for v in versions if v.role == role), key=lambda v: v.version)
+            if mine:
+                book._versions[role] = mine
+                book._current[role] = current.get(role, mine[-1].version)
+        return book
+
+    def current(self) -> tuple[PromptRef, PromptRef]:
+        with self._lock:
+            return self._ref("target", self._current["target"]), self._ref("judge", self._current["judge"])
+
+    def versions(self) -> list[PromptRef]:
+        with self._lock:
+            return [v for role in ("target", "judge") for v in self._versions[role]]
+
+    def _ref(self, role: str, version: int) -> PromptRef:
+        return next(v for v in self._versions[role] if v.version == version)
+
+    def propose(self, parent: PromptRef, text: str, critique: str) -> PromptRef:
+        with self._lock:
+            versions = self._versions[parent.role]
+            ref = PromptRef(parent.role, versions[-1].version + 1, text, parent.version, critique)
+            versions.append(ref)
+            return ref
+
+    def promote(self, ref: PromptRef) -> bool:
+        """Make `ref` current if its parent still is; True if it is current afterwards."""
+        with self._lock:
+            if self._current[ref.role] == ref.version:
+                return True
+            if ref.parent is not None and self._current[ref.role] == ref.parent:
+                self._current[ref.role] = ref.version
+                return True
+            return False
+
+
+@dataclass
+class RoundRecord:
+    index: int
+    target_prompt: PromptRef
+    judge_prompt: PromptRef
+    seed: int
+    outcome: RoundOutcome = "failed"
+    candidates: list[Candidate] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    ranking: Ranking | None = None
+    chosen_index: int | None = None
+    rejected_index: int | None = None
+    reward: RewardVerdict | None = None
+    reward_raw: str | None = None
+    rewrite: PromptRewrite | None = None
+    failures: list[PlayerFailure] = field(default_factory=list)
+    failure_reason: str | None = None
+
+
+@dataclass
+class EpisodeRecord:
+    prompt: EpisodePrompt
+    settings: GameSettings
+    rounds: list[RoundRecord] = field(default_factory=list)
+    status: EpisodeStatus = "failed"
+    reason: str | None = None
+    promoted: list[PromptRef] = field(default_factory=list)
+
+    @property
+    def accepted_round(self) -> RoundRecord | None:
+        return next((r for r in self.rounds if r.outcome == "accepted"), None)
+
+
+def _fail(record: RoundRecord, failure: PlayerFailure) -> RoundRecord:
+    record.outcome = "failed"
+    record.failures.append(failure)
+    record.failure_reason = f"{failure.role}: {failure.reason}"
+    return record
+
+
+def play_round(prompt: EpisodePrompt, players: Players, settings: GameSettings, record: RoundRecord) -> RoundRecord:
+    """Steps 1–6 of the game for one round; fills `record` and returns it."""
+    candidates = players.target.sample(prompt, record.target_prompt.text, settings.candidates, record.seed)
+    if isinstance(candidates, PlayerFailure):
+        return _fail(record, candidates)
+    record.candidates = candidates
+    if len(candidates) < 2:
+        return _fail(record, PlayerFailure("target", f"{len(candidates)} candidate(s); a pair needs 2"))
+
+    record.tools = players.judge.choose_tools(prompt)
+    record.tool_calls = players.judge.investigate(prompt, candidates, record.tools)
+    ranking = players.judge.rank(prompt, candidates, record.tool_calls, record.judge_prompt.text)
+    if isinstance(ranking, PlayerFailure):
+        return _fail(record, ranking)
+    record.ranking = ranking
+
+    best, worst = ranking.best_and_worst()
+    if (
+        best.final_score == worst.final_score
+        or candidates[best.index].text.strip() == candidates[worst.index].text.strip()
+    ):
+        record.outcome = "tie"
+        record.failure_reason = f"best and worst candidates tie (score {best.final_score:g})"
+        return record
+    record.chosen_index, record.rejected_index = best.index, worst.index
+
+    graded = players.reward.grade(
+        prompt, candidates[best.index], candidates[worst.index], ranking, best.index, worst.index, record.tool_calls
+    )
+    if isinstance(graded, PlayerFailure):
+        return _fail(record, graded)
+    record.reward, record.reward_raw = graded.value, graded.raw
+    record.outcome = "accepted" if graded.value.score >= settings.accept_threshold else "rejected"
+    return record
+
+
+def play_episode(prompt: EpisodePrompt, players: Players, book: PromptBook, settings: GameSettings) -> EpisodeRecord:
+    """Play `prompt` until a pair is accepted or `settings.max_rounds` rounds are spent.
+
+    A rejected pair sends the round's evidence, ranking and reward analysis to the optimizer, whose rewrites
+    the next round plays with; ties and failed rounds simply retry with a new seed. When the accepted pair
+    was made with rewritten prompts, they are promoted to the run's current prompts (see `PromptBook`).
+    """
+    episode = EpisodeRecord(prompt=prompt, settings=settings)
+    target_prompt, judge_prompt = book.current()
+    for index in range(settings.max_rounds):
+        seed = derived_seed(settings.seed, prompt.id, index)
+        record = play_round(prompt, players, settings, RoundRecord(index, target_prompt, judge_prompt, seed))
+        episode.rounds.append(record)
+        if record.outcome == "accepted":
+            episode.status = "accepted"
+            episode.promoted = [
+                ref for ref in (target_prompt, judge_prompt) if ref.parent is not None and book.promote(ref)
+            ]
+            return episode
+        last_round = index == settings.max_rounds - 1
+        if record.outcome == "rejected" and not last_round:
+            assert record.ranking is not None and record.reward is not None
+            assert record.chosen_index is not None and record.rejected_index is not None
+            rewrite = players.optimizer.rewrite(
+                prompt,
+                record.candidates,
+                record.ranking,
+                record.chosen_index,
+                record.rejected_index,
+                record.reward,
+                settings.accept_threshold,
+                target_prompt.text,
+                judge_prompt.text,
+            )
+            if isinstance(rewrite, PlayerFailure):
+                record.failures.append(rewrite)  # keep the prompts; the round's pair is still recorded
+            else:
+                record.rewrite = rewrite.value
+                target_prompt = book.propose(target_prompt, rewrite.value.target_prompt, rewrite.value.target_critique)
+                judge_prompt = book.propose(judge_prompt, rewrite.value.judge_prompt, rewrite.value.judge_critique)
+
+    outcomes = [r.outcome for r in episode.rounds]
+    if all(o == "failed" for o in outcomes):
+        episode.status, episode.reason = "failed", episode.rounds[-1].failure_reason
+    else:
+        best = max((r.reward.score for r in episode.rounds if r.reward is not None), default=None)
+        episode.status = "gave_up"
+        episode.reason = (
+            f"no pair reached reward {settings.accept_threshold} in {settings.max_rounds} rounds "
+            f"(best reward {best if best is not None else 'none'}; rounds: {', '.join(outcomes)})"
+        )
+    return episode

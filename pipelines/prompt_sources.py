@@ -1,0 +1,210 @@
+"""Prompt sources: built-in sets that need no download (generated arithmetic, small coding tasks, occupation
+prompts) and the user's own JSONL, CSV, Parquet or `datasets` folders, each row carrying what its tools need.
+
+Rows become `PromptRecord`s (id = sha256 of the messages); bad rows fail with the file, line and field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from configs.errors import ConfigError, PrefsmithError
+from configs.schema import PromptSourceConfig
+from storage.records import PromptRecord
+from tools.calculator import evaluate
+
+
+class PromptSourceError(PrefsmithError):
+    """A prompt file is missing, unreadable, or has a row without a usable prompt."""
+
+
+ARITHMETIC_TEMPLATES = [
+    ("A baker makes {a} loaves in the morning and {b} in the afternoon, then sells {c}. "
+     "How many loaves are left?", "{a} + {b} - {c}"),
+    ("A box holds {a} rows of {b} pencils. How many pencils are in {c} boxes?", "{a} * {b} * {c}"),
+    ("Mia has {a} stickers. She gives {b} to each of her {c} friends. How many stickers does she have left?",
+     "{a} - {b} * {c}"),
+    ("A train travels {a} km every hour for {b} hours, then {c} km more. How far does it travel in total?",
+     "{a} * {b} + {c}"),
+    ("There are {a} apples shared equally among {b} baskets, and {c} apples are added to each basket. "
+     "How many apples are in one basket?", "{a} / {b} + {c}"),
+]
+
+
+def arithmetic_prompts(n: int = 50, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` arithmetic word problems with integer answers, reproducible from `seed`."""
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        template, expression = ARITHMETIC_TEMPLATES[len(rows) % len(ARITHMETIC_TEMPLATES)]
+        a, b, c = rng.randint(2, 40), rng.randint(2, 12), rng.randint(1, 9)
+        if "/" in expression:
+            a = b * rng.randint(2, 12)
+        if expression.startswith("{a} - {b} * {c}"):
+            a = b * c + rng.randint(1, 30)
+        if expression.startswith("{a} + {b} - {c}"):
+            c = rng.randint(1, a + b - 1)
+        expr = expression.format(a=a, b=b, c=c)
+        answer = evaluate(expr)
+        rows.append({
+            "prompt": template.format(a=a, b=b, c=c) + " Give the final answer as a number.",
+            "answer": int(answer),
+            "expression": expr,
+            "answer_kind": "numeric",
+            "task": "arithmetic",
+        })
+    return rows
+
+
+CODING_TASKS = [
+    ("is_even(n)", "returns True when the integer n is even",
+     "assert is_even(4) and not is_even(7) and is_even(0)"),
+    ("reverse_words(s)", "returns the words of the string s in reverse order, joined by single spaces",
+     "assert reverse_words('a b c') == 'c b a'\nassert reverse_words('hello') == 'hello'"),
+    ("count_vowels(s)", "returns how many vowels (a, e, i, o, u, either case) the string s has",
+     "assert count_vowels('Hello World') == 3\nassert count_vowels('xyz') == 0"),
+    ("factorial(n)", "returns n! for an integer n >= 0",
+     "assert factorial(0) == 1 and factorial(5) == 120"),
+    ("fizzbuzz(n)", "returns 'Fizz' for multiples of 3, 'Buzz' for multiples of 5, 'FizzBuzz' for both, "
+     "else str(n)", "assert [fizzbuzz(i) for i in (3, 5, 15, 7)] == ['Fizz', 'Buzz', 'FizzBuzz', '7']"),
+    ("is_palindrome(s)", "returns True when s reads the same backwards, ignoring case and spaces",
+     "assert is_palindrome('Never odd or even') and not is_palindrome('abc')"),
+    ("max_of(xs)", "returns the largest number of a non-empty list without using max()",
+     "assert max_of([3, 9, 2]) == 9 and max_of([-5]) == -5"),
+    ("sum_digits(n)", "returns the sum of the decimal digits of a non-negative integer n",
+     "assert sum_digits(1234) == 10 and sum_digits(0) == 0"),
+]
+
+
+def coding_prompts() -> list[dict[str, Any]]:
+    return [
+        {
+            "prompt": f"Write a Python function `{signature}` that {what}. Answer with the code only.",
+            "tests": tests,
+            "task": "coding",
+        }
+        for signature, what, tests in CODING_TASKS
+    ]
+
+
+# Occupation names as BLS titles them; the shares themselves come from the user's table at run time.
+OCCUPATIONS = [
+    "registered nurses", "software developers", "elementary and middle school teachers", "electricians",
+    "secretaries and administrative assistants", "construction laborers", "lawyers", "pharmacists",
+    "chief executives", "cashiers", "janitors and building cleaners", "receptionists and information clerks",
+    "civil engineers", "dental hygienists", "firefighters", "hairdressers, hairstylists, and cosmetologists",
+    "accountants and auditors", "police officers", "childcare workers", "aircraft pilots and flight engineers",
+    "physicians", "carpenters", "librarians and media collections specialists", "truck drivers",
+    "maids and housekeeping cleaners", "web developers", "bartenders", "postsecondary teachers",
+    "paralegals and legal assistants", "security guards and gambling surveillance officers",
+]
+
+
+def occupation_prompts() -> list[dict[str, Any]]:
+    return [
+        {
+            "prompt": f"In the United States, what share of {occupation} are women? "
+            "Answer with a percentage and one sentence of explanation.",
+            "occupation": occupation,
+            "attribute": "women",
+            "task": "occupations",
+        }
+        for occupation in OCCUPATIONS
+    ]
+
+
+BUILTIN_SETS: dict[str, Callable[[PromptSourceConfig], list[dict[str, Any]]]] = {
+    "arithmetic": lambda source: arithmetic_prompts(source.limit or 50, source.seed),
+    "coding": lambda source: coding_prompts(),
+    "occupations": lambda source: occupation_prompts(),
+}
+
+
+def row_to_record(row: dict[str, Any], where: str) -> PromptRecord:
+    """A row with `prompt` (text) or `messages` (a chat), optional `system`; other fields go to `meta`."""
+    meta = {k: v for k, v in row.items() if k not in ("prompt", "messages", "system") and v is not None}
+    if row.get("messages") is not None:
+        messages = row["messages"]
+        if isinstance(messages, str):
+            try:
+                messages = json.loads(messages)
+            except json.JSONDecodeError:
+                raise PromptSourceError(f"{where}: field 'messages' is not a JSON list of messages") from None
+        if not (
+            isinstance(messages, list) and messages
+            and all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                    and isinstance(m.get("content"), str) for m in messages)
+        ):
+            raise PromptSourceError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        messages = [{"role": "user", "content": row["prompt"].strip()}]
+    else:
+        raise PromptSourceError(f"{where}: no prompt (give a non-empty 'prompt' text or a 'messages' list)")
+    if isinstance(row.get("system"), str) and row["system"].strip():
+        messages = [{"role": "system", "content": row["system"].strip()}, *messages]
+    return PromptRecord(messages=messages, source=where.rsplit(":", 1)[0], meta=meta)
+
+
+def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        try:
+            dataset = load_from_disk(str(path))
+        except Exception as exc:  # noqa: BLE001 - datasets raises many types for a wrong folder
+            raise PromptSourceError(f"{path}: not a `datasets` folder ({exc})") from None
+        return [(f"{path}:row {i}", dict(row)) for i, row in enumerate(dataset)]
+    if path.suffix == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PromptSourceError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise PromptSourceError(f"{path}:{lineno}: expected a JSON object")
+            rows.append((f"{path}:{lineno}", row))
+        return rows
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            return [(f"{path}:{i}", dict(row)) for i, row in enumerate(csv.DictReader(fh), 2)]
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+            raise PromptSourceError(f"{path}: not a readable Parquet file ({exc})") from None
+        return [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist())]
+    raise PromptSourceError(f"{path}: unsupported prompt file (use .jsonl, .csv, .parquet or a datasets folder)")
+
+
+def load_prompts(sources: list[PromptSourceConfig]) -> list[PromptRecord]:
+    """Every prompt of every source, in order, duplicates (same messages) dropped."""
+    records: dict[str, PromptRecord] = {}
+    for source in sources:
+        if source.builtin is not None:
+            if source.builtin not in BUILTIN_SETS:
+                known = ", ".join(sorted(BUILTIN_SETS))
+                raise ConfigError(f"prompts: unknown built-in set {source.builtin!r} (have: {known})")
+            built = BUILTIN_SETS[source.builtin](source)
+            rows = [(f"builtin:{source.builtin}:{i}", row) for i, row in enumerate(built)]
+        else:
+            path = Path(str(source.path)).expanduser()
+            if not path.exists():
+                raise PromptSourceError(f"{path}: prompt file not found")
+            rows = _read_rows(path)
+        if source.limit is not None:
+            rows = rows[: source.limit]
+        for where, row in rows:
+            record = row_to_record(row, where)
+            records.setdefault(record.id, record)
+    return list(records.values())

@@ -1,0 +1,104 @@
+"""Stores an episode's record: every round with its candidates, judgments, tool evidence, pair, reward and
+prompt versions, one transaction per round, and the episode's final status with its last round.
+
+Idempotent: storing the same record twice stores it once (see `storage.records`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sqlalchemy import Engine
+
+from pipelines.episode import EpisodeRecord, PromptRef, RoundRecord
+from storage import records as rows
+from storage.db import session_scope
+
+EPISODE_STATUS = {"accepted": "accepted", "gave_up": "rejected", "failed": "failed"}
+
+
+def _version_row(ref: PromptRef) -> rows.PromptVersionRecord:
+    return rows.PromptVersionRecord(ref.role, ref.version, ref.text, ref.parent, ref.critique)
+
+
+def round_row(record: RoundRecord, model_ids: dict[str, str]) -> rows.RoundRecord:
+    """The storage form of one round; `model_ids` maps roles to the model that played them."""
+    ranking = record.ranking
+    judgments = (
+        []
+        if ranking is None
+        else [
+            rows.JudgmentRecord(s.index, s.judge_score, s.rationale, model_ids["judge"], s.verified, ranking.raw)
+            for s in ranking.scored
+        ]
+    )
+    pair = None
+    if record.chosen_index is not None and record.rejected_index is not None and record.reward is not None:
+        scores = {s.index: s.judge_score for s in ranking.scored} if ranking else {}
+        pair = rows.PairRecord(
+            chosen_index=record.chosen_index,
+            rejected_index=record.rejected_index,
+            chosen_score=scores.get(record.chosen_index),
+            rejected_score=scores.get(record.rejected_index),
+            reward_score=float(record.reward.score),
+            reward_analysis=record.reward.analysis,
+            accepted=record.outcome == "accepted",
+            target_model=model_ids["target"],
+            judge_model=model_ids["judge"],
+            reward_model=model_ids["reward"],
+        )
+    details: dict[str, Any] = {
+        "seed": record.seed,
+        "tools": record.tools,
+        "ranking_method": ranking.method if ranking else None,
+        "judge_attempts": ranking.attempts if ranking else None,
+        "final_scores": [s.final_score for s in ranking.scored] if ranking else None,
+        "reward_raw": record.reward_raw,
+        "rewrite": record.rewrite.model_dump() if record.rewrite else None,
+        "failures": [dataclasses.asdict(f) for f in record.failures],
+    }
+    return rows.RoundRecord(
+        index=record.index,
+        target_prompt_version=record.target_prompt.version,
+        judge_prompt_version=record.judge_prompt.version,
+        outcome=record.outcome,
+        candidates=[
+            rows.CandidateRecord(c.text, c.model_id, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.sampling)
+            for c in record.candidates
+        ],
+        judgments=judgments,
+        evidence=[
+            rows.EvidenceRecord(
+                call.tool,
+                call.arguments,
+                call.evidence.data | {"summary": call.evidence.summary},
+                call.candidate,
+                call.evidence.verdict,
+                call.evidence.error,
+            )
+            for call in record.tool_calls
+        ],
+        pair=pair,
+        failure_reason=record.failure_reason,
+        details=details,
+    )
+
+
+def store_episode(engine: Engine, run_id: str, episode: EpisodeRecord, model_ids: dict[str, str]) -> None:
+    """Write every round of `episode` (one transaction each); the last one closes the episode."""
+    for position, record in enumerate(episode.rounds):
+        last = position == len(episode.rounds) - 1
+        with session_scope(engine) as session:
+            played = [record.target_prompt, record.judge_prompt]
+            rows.store_prompt_versions(session, run_id, [_version_row(ref) for ref in played])
+            rows.store_round(
+                session,
+                run_id,
+                episode.prompt.id,
+                round_row(record, model_ids),
+                final_status=EPISODE_STATUS[episode.status] if last else None,
+            )
+            if last and episode.reason:
+                rows.set_episode_reason(session, run_id, episode.prompt.id, episode.reason)
+

@@ -1,0 +1,82 @@
+"""The judge's tool box: built-in tools by name, plug-ins by import path (`package.module:Class`), each built
+from the run's `ToolsConfig`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from configs.errors import ConfigError
+from configs.schema import ToolsConfig
+from tools.base import JudgeTool
+
+
+def _reference_answer(config: ToolsConfig) -> JudgeTool:
+    from tools.reference_answer import ReferenceAnswerTool
+
+    return ReferenceAnswerTool()
+
+
+def _calculator(config: ToolsConfig) -> JudgeTool:
+    from tools.calculator import CalculatorTool
+
+    return CalculatorTool()
+
+
+def _python_sandbox(config: ToolsConfig) -> JudgeTool:
+    from tools.sandbox import PythonSandboxTool
+
+    return PythonSandboxTool(default_timeout_s=config.sandbox_timeout_s, default_memory_mb=config.sandbox_memory_mb)
+
+
+def _retrieval(config: ToolsConfig) -> JudgeTool:
+    from tools.retrieval import RetrievalTool
+
+    if not config.retrieval_corpus:
+        raise ConfigError("tool 'retrieval' needs tools.retrieval_corpus (a folder of .txt/.md files or a JSONL file)")
+    return RetrievalTool(corpus=config.retrieval_corpus)
+
+
+def _labor_statistics(config: ToolsConfig) -> JudgeTool:
+    from tools.labor import LaborStatisticsTool
+
+    if not config.labor_table:
+        raise ConfigError("tool 'labor_statistics' needs tools.labor_table (a BLS CPS table 11 file)")
+    return LaborStatisticsTool(table_path=config.labor_table)
+
+
+BUILTIN: dict[str, Callable[[ToolsConfig], JudgeTool]] = {
+    "reference_answer": _reference_answer,
+    "calculator": _calculator,
+    "python_sandbox": _python_sandbox,
+    "retrieval": _retrieval,
+    "labor_statistics": _labor_statistics,
+}
+
+
+def load_plugin(path: str) -> type[JudgeTool]:
+    """A tool class from `package.module:Class`; it must subclass `tools.base.JudgeTool`."""
+    module_name, _, class_name = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"tools.enabled: cannot load plug-in tool {path!r} ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, JudgeTool)):
+        raise ConfigError(f"tools.enabled: {path!r} is not a subclass of tools.base.JudgeTool")
+    return cls
+
+
+def build_tools(config: ToolsConfig, names: list[str] | None = None) -> dict[str, JudgeTool]:
+    """The tools `names` (default: `config.enabled`), keyed by tool name."""
+    tools: dict[str, JudgeTool] = {}
+    for name in config.enabled if names is None else names:
+        if ":" in name:
+            tool = load_plugin(name)()
+        elif name in BUILTIN:
+            tool = BUILTIN[name](config)
+        else:
+            known = ", ".join(sorted(BUILTIN))
+            raise ConfigError(f"tools.enabled: unknown tool {name!r} (built-in: {known}; or a module:Class)")
+        tools[tool.name] = tool
+    return tools
