@@ -33,10 +33,12 @@ runs_app = typer.Typer(help="What is stored: synthesis runs and their counts.", 
 config_app = typer.Typer(
     help="Configs: validate, show with overrides applied, and hash.", no_args_is_help=True
 )
+tools_app = typer.Typer(help="The judge's tools: list them, call one from the terminal.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(runs_app, name="runs")
 app.add_typer(config_app, name="config")
+app.add_typer(tools_app, name="tools")
 
 console = Console(soft_wrap=True)
 
@@ -113,6 +115,59 @@ def config_show(
     loaded = load_config(config, set_ or [])
     console.print(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False), end="", markup=False)
     console.print(f"# config_hash: {config_hash(loaded)}", markup=False)
+
+
+def _tools_config(config: str | None, set_: list[str] | None):  # noqa: ANN202 - ToolsConfig
+    from configs.loading import load_config
+
+    return load_config(config, set_ or []).tools
+
+
+@tools_app.command("list")
+def tools_list(
+    config: Annotated[str | None, typer.Option("--config", "-c", help="Config whose tool settings to use.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """List the built-in tools with their argument schemas."""
+    from tools.registry import BUILTIN, build_tools
+
+    settings = _tools_config(config, set_)
+    for name in BUILTIN:
+        try:
+            tool = build_tools(settings, [name])[name]
+        except PrefsmithError as exc:
+            console.print(f"{name}: (needs configuration: {exc})", markup=False)
+            continue
+        args = ", ".join(tool.args)
+        console.print(f"{name}({args}): {tool.description}", markup=False)
+
+
+@tools_app.command("run")
+def tools_run(
+    name: Annotated[str, typer.Argument(help="Tool name, or a plug-in as package.module:Class.")],
+    args: Annotated[str, typer.Option("--args", help="The tool's arguments as a JSON object.")] = "{}",
+    config: Annotated[str | None, typer.Option("--config", "-c", help="Config whose tool settings to use.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Call one tool and print its evidence as JSON (how to debug a judge)."""
+    from pydantic import ValidationError
+
+    from configs.errors import ConfigError
+    from tools.registry import build_tools
+
+    try:
+        arguments = json.loads(args)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--args: invalid JSON at column {exc.colno} ({exc.msg})") from None
+    if not isinstance(arguments, dict):
+        raise ConfigError("--args: expected a JSON object of argument names to values")
+    tool = next(iter(build_tools(_tools_config(config, set_), [name]).values()))
+    try:
+        tool.args_schema.model_validate(arguments)  # type: ignore[union-attr]
+    except ValidationError as exc:
+        problems = "; ".join(f"'{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"--args for tool {tool.name}: {problems}") from None
+    print(json.dumps(tool.evidence(arguments).model_dump(), indent=2))
 
 
 def _print_summary(summary: dict) -> None:
