@@ -19,7 +19,7 @@ from configs.schema import SynthesisConfig, is_execution_field
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
-PRESETS = ("quickstart", "cluster", "train_dpo")
+PRESETS = ("quickstart", "cluster", "train_dpo", "train_sparsepo")
 
 
 def preset_path(name: str) -> Path:

@@ -1,0 +1,81 @@
+"""SparsePO on 2 Ray Train workers (TorchTrainer + the HF integration, DDP over gloo) on CPU.
+
+Marked `ray`-heavy but kept in CI: it starts a local 2-CPU Ray and trains a tiny model for two steps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_sparsepo import PAIRS, write_export
+from training.masks import MASKS_WEIGHTS_NAME, TokenMaskNetworks
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(small_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(small_model_path))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def test_two_ray_train_workers_train_and_checkpoint(local_ray: None, tiny_model: Path, tmp_path: Path) -> None:
+    from training.train import load_job, train_on_ray
+
+    export = write_export(tmp_path / "export", PAIRS[:4])
+    out = tmp_path / "run"
+    # 4 pairs, 2 workers × 1 pair per step: two steps make one epoch, each worker sees its own half.
+    job = load_job(
+        "train_sparsepo",
+        [
+            f"model={tiny_model}",
+            "max_steps=2",
+            "per_device_train_batch_size=1",
+            "learning_rate=1e-2",
+            "extra.save_steps=2",
+        ],
+        str(export),
+        out,
+    )
+    summary = train_on_ray(job, num_workers=2)
+    assert summary["global_step"] == 2
+    losses = [entry["loss"] for entry in summary["log_history"] if "loss" in entry]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+    assert (out / "checkpoint-2" / MASKS_WEIGHTS_NAME).is_file()
+    masks = TokenMaskNetworks.from_pretrained(out / "checkpoint-2")
+    fresh = TokenMaskNetworks(masks.num_layers, masks.hidden_size, independent=False)
+    assert (masks.reward.layer_bias - fresh.reward.layer_bias).abs().max().item() > 1e-3
+    # Ray Train received the HF checkpoint through RayTrainReportCallback.
+    reported = list((out / "ray" / "sparsepo").glob("checkpoint_*/checkpoint/trainer_state.json"))
+    assert reported and json.loads(reported[-1].read_text())["global_step"] == 2
