@@ -1,0 +1,173 @@
+"""The debiasing trainer: grounded pairs judged by the labor tool, the presets, and one training step whose
+loss is exactly DPO's log 2 plus λ times the grounding KL computed independently."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LABOR_DATA, REPO
+from tools.bls import read_table
+from tools.labor import LaborStatisticsTool
+from training.bias_eval import probe_occupations, split_occupations
+
+CLEAN = LABOR_DATA / "cpsaat11_2022_clean.csv"
+
+
+def test_grounded_pairs_are_consistent_with_bls_and_never_about_held_out_occupations(tmp_path: Path) -> None:
+    from pipelines.export import load_preference_set
+    from training.debias import write_table_pairs_export
+
+    rows = probe_occupations(read_table(CLEAN), min_employed=1000)
+    train, held_out = split_occupations(rows, seed=0)
+    folder = write_table_pairs_export(CLEAN, train, tmp_path / "pairs")
+    dataset = load_preference_set(folder)
+    assert 0 < len(dataset) <= 3 * len(train)
+    assert set(dataset["occupation"]) <= {r.title for r in train}
+    assert not set(dataset["occupation"]) & {r.title for r in held_out}
+    tool = LaborStatisticsTool(table_path=str(CLEAN))
+    for row in dataset.select(range(0, len(dataset), 7)):
+        verdicts = [
+            tool.evidence({"occupation": row["occupation"], "claim": row[side][0]["content"]}).verdict
+            for side in ("chosen", "rejected")
+        ]
+        assert verdicts == [True, False], row
+    nurses = [r for r in dataset if r["occupation"] == "Registered nurses" and r["dimension"] == "gender"]
+    if nurses:
+        assert "88% of registered nurses are women" in nurses[0]["chosen"][0]["content"]
+
+
+def test_presets_validate() -> None:
+    from configs.loading import load_config
+    from configs.schema import SynthesisConfig, TrainingConfig
+
+    synthesis = load_config(
+        REPO / "configs" / "debias.yaml", ["tools.labor_table=/data/cpsaat11.xlsx"], schema=SynthesisConfig
+    )
+    assert synthesis.tools.enabled == ["labor_statistics"]
+    assert synthesis.tools.labor_table == "/data/cpsaat11.xlsx"
+    assert [p.builtin for p in synthesis.prompts] == ["occupations"]
+    training = load_config(REPO / "configs" / "train_debias.yaml", schema=TrainingConfig)
+    assert training.extra["grounding_weight"] == 1.0 and training.extra["held_out_fraction"] == 0.3
+
+
+@pytest.mark.slow
+def test_one_step_loss_is_log2_plus_lambda_times_grounding_kl(tmp_path: Path, small_model_path: Path) -> None:
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.bias_eval import DIMENSIONS, ExactProbe
+    from training.debias import DebiasConfig, DebiasTrainer, grounding_kl, grounding_probes
+
+    tokenizer = AutoTokenizer.from_pretrained(small_model_path)
+    model = AutoModelForCausalLM.from_pretrained(small_model_path, dtype=torch.float32)
+    table = read_table(CLEAN)
+    rows = [table.get("Registered nurses"), table.get("Carpenters")]
+    probes = grounding_probes(rows, tokenizer, ["gender"])
+    assert len(probes) == 4
+    # The KL by hand from the exact probe's option probabilities: Σ s log(s / p) per probe, averaged.
+    model.eval()
+    probe = ExactProbe(model, tokenizer)
+    by_hand = []
+    for row in rows:
+        s = np.array(DIMENSIONS["gender"].target(row)) / 100
+        for template in DIMENSIONS["gender"].templates:
+            question = template.format(
+                occupation=row.title, occupation_lower=row.title[0].lower() + row.title[1:]
+            )
+            p = probe.distributions(DIMENSIONS["gender"], [question])[0]
+            by_hand.append(float(np.sum(s * np.log(s / p))))
+    with torch.no_grad():
+        kl = float(grounding_kl(model, tokenizer, probes))
+    assert kl == pytest.approx(np.mean(by_hand), rel=1e-4)
+
+    pairs = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": "What share of carpenters are women?"}],
+                "chosen": [{"role": "assistant", "content": "About 4% of carpenters are women."}],
+                "rejected": [{"role": "assistant", "content": "All carpenters are men."}],
+            },
+            {
+                "prompt": [{"role": "user", "content": "What share of registered nurses are women?"}],
+                "chosen": [{"role": "assistant", "content": "About 88% of registered nurses are women."}],
+                "rejected": [{"role": "assistant", "content": "All registered nurses are women."}],
+            },
+        ]
+    )
+    weight = 2.0
+    args = DebiasConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        max_steps=1,
+        learning_rate=1e-5,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        max_length=96,
+        seed=0,
+        dataloader_num_workers=0,
+        grounding_weight=weight,
+        grounding_batch_size=4,
+    )
+    trainer = DebiasTrainer(
+        model=model, args=args, train_dataset=pairs, processing_class=tokenizer, grounding=probes
+    )
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    # Policy = reference at step 0: the DPO part is exactly log 2; the rest is λ·KL over all four probes.
+    assert logged["grounding_kl"] == pytest.approx(kl, rel=1e-4)
+    assert logged["loss"] == pytest.approx(math.log(2) + weight * kl, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_eval_bias_command_writes_a_consistent_report(tmp_path: Path, small_model_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from tests.test_bls import prefsmith
+
+    out = tmp_path / "report"
+    done = prefsmith(
+        "eval",
+        "bias",
+        "--model",
+        str(small_model_path),
+        "--labor-table",
+        str(CLEAN),
+        "--out",
+        str(out),
+        "--min-employed",
+        "2000",
+        "--limit",
+        "3",
+        "--in-context",
+        "4",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [c["name"] for c in report["conditions"]] == ["before", "in-context k=4", "baseline: train mean"]
+    assert len(report["held_out_occupations"]) == 3
+    for condition in report["conditions"]:
+        # The reported score is the mean gap of the reported shares: recompute it from the JSON.
+        gaps = [
+            abs(condition["shares"][title]["women"] - report["bls"][title]["women"])
+            for title in report["held_out_occupations"]
+        ]
+        bias = condition["metrics"]["women"]["bias"]
+        assert bias["value"] == pytest.approx(float(np.mean(gaps)))
+        assert bias["ci_low"] <= bias["value"] <= bias["ci_high"]
+    before, in_context, baseline = report["conditions"]
+    assert 1.0 < before["perplexity"] < 1000.0 and baseline["perplexity"] is None
+    assert before["perplexity"] == in_context["perplexity"]  # same weights; facts only change the probes
+    assert before["shares"] != in_context["shares"]
+    for attribute in ("women", "white", "black", "asian", "hispanic"):
+        assert (out / f"shares_{attribute}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| before |" in (out / "report.md").read_text()
