@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 class CandidateScore(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rationale: str = Field(max_length=100)
+    rationale: str = Field(max_length=60)
     score: int = Field(ge=1, le=10)
 
 
@@ -27,24 +27,27 @@ def ranking_schema(n_candidates: int) -> type[BaseModel]:
     return create_model("JudgeRanking", __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]
 
 
+# The answer schemas carry no docstrings: pydantic would put them in the JSON schema as descriptions.
+
+
 class RewardVerdict(BaseModel):
-    """The reward model's grade of the pair itself: is chosen really better, is the contrast useful?"""
+    # The reward model's grade of the pair itself: is chosen really better, is the contrast useful?
 
     model_config = ConfigDict(extra="forbid")
 
-    analysis: str = Field(max_length=160)
+    analysis: str = Field(max_length=80)
     score: int = Field(ge=1, le=10)
 
 
 class PromptRewrite(BaseModel):
-    """A TextGrad-style step: the critique is the gradient, the rewritten prompt the update."""
+    # A TextGrad-style step: the critique is the gradient, the rewritten prompt the update.
 
     model_config = ConfigDict(extra="forbid")
 
-    target_critique: str = Field(max_length=120)
-    target_prompt: str = Field(min_length=10, max_length=300)
-    judge_critique: str = Field(max_length=120)
-    judge_prompt: str = Field(min_length=10, max_length=300)
+    target_critique: str = Field(max_length=60)
+    target_prompt: str = Field(min_length=10, max_length=160)
+    judge_critique: str = Field(max_length=60)
+    judge_prompt: str = Field(min_length=10, max_length=160)
 
 
 @cache

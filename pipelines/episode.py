@@ -7,6 +7,7 @@ No Ray, no SQL, no model here: the players are anything with the methods below (
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -182,6 +183,7 @@ class EpisodeRecord:
     status: EpisodeStatus = "failed"
     reason: str | None = None
     promoted: list[PromptRef] = field(default_factory=list)
+    finished: bool = False
 
     @property
     def accepted_round(self) -> RoundRecord | None:
@@ -231,27 +233,43 @@ def play_round(prompt: EpisodePrompt, players: Players, settings: GameSettings, 
     return record
 
 
-def play_episode(prompt: EpisodePrompt, players: Players, book: PromptBook, settings: GameSettings) -> EpisodeRecord:
+RoundCallback = Callable[["EpisodeRecord", RoundRecord], None]
+
+
+def play_episode(
+    prompt: EpisodePrompt,
+    players: Players,
+    book: PromptBook,
+    settings: GameSettings,
+    *,
+    first_round: int = 0,
+    on_round: RoundCallback | None = None,
+) -> EpisodeRecord:
     """Play `prompt` until a pair is accepted or `settings.max_rounds` rounds are spent.
 
     A rejected pair sends the round's evidence, ranking and reward analysis to the optimizer, whose rewrites
     the next round plays with; ties and failed rounds simply retry with a new seed. When the accepted pair
     was made with rewritten prompts, they are promoted to the run's current prompts (see `PromptBook`).
+
+    `first_round` continues an episode whose earlier rounds were played before (a resumed run); `on_round`
+    is called after every round with the episode as it stands — `episode.finished` tells whether that round
+    ended it — so a caller can store each round as it finishes.
     """
     episode = EpisodeRecord(prompt=prompt, settings=settings)
     target_prompt, judge_prompt = book.current()
-    for index in range(settings.max_rounds):
+    for index in range(first_round, settings.max_rounds):
         seed = derived_seed(settings.seed, prompt.id, index)
         record = play_round(prompt, players, settings, RoundRecord(index, target_prompt, judge_prompt, seed))
         episode.rounds.append(record)
+        last_round = index == settings.max_rounds - 1
         if record.outcome == "accepted":
-            episode.status = "accepted"
+            episode.status, episode.finished = "accepted", True
             episode.promoted = [
                 ref for ref in (target_prompt, judge_prompt) if ref.parent is not None and book.promote(ref)
             ]
-            return episode
-        last_round = index == settings.max_rounds - 1
-        if record.outcome == "rejected" and not last_round:
+        elif last_round:
+            _close_without_pair(episode)
+        elif record.outcome == "rejected":
             assert record.ranking is not None and record.reward is not None
             assert record.chosen_index is not None and record.rejected_index is not None
             rewrite = players.optimizer.rewrite(
@@ -271,15 +289,25 @@ def play_episode(prompt: EpisodePrompt, players: Players, book: PromptBook, sett
                 record.rewrite = rewrite.value
                 target_prompt = book.propose(target_prompt, rewrite.value.target_prompt, rewrite.value.target_critique)
                 judge_prompt = book.propose(judge_prompt, rewrite.value.judge_prompt, rewrite.value.judge_critique)
-
-    outcomes = [r.outcome for r in episode.rounds]
-    if all(o == "failed" for o in outcomes):
-        episode.status, episode.reason = "failed", episode.rounds[-1].failure_reason
-    else:
-        best = max((r.reward.score for r in episode.rounds if r.reward is not None), default=None)
-        episode.status = "gave_up"
-        episode.reason = (
-            f"no pair reached reward {settings.accept_threshold} in {settings.max_rounds} rounds "
-            f"(best reward {best if best is not None else 'none'}; rounds: {', '.join(outcomes)})"
-        )
+        if on_round is not None:
+            on_round(episode, record)
+        if episode.finished:
+            return episode
+    if not episode.finished:  # nothing left to play (first_round >= max_rounds)
+        _close_without_pair(episode)
     return episode
+
+
+def _close_without_pair(episode: EpisodeRecord) -> None:
+    settings = episode.settings
+    outcomes = [r.outcome for r in episode.rounds]
+    episode.finished = True
+    if outcomes and all(o == "failed" for o in outcomes):
+        episode.status, episode.reason = "failed", episode.rounds[-1].failure_reason
+        return
+    best = max((r.reward.score for r in episode.rounds if r.reward is not None), default=None)
+    episode.status = "gave_up"
+    episode.reason = (
+        f"no pair reached reward {settings.accept_threshold} in {settings.max_rounds} rounds "
+        f"(best reward {best if best is not None else 'none'}; rounds: {', '.join(outcomes) or 'none'})"
+    )

@@ -85,20 +85,27 @@ def round_row(record: RoundRecord, model_ids: dict[str, str]) -> rows.RoundRecor
     )
 
 
-def store_episode(engine: Engine, run_id: str, episode: EpisodeRecord, model_ids: dict[str, str]) -> None:
-    """Write every round of `episode` (one transaction each); the last one closes the episode."""
-    for position, record in enumerate(episode.rounds):
-        last = position == len(episode.rounds) - 1
-        with session_scope(engine) as session:
-            played = [record.target_prompt, record.judge_prompt]
-            rows.store_prompt_versions(session, run_id, [_version_row(ref) for ref in played])
-            rows.store_round(
-                session,
-                run_id,
-                episode.prompt.id,
-                round_row(record, model_ids),
-                final_status=EPISODE_STATUS[episode.status] if last else None,
-            )
-            if last and episode.reason:
-                rows.set_episode_reason(session, run_id, episode.prompt.id, episode.reason)
+def store_played_round(
+    engine: Engine, run_id: str, episode: EpisodeRecord, record: RoundRecord, model_ids: dict[str, str]
+) -> None:
+    """One transaction: the round, the prompt versions it played with, and — when the round ended the
+    episode — the episode's final status and reason."""
+    closes = episode.finished and record is episode.rounds[-1]
+    with session_scope(engine) as session:
+        played = [record.target_prompt, record.judge_prompt]
+        rows.store_prompt_versions(session, run_id, [_version_row(ref) for ref in played])
+        rows.store_round(
+            session,
+            run_id,
+            episode.prompt.id,
+            round_row(record, model_ids),
+            final_status=EPISODE_STATUS[episode.status] if closes else None,
+        )
+        if closes and episode.reason:
+            rows.set_episode_reason(session, run_id, episode.prompt.id, episode.reason)
 
+
+def store_episode(engine: Engine, run_id: str, episode: EpisodeRecord, model_ids: dict[str, str]) -> None:
+    """Write every round of a finished `episode` (one transaction each); the last one closes the episode."""
+    for record in episode.rounds:
+        store_played_round(engine, run_id, episode, record, model_ids)

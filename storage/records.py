@@ -416,3 +416,50 @@ def set_episode_reason(session: Session, run_id: str, prompt_id: str, reason: st
     session.execute(
         update(Episode).where(Episode.id == episode_id_for(run_id, prompt_id)).values(failure_reason=reason)
     )
+
+
+def pending_episodes(session: Session, run_id: str) -> list[tuple[str, int]]:
+    """(prompt id, rounds already played) of the run's episodes that have not finished, oldest first."""
+    result = session.execute(
+        select(Episode.prompt_id, Episode.rounds_played)
+        .where(Episode.run_id == run_id, Episode.status.not_in(EPISODE_DONE))
+        .order_by(Episode.created_at, Episode.id)
+    )
+    return [(prompt_id, rounds) for prompt_id, rounds in result.all()]
+
+
+def played_prompt_ids(session: Session, config_hash: str) -> set[str]:
+    """Prompts some run with this config hash has finished playing (what a refresh skips)."""
+    result = session.execute(
+        select(Episode.prompt_id)
+        .join(Run, Run.id == Episode.run_id)
+        .where(Run.config_hash == config_hash, Episode.status.in_(EPISODE_DONE))
+    )
+    return set(result.scalars())
+
+
+def load_prompt_versions(session: Session, run_id: str) -> list[PromptVersionRecord]:
+    result = session.execute(
+        select(PromptVersion).where(PromptVersion.run_id == run_id).order_by(PromptVersion.role, PromptVersion.version)
+    )
+    return [PromptVersionRecord(v.role, v.version, v.text, v.parent_version, v.critique) for v in result.scalars()]
+
+
+def fail_episode(session: Session, run_id: str, prompt_id: str, reason: str) -> None:
+    """Close an episode that could not be played (an engine that stayed down, a bug): the run goes on."""
+    session.execute(
+        update(Episode)
+        .where(Episode.id == episode_id_for(run_id, prompt_id), Episode.status.not_in(EPISODE_DONE))
+        .values(status="failed", failure_reason=reason, finished_at=utcnow())
+    )
+
+
+def update_run(
+    session: Session, run_id: str, *, status: str | None = None, metrics: dict[str, Any] | None = None
+) -> None:
+    values: dict[str, Any] = {"updated_at": utcnow()}
+    if status is not None:
+        values["status"] = status
+    if metrics is not None:
+        values["metrics"] = metrics
+    session.execute(update(Run).where(Run.id == run_id).values(**values))

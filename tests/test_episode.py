@@ -1,0 +1,260 @@
+"""Game logic of one Anyprefer episode with scripted players: no model, no Ray, no database."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.backends import Backend, ChatRequest, ChatResult, Completion
+from agents.game import Candidate, EpisodePrompt, Graded, PlayerFailure, Ranking, ScoredCandidate, ToolCall
+from agents.players import RANKING_METHOD, Judge, default_prompt
+from agents.verdicts import PromptRewrite, RewardVerdict
+from pipelines.episode import GameSettings, Players, PromptBook, PromptRef, play_episode
+from tools.base import Evidence, JudgeTool, PromptContext
+from tools.reference_answer import ReferenceAnswerTool
+
+PROMPT = EpisodePrompt(id="p" * 64, messages=[{"role": "user", "content": "What is 2 + 2?"}], meta={"answer": 4})
+SETTINGS = GameSettings(candidates=2, max_rounds=3, accept_threshold=8, seed=7)
+
+
+@dataclass
+class ScriptedTarget:
+    answers: list[list[str] | PlayerFailure]
+    model_id: str = "scripted-target"
+    seen: list[tuple[str, int]] = field(default_factory=list)
+
+    def sample(self, prompt, system_prompt, n, seed):  # noqa: ANN001, ANN201
+        self.seen.append((system_prompt, seed))
+        answer = self.answers[len(self.seen) - 1]
+        if isinstance(answer, PlayerFailure):
+            return answer
+        return [Candidate(text=t, model_id=self.model_id) for t in answer]
+
+
+@dataclass
+class ScriptedJudge:
+    scores: list[list[float] | PlayerFailure]
+    model_id: str = "scripted-judge"
+    seen_prompts: list[str] = field(default_factory=list)
+
+    def choose_tools(self, prompt):  # noqa: ANN001, ANN201
+        return []
+
+    def investigate(self, prompt, candidates, tool_names):  # noqa: ANN001, ANN201
+        return []
+
+    def rank(self, prompt, candidates, calls, system_prompt):  # noqa: ANN001, ANN201
+        self.seen_prompts.append(system_prompt)
+        scores = self.scores[len(self.seen_prompts) - 1]
+        if isinstance(scores, PlayerFailure):
+            return scores
+        return Ranking([ScoredCandidate(i, s, f"rationale {i}", None, s) for i, s in enumerate(scores)], "scripted")
+
+
+@dataclass
+class ScriptedReward:
+    scores: list[int | PlayerFailure]
+    model_id: str = "scripted-reward"
+    calls: int = 0
+
+    def grade(self, prompt, chosen, rejected, ranking, chosen_index, rejected_index, calls):  # noqa: ANN001, ANN201
+        score = self.scores[self.calls]
+        self.calls += 1
+        if isinstance(score, PlayerFailure):
+            return score
+        return Graded(RewardVerdict(analysis=f"analysis {score}", score=score), raw=json.dumps({"score": score}))
+
+
+@dataclass
+class ScriptedOptimizer:
+    fail: bool = False
+    model_id: str = "scripted-optimizer"
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def rewrite(self, prompt, candidates, ranking, chosen_index, rejected_index, reward, threshold, target_prompt,
+                judge_prompt):  # noqa: ANN001, ANN201
+        self.seen.append({"analysis": reward.analysis, "rationales": [s.rationale for s in ranking.scored],
+                          "target_prompt": target_prompt})
+        if self.fail:
+            return PlayerFailure("optimizer", "no valid answer", raw=["{not json"])
+        n = len(self.seen)
+        return Graded(PromptRewrite(target_critique=f"tc{n}", target_prompt=f"target prompt v{n} be exact",
+                                    judge_critique=f"jc{n}", judge_prompt=f"judge prompt v{n} be strict"), raw="{}")
+
+
+def players(target, judge, reward, optimizer=None) -> Players:  # noqa: ANN001
+    return Players(target, judge, reward, optimizer or ScriptedOptimizer())
+
+
+def book() -> PromptBook:
+    return PromptBook(default_prompt("target"), default_prompt("judge"))
+
+
+def test_accepted_at_round_one() -> None:
+    target = ScriptedTarget([["4", "5"]])
+    shared = book()
+    episode = play_episode(PROMPT, players(target, ScriptedJudge([[9, 3]]), ScriptedReward([9])), shared, SETTINGS)
+    assert episode.status == "accepted" and len(episode.rounds) == 1
+    (round_,) = episode.rounds
+    assert (round_.chosen_index, round_.rejected_index, round_.reward.score) == (0, 1, 9)
+    assert round_.target_prompt.version == round_.judge_prompt.version == 0
+    assert round_.rewrite is None and episode.promoted == []
+    assert shared.current()[0].version == 0
+
+
+def test_accepted_after_a_rewrite_and_rewrite_promoted() -> None:
+    target, judge = ScriptedTarget([["4", "5"], ["4", "22"]]), ScriptedJudge([[8, 4], [9, 1]])
+    optimizer = ScriptedOptimizer()
+    shared = book()
+    episode = play_episode(PROMPT, players(target, judge, ScriptedReward([5, 9]), optimizer), shared, SETTINGS)
+    assert episode.status == "accepted" and [r.outcome for r in episode.rounds] == ["rejected", "accepted"]
+    # The optimizer saw the reward model's critique and the judge's rationales.
+    assert optimizer.seen[0]["analysis"] == "analysis 5"
+    assert optimizer.seen[0]["rationales"] == ["rationale 0", "rationale 1"]
+    second = episode.rounds[1]
+    assert (second.target_prompt.version, second.target_prompt.text) == (1, "target prompt v1 be exact")
+    assert target.seen[1][0] == "target prompt v1 be exact" and judge.seen_prompts[1] == "judge prompt v1 be strict"
+    assert episode.rounds[0].rewrite.target_critique == "tc1"
+    assert [(r.role, r.version) for r in episode.promoted] == [("target", 1), ("judge", 1)]
+    current_target, current_judge = shared.current()
+    assert (current_target.version, current_judge.version) == (1, 1)
+
+
+def test_gives_up_after_max_rounds() -> None:
+    optimizer = ScriptedOptimizer()
+    target = ScriptedTarget([["4", "5"]] * 3)
+    episode = play_episode(PROMPT, players(target, ScriptedJudge([[7, 2]] * 3), ScriptedReward([3, 4, 5]), optimizer),
+                           book(), SETTINGS)
+    assert episode.status == "gave_up" and len(episode.rounds) == 3
+    assert "best reward 5" in episode.reason and "rejected, rejected, rejected" in episode.reason
+    assert len(optimizer.seen) == 2, "no rewrite after the last round"
+    assert [r.target_prompt.version for r in episode.rounds] == [0, 1, 2]
+    assert episode.promoted == []
+
+
+def test_ties_retry_with_a_new_seed() -> None:
+    target = ScriptedTarget([["4", "5"], ["4", "4 "], ["4", "9"]])
+    judge = ScriptedJudge([[6, 6], [9, 2], [9, 2]])
+    reward = ScriptedReward([9])
+    episode = play_episode(PROMPT, players(target, judge, reward), book(), SETTINGS)
+    assert [r.outcome for r in episode.rounds] == ["tie", "tie", "accepted"]
+    assert "tie" in episode.rounds[0].failure_reason
+    assert episode.rounds[1].chosen_index is None, "identical texts are a tie whatever the scores"
+    seeds = [seed for _, seed in target.seen]
+    assert len(set(seeds)) == 3
+    again = ScriptedTarget([["4", "5"], ["4", "4 "], ["4", "9"]])
+    play_episode(PROMPT, players(again, ScriptedJudge([[6, 6], [9, 2], [9, 2]]), ScriptedReward([9])), book(), SETTINGS)
+    assert [seed for _, seed in again.seen] == seeds, "seeds derive from (run seed, prompt, round) only"
+
+
+def test_parse_failures_are_recorded_not_raised() -> None:
+    bad_judge = PlayerFailure("judge", "no valid answer in 3 attempts", raw=["{oops", "{oops", "nope"])
+    target = ScriptedTarget([["4", "5"]] * 3)
+    judge = ScriptedJudge([bad_judge, [9, 1], [9, 1]])
+    reward = ScriptedReward([PlayerFailure("reward", "no valid answer", raw=["10/10"]), 9])
+    episode = play_episode(PROMPT, players(target, judge, reward), book(), SETTINGS)
+    assert [r.outcome for r in episode.rounds] == ["failed", "failed", "accepted"]
+    assert episode.rounds[0].failures[0].raw == ["{oops", "{oops", "nope"]
+    assert episode.rounds[0].failure_reason.startswith("judge: ")
+    assert episode.rounds[1].failure_reason.startswith("reward: ")
+
+    all_failed = play_episode(
+        PROMPT, players(ScriptedTarget([PlayerFailure("target", "EngineError: boom")] * 3), ScriptedJudge([]),
+                        ScriptedReward([])), book(), SETTINGS)
+    assert all_failed.status == "failed" and all_failed.reason == "target: EngineError: boom"
+
+
+def test_optimizer_failure_keeps_prompts() -> None:
+    target = ScriptedTarget([["4", "5"], ["4", "5"]])
+    episode = play_episode(PROMPT, players(target, ScriptedJudge([[9, 1], [9, 1]]), ScriptedReward([3, 9]),
+                                           ScriptedOptimizer(fail=True)), book(), SETTINGS)
+    assert episode.status == "accepted"
+    assert episode.rounds[0].failures[0].role == "optimizer"
+    assert episode.rounds[1].target_prompt.version == 0
+
+
+class CannedBackend(Backend):
+    """Answers every request with fixed text: a unit test of the judge's ranking arithmetic, not an engine."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(max_batch_size=8)
+        self.text = text
+
+    def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        return [ChatResult([Completion(self.text, "stop", 5)], prompt_tokens=10) for _ in requests]
+
+
+class BrokenTool(JudgeTool):
+    name: str = "broken"
+    description: str = "always fails"
+
+    def _run(self, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("disk on fire")
+
+    def arguments_for(self, prompt: PromptContext, candidate: str | None) -> dict[str, Any] | None:
+        return None if candidate is None else {}
+
+
+def test_verified_verdicts_outweigh_the_judge_and_tool_failures_are_evidence() -> None:
+    opinion = {"candidate_1": {"rationale": "looks great", "score": 9}, "candidate_2": {"rationale": "meh", "score": 2}}
+    judge = Judge(CannedBackend(json.dumps(opinion)), "canned",
+                  {"reference_answer": ReferenceAnswerTool(), "broken": BrokenTool()})
+    candidates = [Candidate("2 + 2 = 5", "m"), Candidate("The answer is 4.", "m")]
+    tools = judge.choose_tools(PROMPT)
+    assert tools == ["reference_answer", "broken"]
+    calls = judge.investigate(PROMPT, candidates, tools)
+    broken = [c for c in calls if c.tool == "broken"]
+    assert len(broken) == 2 and all(not c.evidence.ok and "disk on fire" in c.evidence.error for c in broken)
+    ranking = judge.rank(PROMPT, candidates, calls, "be strict")
+    assert ranking.method == RANKING_METHOD
+    best, worst = ranking.best_and_worst()
+    assert (best.index, best.judge_score, best.verified, best.final_score) == (1, 2.0, True, 12.0)
+    assert (worst.index, worst.judge_score, worst.verified, worst.final_score) == (0, 9.0, False, -1.0)
+
+
+def test_judge_without_parseable_answer_ranks_on_verdicts_alone() -> None:
+    judge = Judge(CannedBackend("I like the first one"), "canned", {"reference_answer": ReferenceAnswerTool()},
+                  parse_retries=1)
+    candidates = [Candidate("5", "m"), Candidate("4", "m")]
+    calls = judge.investigate(PROMPT, candidates, ["reference_answer"])
+    ranking = judge.rank(PROMPT, candidates, calls, "be strict")
+    assert ranking.method.startswith("tool verdicts only") and ranking.best_and_worst()[0].index == 1
+    no_tools = Judge(CannedBackend("I like the first one"), "canned", {}, parse_retries=1)
+    failure = no_tools.rank(PROMPT, candidates, [], "be strict")
+    assert isinstance(failure, PlayerFailure) and failure.raw == ["I like the first one"] * 2
+
+
+def test_prompt_book_first_promotion_wins_and_versions_are_unique() -> None:
+    shared = book()
+    target0, _ = shared.current()
+    rival_a = shared.propose(target0, "rewrite A", "critique A")
+    rival_b = shared.propose(target0, "rewrite B", "critique B")
+    assert shared.promote(rival_b) and not shared.promote(rival_a)
+    assert shared.current()[0] == rival_b
+    child = shared.propose(rival_b, "rewrite of B", "more")
+    assert shared.promote(child) and shared.current()[0].version == child.version
+
+    proposals: list[PromptRef] = []
+    lock = threading.Lock()
+
+    def propose_many() -> None:
+        for i in range(50):
+            ref = shared.propose(child, f"text {i}", "c")
+            with lock:
+                proposals.append(ref)
+
+    threads = [threading.Thread(target=propose_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    versions = [p.version for p in proposals]
+    assert len(versions) == len(set(versions)) == 200
+
+
+def test_tool_call_targets_and_evidence_shape() -> None:
+    call = ToolCall("reference_answer", 1, {"candidate": "4", "gold": "4"},
+                    Evidence.model_validate(ReferenceAnswerTool().invoke({"candidate": "4", "gold": "4"})))
+    assert call.evidence.verdict is True and call.evidence.data == {"expected": 4.0, "claimed": 4.0}
