@@ -53,7 +53,7 @@ class ModelConfig(Strict):
     num_cpus: float = execution(1, "CPUs the engine actor reserves.", ge=0)
     threads: int = execution(1, "torch intra-op threads for the transformers backend.", ge=1)
     max_batch_size: int = execution(32, "Most requests one engine call batches together.", ge=1)
-    kv_cache_gb: int = execution(1, "vLLM CPU build: KV cache GiB (VLLM_CPU_KVCACHE_SPACE).", ge=1)
+    kv_cache_gb: int = execution(1, "vLLM CPU build: KV cache GiB, unless VLLM_CPU_KVCACHE_SPACE is set.", ge=1)
     request_timeout_s: float = execution(120.0, "backend=openai: timeout of one HTTP request.", gt=0)
     max_retries: int = execution(
         3, "backend=openai: retries (with backoff) after 429/5xx/connection errors.", ge=0

