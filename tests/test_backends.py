@@ -1,0 +1,338 @@
+"""The three model backends on the real small model: transformers, vLLM CPU in-process, and the HTTP backend
+against a real `vllm serve` that a fixture starts on 127.0.0.1 and stops by PID. No engine is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field, ValidationError
+
+from agents.backends import (
+    Backend,
+    BackendConfigError,
+    BackendUnavailableError,
+    BadResponseError,
+    ChatRequest,
+    ContextLengthError,
+    InvalidRequestError,
+    ParsedAnswer,
+    ParseFailure,
+    create_backend,
+    generate_structured,
+)
+from agents.backends.vllm_server import VLLMServer, free_port, start_vllm_server
+from configs.schema import ModelConfig
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m-instruct"
+CONTEXT = 1024  # small window: the too-long prompt stays cheap to build and reject
+BACKENDS = ["transformers", "vllm", "openai"]
+
+
+class JudgeRating(BaseModel):
+    """The shape of a judge's answer in these tests."""
+
+    score: int = Field(ge=1, le=10)
+    # bounded so that the token budget below always covers a complete answer: a grammar guarantees a
+    # valid answer only if decoding is not cut off first
+    reason: str = Field(max_length=24)
+
+
+JUDGE_CASES = [
+    ("What is the capital of France?", "Paris."),
+    ("What is 7 times 8?", "54"),
+    ("Name a primary colour.", "Blue."),
+    ("How many legs does a spider have?", "Eight."),
+    ("What is the boiling point of water at sea level in Celsius?", "100 degrees."),
+    ("Who wrote Romeo and Juliet?", "Charles Dickens."),
+    ("What is the square root of 81?", "9"),
+    ("Translate 'hello' to Spanish.", "Hola."),
+    ("What gas do plants absorb?", "Oxygen."),
+    ("What is 15 minus 6?", "9"),
+    ("Which planet is closest to the Sun?", "Mercury."),
+    ("How many days are in a leap year?", "365"),
+    ("What is H2O?", "Water."),
+    ("What is the largest ocean?", "The Atlantic."),
+    ("Give a synonym of 'happy'.", "Joyful."),
+    ("What is 12 divided by 4?", "3"),
+    ("What language is spoken in Brazil?", "Portuguese."),
+    ("How many continents are there?", "Seven."),
+    ("What is the freezing point of water in Fahrenheit?", "0 degrees."),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci."),
+]
+
+
+def judge_request(question: str, answer: str, **sampling: object) -> ChatRequest:
+    prompt = (
+        f"Question: {question}\nAnswer: {answer}\n"
+        'Rate the answer from 1 to 10. Reply as JSON: {"score": <1-10>, "reason": "<a few words>"}'
+    )
+    return ChatRequest(messages=[{"role": "user", "content": prompt}], **{"max_tokens": 40, **sampling})
+
+
+def ask(content: str, **sampling: object) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": content}], **sampling)
+
+
+# ---------------------------------------------------------------------------------------------- engines
+
+
+@pytest.fixture(scope="session")
+def vllm_server_process(small_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    """A real `vllm serve`, started without waiting so that it warms up while the in-process engine loads;
+    stopped by PID (its whole process group) at the end of the session."""
+    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
+    server = start_vllm_server(small_model_path, MODEL, log, max_model_len=CONTEXT)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_server_process: VLLMServer) -> str:
+    """The server's OpenAI base URL, once it answers /health."""
+    try:
+        return vllm_server_process.wait_ready(timeout_s=300)
+    except BackendUnavailableError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def transformers_backend(small_model_path: Path) -> Iterator[Backend]:
+    with create_backend(ModelConfig(name=MODEL, backend="transformers", max_model_len=CONTEXT)) as backend:
+        yield backend
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(small_model_path: Path, vllm_server_process: VLLMServer) -> Iterator[Backend]:
+    with create_backend(ModelConfig(name=MODEL, backend="vllm", max_model_len=CONTEXT, kv_cache_gb=1)) as backend:
+        yield backend
+
+
+@pytest.fixture(scope="session")
+def openai_backend(vllm_server: str) -> Iterator[Backend]:
+    config = ModelConfig(name=MODEL, backend="openai", base_url=vllm_server, request_timeout_s=60, max_retries=1)
+    with create_backend(config) as backend:
+        yield backend
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return request.getfixturevalue(f"{request.param}_backend")
+
+
+# ---------------------------------------------------------------------------------------------- all backends
+
+PROMPTS = ["What is the capital of France?", "Write one sentence about cats.", "List three colours."]
+
+
+def test_greedy_answers_are_non_empty(backend: Backend) -> None:
+    results = backend.generate([ask(prompt, max_tokens=16) for prompt in PROMPTS])
+    assert [result.error for result in results] == [None, None, None]
+    for result in results:
+        (completion,) = result.completions
+        assert completion.text.strip()
+        assert 1 <= completion.completion_tokens <= 16
+        assert result.prompt_tokens > 10  # the chat template's system turn alone is longer
+        if completion.finish_reason == "length":
+            assert completion.completion_tokens == 16
+    assert "Paris" in results[0].completions[0].text
+
+
+def test_backends_render_the_same_prompt(
+    transformers_backend: Backend, vllm_backend: Backend, openai_backend: Backend
+) -> None:
+    """The same chat template on every backend: the server's own rendering counts the same prompt tokens."""
+    requests = [ask(prompt, max_tokens=4) for prompt in PROMPTS]
+    counts = [
+        [result.prompt_tokens for result in backend.generate(requests)]
+        for backend in (transformers_backend, vllm_backend, openai_backend)
+    ]
+    assert counts[0] == counts[1] == counts[2]
+    assert len(set(counts[0])) == 3
+
+
+def test_seeded_sampling_is_reproducible(backend: Backend) -> None:
+    request = ask("Tell me a short story about a dragon.", n=3, temperature=1.0, top_p=0.95, seed=7, max_tokens=8)
+    first, again = backend.generate([request]), backend.generate([request])
+    other = backend.generate([request.model_copy(update={"seed": 8})])
+    assert first[0].texts == again[0].texts
+    assert len(first[0].completions) == 3
+    assert len(set(first[0].texts)) > 1  # the three samples are not one sample repeated
+    assert other[0].texts != first[0].texts
+
+
+def test_stop_strings_and_per_request_budgets(backend: Backend) -> None:
+    counting = ask("Count from 1 to 10, separated by commas.", max_tokens=48, stop=["5"])
+    short = ask("Write a long poem about the sea.", max_tokens=5)
+    long = ask("Write a long poem about the sea.", max_tokens=20, n=2, temperature=0.7, seed=1)
+    counted, cut, full = backend.generate([counting, short, long])
+    (completion,) = counted.completions
+    assert completion.finish_reason == "stop"
+    assert "4" in completion.text and "5" not in completion.text
+    assert [(c.finish_reason, c.completion_tokens) for c in cut.completions] == [("length", 5)]
+    # the padding the short rows get while the longer ones run is never counted as output
+    assert all(c.completion_tokens == 20 for c in full.completions if c.finish_reason == "length")
+    assert all(c.completion_tokens < 20 for c in full.completions if c.finish_reason == "stop")
+
+
+def test_json_schema_answers_validate(backend: Backend, record_property: pytest.RecordProperty) -> None:
+    schema = JudgeRating.model_json_schema()
+    requests = [judge_request(question, answer, json_schema=schema) for question, answer in JUDGE_CASES]
+    results = backend.generate(requests)
+    valid = 0
+    for result in results:
+        assert result.error is None
+        try:
+            JudgeRating.model_validate_json(result.completions[0].text)
+            valid += 1
+        except ValidationError:
+            pass
+    share = valid / len(JUDGE_CASES)
+    record_property("json_schema_valid_share", share)
+    print(f"\n{type(backend).__name__}: {valid}/{len(JUDGE_CASES)} schema-valid answers")
+    assert share == 1.0
+
+
+def test_structured_answers_and_typed_parse_failures(backend: Backend) -> None:
+    questions = JUDGE_CASES[:2]
+    requests = [judge_request(question, answer) for question, answer in questions]
+    truncated = judge_request(*JUDGE_CASES[3], max_tokens=3)  # no JSON object fits in 3 tokens
+    empty = ChatRequest(messages=[])
+    results = generate_structured(backend, [*requests, truncated, empty], JudgeRating, retries=2)
+    for result in results[:2]:
+        assert isinstance(result, ParsedAnswer)
+        assert isinstance(result.value, JudgeRating)
+        assert result.attempts == 1
+        assert JudgeRating.model_validate_json(result.raw) == result.value
+    failed, rejected = results[2], results[3]
+    assert isinstance(failed, ParseFailure) and failed.error is None
+    assert failed.attempts == 3 and len(failed.raw) == 3 and len(failed.errors) == 3
+    assert all(raw.startswith("{") for raw in failed.raw)  # constrained, then cut off by the budget
+    assert isinstance(rejected, ParseFailure) and isinstance(rejected.error, InvalidRequestError)
+    assert rejected.attempts == 1 and "empty message list" in rejected.reason
+
+
+def test_bad_requests_fail_alone(backend: Backend) -> None:
+    too_long = ask("hello " * (CONTEXT + 100), max_tokens=8)
+    good = ask("What is the capital of France?", max_tokens=12)
+    results = backend.generate([ChatRequest(messages=[]), too_long, good])
+    assert isinstance(results[0].error, InvalidRequestError)
+    assert "empty message list" in str(results[0].error)
+    assert isinstance(results[1].error, ContextLengthError)
+    assert results[2].ok and "Paris" in results[2].completions[0].text
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+def test_concurrent_callers_share_one_engine_call(transformers_backend: Backend) -> None:
+    backend = transformers_backend
+    prompts = ["Hi.", "What is two plus two?", "Name the largest planet in the solar system, please."]
+    answers: dict[int, object] = {}
+    before = backend.engine_calls
+
+    def call(index: int) -> None:
+        answers[index] = backend.generate([ask(prompts[index], max_tokens=4)])
+
+    with backend._engine_lock:  # keep the engine busy while three callers arrive
+        threads = [threading.Thread(target=call, args=(index,)) for index in range(3)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(backend._queue) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert backend.engine_calls - before == 1
+    expected = [len(backend.prompt_ids(ask(prompt))) for prompt in prompts]
+    assert [answers[index][0].prompt_tokens for index in range(3)] == expected
+
+
+# ---------------------------------------------------------------------------------------------- HTTP failures
+
+
+class _BadServer(BaseHTTPRequestHandler):
+    """A broken OpenAI-compatible server: how it answers depends on the request's message."""
+
+    hits: dict[str, int] = {}
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        mode = body["messages"][-1]["content"]
+        _BadServer.hits[mode] = _BadServer.hits.get(mode, 0) + 1
+        if mode == "overloaded":
+            self._send(503, b'{"error": {"message": "overloaded"}}', "application/json")
+        elif mode == "garbage":
+            self._send(200, b"<html>definitely not json", "text/html")
+        elif mode == "wrong-shape":
+            self._send(200, b'{"result": "no choices here"}', "application/json")
+        else:
+            answer = {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            }
+            self._send(200, json.dumps(answer).encode(), "application/json")
+
+    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def bad_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BadServer)
+    _BadServer.hits = {}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_garbage_and_overload_are_typed_errors(bad_server: str) -> None:
+    config = ModelConfig(name=MODEL, backend="openai", base_url=bad_server, max_retries=2, request_timeout_s=10)
+    with create_backend(config) as backend:
+        results = backend.generate([ask(mode) for mode in ("garbage", "wrong-shape", "overloaded", "fine")])
+    assert isinstance(results[0].error, BadResponseError)
+    assert isinstance(results[1].error, BadResponseError)
+    assert isinstance(results[2].error, BackendUnavailableError) and "503" in str(results[2].error)
+    assert _BadServer.hits["overloaded"] == 3  # one try and two bounded retries
+    assert results[3].ok and results[3].texts == ["fine"]
+
+
+def test_unreachable_server_is_a_typed_error() -> None:
+    config = ModelConfig(name=MODEL, backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=1)
+    with create_backend(config) as backend:
+        results = backend.generate([ask("hello"), ChatRequest(messages=[])])
+    assert isinstance(results[0].error, BackendUnavailableError) and "cannot reach" in str(results[0].error)
+    assert isinstance(results[1].error, InvalidRequestError)
+
+
+def test_openai_backend_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(BackendConfigError, match="base_url"):
+        create_backend(ModelConfig(backend="openai"))
+    monkeypatch.delenv("PREFSMITH_TEST_KEY", raising=False)
+    with pytest.raises(BackendConfigError, match=r"\$PREFSMITH_TEST_KEY"):
+        create_backend(
+            ModelConfig(backend="openai", base_url="http://127.0.0.1:1/v1", api_key_env="PREFSMITH_TEST_KEY")
+        )
