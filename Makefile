@@ -31,8 +31,19 @@ $(STAMP): pyproject.toml
 demo: install
 	OMP_NUM_THREADS=1 $(VENV)/bin/prefsmith quickstart
 
+# Three pytest processes, so the memory of the model-heavy groups (trainers; vLLM engines) is returned
+# between them; each prints its own summary, and any failure fails `make test`.
+PYTEST := OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q --timeout=900 -p no:cacheprovider
+TRAINER_TESTS := tests/test_sparsepo.py tests/test_sparsepo_training.py tests/test_sparsepo_ray.py \
+	tests/test_bls.py tests/test_bias_eval.py tests/test_debias.py
+BACKEND_TESTS := tests/test_backends.py tests/test_backends_protocol.py
+
 test: install
-	OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q --timeout=900 tests
+	status=0; \
+	$(PYTEST) tests $(addprefix --ignore=,$(TRAINER_TESTS) $(BACKEND_TESTS)) || status=1; \
+	$(PYTEST) $(TRAINER_TESTS) || status=1; \
+	$(PYTEST) $(BACKEND_TESTS) || status=1; \
+	exit $$status
 
 lint: install
 	$(VENV)/bin/ruff check configs storage agents tools pipelines training tests benchmarks

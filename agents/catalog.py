@@ -150,21 +150,3 @@ def resolve_model(name: str) -> str:
         f"unknown model {name!r}: not a prefsmith model ({', '.join(sorted(CATALOG))}), "
         "an existing folder, or a Hugging Face id (org/name)"
     )
-
-
-def validate_model_name(name: str) -> None:
-    """Cheap check (no conversion, no loading) that `name` can be resolved; raises ModelNotFoundError."""
-    if name in CATALOG:
-        locate_gguf(CATALOG[name])
-        return
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} is not a model folder (no config.json)")
-        return
-    parts = name.split("/")
-    if not (len(parts) == 2 and all(parts) and not name.startswith((".", "~"))):
-        raise ModelNotFoundError(
-            f"unknown model {name!r}: not a prefsmith model ({', '.join(sorted(CATALOG))}), "
-            "an existing folder, or a Hugging Face id (org/name)"
-        )

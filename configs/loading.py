@@ -19,9 +19,6 @@ from configs.schema import SynthesisConfig, is_execution_field
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
-PRESETS = ("quickstart", "cluster", "train_dpo", "train_sparsepo")
-
-
 def preset_path(name: str) -> Path:
     """The packaged YAML preset `name` (e.g. 'quickstart')."""
     path = Path(str(resources.files("configs") / f"{name}.yaml"))

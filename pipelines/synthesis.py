@@ -83,9 +83,11 @@ class EngineActor:
 
     def usage(self) -> dict[str, Any]:
         with self._lock:
+            window = 0.0 if self.first_call is None else self.last_return - self.first_call
             return {
                 "completion_tokens": self.completion_tokens,
                 "busy_s": self.busy_s,
+                "wall_s": window,
                 "engine_calls": self.backend.engine_calls,
             }
 
