@@ -360,8 +360,7 @@ def refresh_command(
     address: AddressOption = None,
 ) -> None:
     """Play only prompts no run with this config hash has played, then write a new export version."""
-    from pipelines.export import export_run
-    from storage.db import prefsmith_home
+    from pipelines.export import default_export_dir, export_run
     from storage.migrate import open_database
 
     _, report = _run_synthesis(config, set_, db, None, None, address, only_unplayed=True)
@@ -383,8 +382,7 @@ def refresh_command(
 
         with session_scope(engine) as session:
             version = next_export_version(session, report.run_id)
-        target = out or prefsmith_home() / "exports" / f"{report.run_id}-v{version}"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = out or default_export_dir(report.run_id, version)
         result = export_run(engine, report.run_id, target, fmt=fmt)  # type: ignore[arg-type]
     finally:
         engine.dispose()
@@ -427,9 +425,9 @@ def quickstart(db: DbOption = None, set_: SetOption = None) -> None:
     built-in arithmetic prompts on a local Ray, export the accepted pairs, print a summary."""
     from agents.catalog import prepare
     from configs.loading import load_config
-    from pipelines.export import export_run
+    from pipelines.export import default_export_dir, export_run
     from pipelines.synthesis import synthesize
-    from storage.db import prefsmith_home, redact_url, resolve_db_url, session_scope
+    from storage.db import redact_url, resolve_db_url, session_scope
     from storage.migrate import open_database, upgrade
     from storage.queries import next_export_version, run_summary
 
@@ -448,8 +446,7 @@ def quickstart(db: DbOption = None, set_: SetOption = None) -> None:
     try:
         with session_scope(engine) as session:
             version = next_export_version(session, report.run_id)
-        target = prefsmith_home() / "exports" / f"{report.run_id}-v{version}"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = default_export_dir(report.run_id, version)
         result = export_run(engine, report.run_id, target)
         with session_scope(engine) as session:
             summary = run_summary(session, report.run_id)

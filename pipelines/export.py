@@ -132,6 +132,18 @@ def _check_destination(out: Path, force: bool) -> None:
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist")
 
 
+def default_export_dir(run_id: str, version: int) -> Path:
+    """Where `quickstart` and `refresh` write export `version` of `run_id`: under $PREFSMITH_HOME/exports,
+    never over an existing folder (another database may have used the same run id and version)."""
+    from storage.db import prefsmith_home
+
+    folder = prefsmith_home() / "exports" / f"{run_id}-v{version}"
+    if folder.exists() and any(folder.iterdir()):
+        folder = folder.with_name(f"{folder.name}-{datetime.now(UTC):%Y%m%dT%H%M%S%f}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def export_run(
     engine: Engine,
     run_id: str,

@@ -81,3 +81,16 @@ def test_bad_export_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "data.jsonl").write_text('{"prompt": [], "chosen": [], "rejected": []}\n{"prompt": \n')
     with pytest.raises(ExportError, match=r"data.jsonl:2: invalid JSON"):
         load_preference_set(tmp_path)
+
+
+def test_default_export_dir_never_reuses_a_written_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.export import default_export_dir
+
+    monkeypatch.setenv("PREFSMITH_HOME", str(tmp_path))
+    first = default_export_dir("run-x", 1)
+    assert first == tmp_path / "exports" / "run-x-v1" and not first.exists()
+    first.mkdir()
+    assert default_export_dir("run-x", 1) == first, "an empty folder may be used"
+    (first / "manifest.json").write_text("{}")
+    second = default_export_dir("run-x", 1)
+    assert second != first and second.name.startswith("run-x-v1-")
