@@ -23,8 +23,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from agents.backends.errors import ContextLengthError, InvalidRequestError
-from agents.backends.protocol import Backend, ChatRequest, ChatResult, Completion, FinishReason, check_request
+from agents.backends.errors import InvalidRequestError
+from agents.backends.protocol import ChatRequest, ChatResult, Completion, FinishReason, LocalBackend
 from agents.catalog import resolve_model
 from configs.schema import ModelConfig
 
@@ -149,7 +149,7 @@ class _RowStop(StoppingCriteria):
         row.finished, row.finish_reason, row.completion_tokens, row.text = True, reason, tokens, text
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(LocalBackend):
     """A Hugging Face causal LM on this process's CPU (or GPU), with xgrammar for JSON-schema answers."""
 
     supports_json_schema = True
@@ -187,28 +187,16 @@ class TransformersBackend(Backend):
             self._grammars[key] = self._grammar_compiler.compile_json_schema(key, any_whitespace=False)
         return self._grammars[key]
 
-    def prompt_ids(self, request: ChatRequest) -> list[int]:
-        text = self.tokenizer.apply_chat_template(request.chat(), tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
-
     def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         results: list[ChatResult | None] = [None] * len(requests)
         prompt_tokens = [0] * len(requests)
         rows: list[_Row] = []
         for index, request in enumerate(requests):
-            error = check_request(request)
-            if error is not None:
-                results[index] = ChatResult.failed(error)
+            ids = self.admit(request)
+            if isinstance(ids, ChatResult):
+                results[index] = ids
                 continue
-            ids = self.prompt_ids(request)
             prompt_tokens[index] = len(ids)
-            if len(ids) >= self.max_model_len:
-                results[index] = ChatResult.failed(
-                    ContextLengthError(
-                        f"the prompt has {len(ids)} tokens; the context window holds {self.max_model_len}"
-                    )
-                )
-                continue
             grammar = None
             if request.json_schema is not None:
                 try:

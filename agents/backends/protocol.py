@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.backends.errors import BackendError, InvalidRequestError
+from agents.backends.errors import BackendError, ContextLengthError, InvalidRequestError
 from configs.schema import SamplingConfig
 
 Role = Literal["system", "user", "assistant"]
@@ -168,3 +168,27 @@ class Backend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class LocalBackend(Backend):
+    """A backend that tokenizes in this process (transformers, in-process vLLM): the chat template, the
+    prompt's token ids and the context-window check live here once."""
+
+    tokenizer: Any
+    max_model_len: int
+
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        text = self.tokenizer.apply_chat_template(request.chat(), tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def admit(self, request: ChatRequest) -> list[int] | ChatResult:
+        """The prompt's token ids, or the failed result to answer with when the request cannot run."""
+        error = check_request(request)
+        if error is not None:
+            return ChatResult.failed(error)
+        ids = self.prompt_ids(request)
+        if len(ids) >= self.max_model_len:
+            return ChatResult.failed(
+                ContextLengthError(f"the prompt has {len(ids)} tokens; the context window holds {self.max_model_len}")
+            )
+        return ids

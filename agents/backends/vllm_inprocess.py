@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from agents.backends.errors import ContextLengthError, EngineError, InvalidRequestError
-from agents.backends.protocol import Backend, ChatRequest, ChatResult, Completion, check_request
+from agents.backends.errors import EngineError, InvalidRequestError
+from agents.backends.protocol import ChatRequest, ChatResult, Completion, LocalBackend
 from agents.catalog import resolve_model
 from configs.schema import ModelConfig
 
 
-class VLLMBackend(Backend):
+class VLLMBackend(LocalBackend):
     supports_json_schema = True
 
     def __init__(self, config: ModelConfig) -> None:
@@ -47,10 +47,6 @@ class VLLMBackend(Backend):
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
-    def prompt_ids(self, request: ChatRequest) -> list[int]:
-        text = self.tokenizer.apply_chat_template(request.chat(), tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
-
     def _sampling_params(self, request: ChatRequest, prompt_len: int) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
@@ -75,17 +71,9 @@ class VLLMBackend(Backend):
         results: list[ChatResult | None] = [None] * len(requests)
         runnable: list[tuple[int, Any, Any]] = []
         for index, request in enumerate(requests):
-            error = check_request(request)
-            if error is not None:
-                results[index] = ChatResult.failed(error)
-                continue
-            ids = self.prompt_ids(request)
-            if len(ids) >= self.max_model_len:
-                results[index] = ChatResult.failed(
-                    ContextLengthError(
-                        f"the prompt has {len(ids)} tokens; the context window holds {self.max_model_len}"
-                    )
-                )
+            ids = self.admit(request)
+            if isinstance(ids, ChatResult):
+                results[index] = ids
                 continue
             try:
                 params = self._sampling_params(request, len(ids))
