@@ -32,6 +32,27 @@ PAIRS = [
 ]
 
 
+def save_tiny_llama(folder: Path, tokenizer_path: Path) -> Path:
+    """A 2-layer random Llama with SmolLM2's tokenizer, for tests of plumbing that needs no real model."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 def write_export(folder: Path, pairs: list[tuple[str, str, str]] = PAIRS) -> Path:
     """An export-shaped folder (data.parquet + manifest.json) with the columns `prefsmith export` writes."""
     import datasets

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.test_sparsepo import PAIRS, write_export
+from tests.test_sparsepo import PAIRS, save_tiny_llama, write_export
 from training.masks import MASKS_WEIGHTS_NAME, TokenMaskNetworks
 
 pytestmark = pytest.mark.slow
@@ -25,25 +25,7 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model(small_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer random Llama with SmolLM2's tokenizer: the CLI plumbing does not need a real model."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(str(small_model_path))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), small_model_path)
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
