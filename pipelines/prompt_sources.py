@@ -37,10 +37,16 @@ ARITHMETIC_TEMPLATES = [
 
 
 def arithmetic_prompts(n: int = 50, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` arithmetic word problems with integer answers, reproducible from `seed`."""
+    """`n` distinct arithmetic word problems with integer answers, reproducible from `seed`."""
     rng = random.Random(seed)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    misses = 0  # draws in a row that repeated an earlier problem
     while len(rows) < n:
+        if misses > 5000:
+            raise ConfigError(
+                f"prompts: the built-in arithmetic set ran out of distinct problems after {len(rows)} (asked for {n})"
+            )
         template, expression = ARITHMETIC_TEMPLATES[len(rows) % len(ARITHMETIC_TEMPLATES)]
         a, b, c = rng.randint(2, 40), rng.randint(2, 12), rng.randint(1, 9)
         if "/" in expression:
@@ -50,9 +56,15 @@ def arithmetic_prompts(n: int = 50, seed: int = 0) -> list[dict[str, Any]]:
         if expression.startswith("{a} + {b} - {c}"):
             c = rng.randint(1, a + b - 1)
         expr = expression.format(a=a, b=b, c=c)
+        prompt = template.format(a=a, b=b, c=c) + " Give the final answer as a number."
+        if prompt in seen:
+            misses += 1
+            continue
+        misses = 0
+        seen.add(prompt)
         answer = evaluate(expr)
         rows.append({
-            "prompt": template.format(a=a, b=b, c=c) + " Give the final answer as a number.",
+            "prompt": prompt,
             "answer": int(answer),
             "expression": expr,
             "answer_kind": "numeric",

@@ -68,3 +68,14 @@ def test_bad_override_and_missing_file() -> None:
         load_config("quickstart", ["sampling.temperature"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("no/such/file.yaml")
+
+
+def test_builtin_arithmetic_limit_gives_that_many_distinct_prompts() -> None:
+    from pipelines.prompt_sources import arithmetic_prompts
+
+    rows = arithmetic_prompts(1000, seed=1)
+    # prompts are stored de-duplicated by content: a repeat would silently shrink the run
+    assert len({row["prompt"] for row in rows}) == 1000
+    assert arithmetic_prompts(1000, seed=1) == rows
+    with pytest.raises(ConfigError, match="ran out of distinct problems"):
+        arithmetic_prompts(10**6, seed=0)
