@@ -65,8 +65,8 @@ class EngineActor:
         self.busy_s = 0.0
         self.first_call: float | None = None
         self.last_return: float | None = None
-        # The benchmark replays exactly the calls the pipeline made, straight to an engine, to compare.
-        self.batches: list[list[ChatRequest]] | None = [] if record_batches else None
+        if record_batches:  # the benchmark replays exactly the engine calls the pipeline made, to compare
+            self.backend.recorded_calls = []
         self._lock = threading.Lock()
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
@@ -77,8 +77,6 @@ class EngineActor:
             self.last_return = time.perf_counter()
             self.busy_s += self.last_return - started
             self.completion_tokens += sum(c.completion_tokens for r in results for c in r.completions)
-            if self.batches is not None:
-                self.batches.append(requests)
         return results
 
     def usage(self) -> dict[str, Any]:
@@ -92,7 +90,7 @@ class EngineActor:
             }
 
     def recorded_batches(self) -> list[list[ChatRequest]]:
-        return list(self.batches or [])
+        return list(self.backend.recorded_calls or [])
 
     def engine_calls(self) -> int:
         return self.backend.engine_calls
@@ -324,8 +322,14 @@ class StopRequest:
                 file=sys.stderr,
                 flush=True,
             )
-        else:
+        elif not self.abandon.is_set():
             self.abandon.set()
+            print(
+                f"\nprefsmith: {signal.Signals(signum).name} again: abandoning in-flight episodes after their "
+                "current round (stored rounds stay stored)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():

@@ -115,6 +115,8 @@ class Backend(ABC):
     def __init__(self, max_batch_size: int) -> None:
         self.max_batch_size = max_batch_size
         self.engine_calls = 0
+        # When a list: every engine call's requests, in order, so a benchmark can replay exactly what ran.
+        self.recorded_calls: list[list[ChatRequest]] | None = None
         self._engine_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
@@ -143,8 +145,11 @@ class Backend(ABC):
         try:
             results: list[ChatResult] = []
             for start in range(0, len(flat), self.max_batch_size):
+                chunk = flat[start : start + self.max_batch_size]
                 self.engine_calls += 1
-                results.extend(self._generate_batch(flat[start : start + self.max_batch_size]))
+                if self.recorded_calls is not None:
+                    self.recorded_calls.append(chunk)
+                results.extend(self._generate_batch(chunk))
         except BaseException as failure:  # a bug in the engine call: every waiting caller sees it
             for ticket in tickets:
                 ticket.failure = failure
