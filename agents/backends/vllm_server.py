@@ -74,6 +74,7 @@ def start_vllm_server(
     max_num_seqs: int = 32,
     kv_cache_gb: int = 1,
     port: int | None = None,
+    dtype: str = "auto",
 ) -> VLLMServer:
     """Start the server without waiting for it (call `wait_ready`), so that it can warm up meanwhile."""
     port = port or free_port()
@@ -104,6 +105,7 @@ def start_vllm_server(
     ]
     if max_model_len is not None:
         command += ["--max-model-len", str(max_model_len)]
+    command += ["--dtype", dtype]
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
