@@ -34,6 +34,9 @@ pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m-instruct"
 CONTEXT = 1024  # small window: the too-long prompt stays cheap to build and reject
+# float32 on every engine: "auto" means bfloat16 where the CPU has bf16 units (AMX, AVX512-BF16), and a
+# 135M model greedy-decoded in bf16 wanders off ("What is the capital of France?" -> "L'Étoile, ...")
+DTYPE = "float32"
 BACKENDS = ["transformers", "vllm", "openai"]
 
 
@@ -90,7 +93,7 @@ def vllm_server_process(small_model_path: Path, tmp_path_factory: pytest.TempPat
     """A real `vllm serve`, started without waiting so that it warms up while the in-process engine loads;
     stopped by PID (its whole process group) at the end of the session."""
     log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    server = start_vllm_server(small_model_path, MODEL, log, max_model_len=CONTEXT)
+    server = start_vllm_server(small_model_path, MODEL, log, max_model_len=CONTEXT, dtype=DTYPE)
     try:
         yield server
     finally:
@@ -108,13 +111,13 @@ def vllm_server(vllm_server_process: VLLMServer) -> str:
 
 @pytest.fixture(scope="session")
 def transformers_backend(small_model_path: Path) -> Iterator[Backend]:
-    with create_backend(ModelConfig(name=MODEL, backend="transformers", max_model_len=CONTEXT)) as backend:
+    with create_backend(ModelConfig(name=MODEL, backend="transformers", max_model_len=CONTEXT, dtype=DTYPE)) as backend:
         yield backend
 
 
 @pytest.fixture(scope="session")
 def vllm_backend(small_model_path: Path, vllm_server_process: VLLMServer) -> Iterator[Backend]:
-    with create_backend(ModelConfig(name=MODEL, backend="vllm", max_model_len=CONTEXT, kv_cache_gb=1)) as backend:
+    with create_backend(ModelConfig(name=MODEL, backend="vllm", max_model_len=CONTEXT, kv_cache_gb=1, dtype=DTYPE)) as backend:
         yield backend
 
 
@@ -256,6 +259,27 @@ def test_concurrent_callers_share_one_engine_call(transformers_backend: Backend)
     assert backend.engine_calls - before == 1
     expected = [len(backend.prompt_ids(ask(prompt))) for prompt in prompts]
     assert [answers[index][0].prompt_tokens for index in range(3)] == expected
+
+
+def test_a_batch_answers_as_each_request_would_alone(transformers_backend: Backend) -> None:
+    """Rows of very different prompt and answer lengths, greedy, seeded and grammar-bound, share one decode
+    loop that drops each row as it ends: every answer is the one the request gets on its own."""
+    backend = transformers_backend
+    requests = [
+        ask("Hi.", max_tokens=3),
+        ask("Write a long poem about the sea, the wind and the ships that cross it at night.", max_tokens=24),
+        ask("List three colours.", n=2, temperature=0.8, top_p=0.9, seed=3, max_tokens=12),
+        judge_request(*JUDGE_CASES[1], json_schema=JudgeRating.model_json_schema()),
+        ask("Count from 1 to 10, separated by commas.", max_tokens=30, stop=["6"]),
+    ]
+    before = backend.engine_calls
+    together = backend.generate(requests)
+    assert backend.engine_calls - before == 1
+    alone = [backend.generate([request])[0] for request in requests]
+    summary = [[(c.text, c.finish_reason, c.completion_tokens) for c in r.completions] for r in together]
+    assert summary == [[(c.text, c.finish_reason, c.completion_tokens) for c in r.completions] for r in alone]
+    assert summary[0][0][1:] == ("length", 3) and summary[1][0][1:] == ("length", 24)  # rows of unequal length
+    JudgeRating.model_validate_json(summary[3][0][0])
 
 
 # ---------------------------------------------------------------------------------------------- HTTP failures

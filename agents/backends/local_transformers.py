@@ -1,7 +1,7 @@
-"""The transformers backend (the CPU default): one batched, left-padded `generate` per engine call.
+"""The transformers backend (the CPU default): one batched, left-padded decode loop per engine call.
 
 Per-row sampling (own seed, temperature, top_p), stop strings, token budgets and JSON-schema grammars
-(xgrammar) are applied row by row inside that single call.
+(xgrammar) are applied row by row; a row that ends leaves the batch (and the KV cache) at once.
 """
 
 from __future__ import annotations
@@ -13,15 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agents.backends.errors import InvalidRequestError
 from agents.backends.protocol import ChatRequest, ChatResult, Completion, FinishReason, LocalBackend
@@ -54,47 +46,7 @@ class _Row:
     finish_reason: FinishReason = "length"
     completion_tokens: int = 0
     text: str = ""
-
-
-@dataclass
-class _BatchState:
-    rows: list[_Row]
-    prompt_width: int
-    bitmask: torch.Tensor | None = None
-    grammar_rows: list[int] = field(default_factory=list)
-
-
-class _RowSampler(LogitsProcessor):
-    """Masks each row's logits with its grammar, then samples sampled rows with their own generator and
-    leaves only the drawn token, so that `generate`'s greedy step picks it. (A batched `generate` with
-    `do_sample=True` would draw every row from one global RNG, which makes seeds depend on the batch.)"""
-
-    def __init__(self, state: _BatchState) -> None:
-        self.state = state
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        import xgrammar
-
-        state = self.state
-        generated = input_ids.shape[1] - state.prompt_width
-        masked: list[int] = []
-        for i in state.grammar_rows:
-            row = state.rows[i]
-            if row.finished:
-                continue
-            if generated > 0 and not row.matcher.accept_token(int(input_ids[i, -1])):
-                raise RuntimeError(f"grammar rejected token {int(input_ids[i, -1])} it had allowed")
-            row.matcher.fill_next_token_bitmask(state.bitmask, i)
-            masked.append(i)
-        if masked:
-            xgrammar.apply_token_bitmask_inplace(scores, state.bitmask, indices=masked)
-        for i, row in enumerate(state.rows):
-            if row.finished or row.temperature == 0:
-                continue
-            token = _draw(scores[i], row.temperature, row.top_p, row.generator)
-            scores[i].fill_(float("-inf"))
-            scores[i, token] = 0.0
-        return scores
+    tokens: list[int] = field(default_factory=list)
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
@@ -108,45 +60,8 @@ def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator: tor
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-class _RowStop(StoppingCriteria):
-    """Ends each row on an EOS token, a stop string or its own token budget, and records why and where:
-    after a row ends, `generate` keeps appending padding to it, which must not count as output."""
-
-    def __init__(self, state: _BatchState, eos_ids: set[int], tokenizer: Any) -> None:
-        self.state = state
-        self.eos_ids = eos_ids
-        self.tokenizer = tokenizer
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        state = self.state
-        generated = input_ids.shape[1] - state.prompt_width
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
-        for i, row in enumerate(state.rows):
-            if not row.finished:
-                self._update(row, input_ids[i, state.prompt_width :].tolist(), generated)
-            done[i] = row.finished
-        return done
-
-    def _update(self, row: _Row, tokens: list[int], generated: int) -> None:
-        if tokens[-1] in self.eos_ids:
-            # the EOS token was generated and counts as output, as in vLLM; it is not part of the text
-            self._finish(row, "stop", generated, self._decode(tokens[:-1]))
-            return
-        if row.stop:
-            text = self._decode(tokens)
-            cut = min((text.find(stop) for stop in row.stop if stop in text), default=-1)
-            if cut >= 0:
-                self._finish(row, "stop", generated, text[:cut])
-                return
-        if generated >= row.max_new:
-            self._finish(row, "length", generated, self._decode(tokens))
-
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
-
-    @staticmethod
-    def _finish(row: _Row, reason: FinishReason, tokens: int, text: str) -> None:
-        row.finished, row.finish_reason, row.completion_tokens, row.text = True, reason, tokens, text
+def _finish(row: _Row, reason: FinishReason, text: str) -> None:
+    row.finished, row.finish_reason, row.completion_tokens, row.text = True, reason, len(row.tokens), text
 
 
 class TransformersBackend(LocalBackend):
@@ -236,7 +151,11 @@ class TransformersBackend(LocalBackend):
         ]
 
     def _run(self, rows: list[_Row]) -> None:
+        """Decode every row together, one forward pass per step over the rows still running. A row that ends
+        (EOS, stop string, its budget) leaves the batch and the KV cache at once, so a long answer never makes
+        the short ones pay for padding steps."""
         import xgrammar
+        from transformers import DynamicCache
 
         width = max(len(row.prompt_ids) for row in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -244,23 +163,83 @@ class TransformersBackend(LocalBackend):
         for i, row in enumerate(rows):
             input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
             attention_mask[i, width - len(row.prompt_ids) :] = 1
-        state = _BatchState(rows=rows, prompt_width=width)
-        state.grammar_rows = [i for i, row in enumerate(rows) if row.grammar is not None]
-        if state.grammar_rows:
-            for i in state.grammar_rows:
-                rows[i].matcher = xgrammar.GrammarMatcher(rows[i].grammar)
-            state.bitmask = xgrammar.allocate_token_bitmask(len(rows), int(self.model.config.vocab_size))
-        generation_config = GenerationConfig(
-            do_sample=False,
-            max_new_tokens=max(row.max_new for row in rows),
-            pad_token_id=self.pad_id,
-            eos_token_id=sorted(self.eos_ids),
-        )
+        bitmask = None
+        if any(row.grammar is not None for row in rows):
+            for row in rows:
+                row.matcher = xgrammar.GrammarMatcher(row.grammar) if row.grammar is not None else None
+            bitmask = xgrammar.allocate_token_bitmask(len(rows), int(self.model.config.vocab_size))
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        active = list(range(len(rows)))  # the rows still decoding, in batch order
         with torch.inference_mode():
-            self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=generation_config,
-                logits_processor=LogitsProcessorList([_RowSampler(state)]),
-                stopping_criteria=StoppingCriteriaList([_RowStop(state, self.eos_ids, self.tokenizer)]),
-            )
+            logits = self._step(input_ids, attention_mask, positions, cache)
+            next_position = attention_mask.sum(-1)
+            while True:
+                chosen = self._choose([rows[i] for i in active], logits, bitmask)
+                keep = [j for j, i in enumerate(active) if not self._advance(rows[i], chosen[j])]
+                if not keep:
+                    return
+                if len(keep) < len(active):
+                    index = torch.tensor(keep)
+                    cache.batch_select_indices(index)
+                    attention_mask, next_position = attention_mask[index], next_position[index]
+                    active = [active[j] for j in keep]
+                    chosen = [chosen[j] for j in keep]
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=-1)
+                logits = self._step(
+                    torch.tensor(chosen).unsqueeze(-1), attention_mask, next_position.unsqueeze(-1), cache
+                )
+                next_position = next_position + 1
+
+    def _step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
+        """One forward pass; the next-token logits of each row, in float32."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].float()
+
+    @staticmethod
+    def _choose(rows: list[_Row], logits: torch.Tensor, bitmask: torch.Tensor | None) -> list[int]:
+        """Each row's next token: its grammar's mask, then its own generator (or greedy), independent of
+        which other rows share the batch."""
+        import xgrammar
+
+        masked = [j for j, row in enumerate(rows) if row.matcher is not None]
+        if masked:
+            for j in masked:
+                rows[j].matcher.fill_next_token_bitmask(bitmask, j)
+            xgrammar.apply_token_bitmask_inplace(logits, bitmask, indices=masked)
+        return [
+            int(torch.argmax(logits[j]))
+            if row.temperature == 0
+            else _draw(logits[j], row.temperature, row.top_p, row.generator)
+            for j, row in enumerate(rows)
+        ]
+
+    def _advance(self, row: _Row, token: int) -> bool:
+        """Append `token` to the row; True when the row has ended (and records why and its text)."""
+        row.tokens.append(token)
+        if token in self.eos_ids:
+            # the EOS token was generated and counts as output, as in vLLM; it is not part of the text
+            _finish(row, "stop", self._decode(row.tokens[:-1]))
+            return True
+        if row.matcher is not None and not row.matcher.accept_token(token):
+            raise RuntimeError(f"grammar rejected token {token} it had allowed")
+        if row.stop:
+            text = self._decode(row.tokens)
+            cut = min((text.find(stop) for stop in row.stop if stop in text), default=-1)
+            if cut >= 0:
+                _finish(row, "stop", text[:cut])
+                return True
+        if len(row.tokens) >= row.max_new:
+            _finish(row, "length", self._decode(row.tokens))
+            return True
+        return False
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
