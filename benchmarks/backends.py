@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--max-model-len", type=int, default=1024)
+    # one dtype for every engine: "auto" is bfloat16 on CPUs with bf16 units and float32 elsewhere
+    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"])
     args = parser.parse_args()
 
     import torch
@@ -118,11 +120,18 @@ def main() -> None:
     path = resolve_model(args.model)
     requests = workload(args.prompts, args.samples, args.max_tokens)
     batch = args.prompts * args.samples
-    base = {"name": args.model, "max_model_len": args.max_model_len, "max_batch_size": max(args.prompts, 1)}
+    base = {
+        "name": args.model,
+        "max_model_len": args.max_model_len,
+        "max_batch_size": max(args.prompts, 1),
+        "dtype": args.dtype,
+    }
 
     def openai_backend():
         log = Path(tempfile.mkdtemp(prefix="prefsmith-bench-")) / "vllm-serve.log"
-        server = start_vllm_server(path, args.model, log, max_model_len=args.max_model_len, max_num_seqs=batch)
+        server = start_vllm_server(
+            path, args.model, log, max_model_len=args.max_model_len, max_num_seqs=batch, dtype=args.dtype
+        )
         try:
             base_url = server.wait_ready()
             # the whole batch is in flight at once: on a CPU server one request can wait for all the others
@@ -144,7 +153,7 @@ def main() -> None:
     }
     print(
         f"workload: {args.prompts} prompts x {args.samples} samples x <= {args.max_tokens} new tokens "
-        f"(temperature 0.8, seeded), model {args.model}; {platform.processor() or platform.machine()}, "
+        f"(temperature 0.8, seeded), model {args.model} {args.dtype}; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch threads 1"
     )
     print(
