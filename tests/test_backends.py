@@ -117,7 +117,8 @@ def transformers_backend(small_model_path: Path) -> Iterator[Backend]:
 
 @pytest.fixture(scope="session")
 def vllm_backend(small_model_path: Path, vllm_server_process: VLLMServer) -> Iterator[Backend]:
-    with create_backend(ModelConfig(name=MODEL, backend="vllm", max_model_len=CONTEXT, kv_cache_gb=1, dtype=DTYPE)) as backend:
+    config = ModelConfig(name=MODEL, backend="vllm", max_model_len=CONTEXT, kv_cache_gb=1, dtype=DTYPE)
+    with create_backend(config) as backend:
         yield backend
 
 
