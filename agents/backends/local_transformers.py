@@ -1,6 +1,7 @@
-"""The transformers backend (the CPU default): one batched, left-padded decode loop per engine call.
+"""The transformers backend (the CPU default): one batched decode loop per engine call.
 
-Per-row sampling (own seed, temperature, top_p), stop strings, token budgets and JSON-schema grammars
+Each distinct prompt is prefilled once, unpadded; the rows then decode together over a left-padded KV
+cache. Per-row sampling (own seed, temperature, top_p), stop strings, token budgets and JSON-schema grammars
 (xgrammar) are applied row by row; a row that ends leaves the batch (and the KV cache) at once.
 """
 
@@ -155,25 +156,15 @@ class TransformersBackend(LocalBackend):
         (EOS, stop string, its budget) leaves the batch and the KV cache at once, so a long answer never makes
         the short ones pay for padding steps."""
         import xgrammar
-        from transformers import DynamicCache
 
-        width = max(len(row.prompt_ids) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-            attention_mask[i, width - len(row.prompt_ids) :] = 1
         bitmask = None
         if any(row.grammar is not None for row in rows):
             for row in rows:
                 row.matcher = xgrammar.GrammarMatcher(row.grammar) if row.grammar is not None else None
             bitmask = xgrammar.allocate_token_bitmask(len(rows), int(self.model.config.vocab_size))
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
         active = list(range(len(rows)))  # the rows still decoding, in batch order
         with torch.inference_mode():
-            logits = self._step(input_ids, attention_mask, positions, cache)
-            next_position = attention_mask.sum(-1)
+            cache, attention_mask, next_position, logits = self._prefill(rows)
             while True:
                 chosen = self._choose([rows[i] for i in active], logits, bitmask)
                 keep = [j for j, i in enumerate(active) if not self._advance(rows[i], chosen[j])]
@@ -190,6 +181,61 @@ class TransformersBackend(LocalBackend):
                     torch.tensor(chosen).unsqueeze(-1), attention_mask, next_position.unsqueeze(-1), cache
                 )
                 next_position = next_position + 1
+
+    def _prefill(self, rows: list[_Row]) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's KV cache (left-padded), attention mask, next positions and first-token logits.
+
+        Each distinct prompt is run once and alone: the n samples of a request share its prefill, and no
+        prompt pays for the padding up to the longest one (prefill costs the same per token at any batch size
+        on a CPU). The per-prompt caches are then laid side by side, left-padded, for the batched decode."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        width = max(len(row.prompt_ids) for row in rows)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            attention_mask[i, width - len(row.prompt_ids) :] = 1
+        next_position = attention_mask.sum(-1)
+        distinct: dict[tuple[int, ...], list[int]] = {}
+        for i, row in enumerate(rows):
+            distinct.setdefault(tuple(row.prompt_ids), []).append(i)
+        prefilled: list[tuple[list[int], Any, torch.Tensor]] = []
+        for prompt, members in distinct.items():
+            cache = DynamicCache()
+            ids = torch.tensor([prompt])
+            logits = self._step(ids, torch.ones_like(ids), torch.arange(len(prompt)).unsqueeze(0), cache)
+            if not all(type(layer) is DynamicLayer for layer in cache.layers):
+                return self._prefill_padded(rows, attention_mask)  # e.g. sliding-window layers: pad instead
+            prefilled.append((members, cache, logits[0]))
+        layers = []
+        for layer in range(len(prefilled[0][1].layers)):
+            sample = prefilled[0][1].layers[layer].keys
+            keys = sample.new_zeros((len(rows), sample.shape[1], width, sample.shape[3]))
+            values = keys.clone()
+            for members, cache, _ in prefilled:
+                length = cache.layers[layer].keys.shape[2]
+                keys[members, :, width - length :] = cache.layers[layer].keys[0]
+                values[members, :, width - length :] = cache.layers[layer].values[0]
+            layers.append((keys, values))
+        first = torch.empty((len(rows), prefilled[0][2].shape[-1]))
+        for members, _, logits in prefilled:
+            first[members] = logits
+        return DynamicCache(ddp_cache_data=layers), attention_mask, next_position, first
+
+    def _prefill_padded(
+        self, rows: list[_Row], attention_mask: torch.Tensor
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One left-padded prefill of every row, for caches that cannot be laid side by side."""
+        from transformers import DynamicCache
+
+        width = attention_mask.shape[1]
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._step(input_ids, attention_mask, positions, cache)
+        return cache, attention_mask, attention_mask.sum(-1), logits
 
     def _step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
         """One forward pass; the next-token logits of each row, in float32."""
