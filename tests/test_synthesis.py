@@ -224,7 +224,9 @@ def test_ray_job_submit_on_a_head_started_here(workspace, tmp_path: Path, small_
     ports = [f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
              f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
              f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-             f"--min-worker-port={20000 + gcs % 20000}", f"--max-worker-port={20100 + gcs % 20000}"]
+             # workers below the ephemeral range (32768+ on Linux) that free_port() draws from, or a worker
+             # port can land on a component's port and `ray start` refuses to run
+             f"--min-worker-port={20000 + gcs % 120 * 100}", f"--max-worker-port={20100 + gcs % 120 * 100}"]
     # Token authentication, as Ray 2.60 clusters use by default; the head and the client share the token.
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
     url = f"sqlite:///{tmp_path / 'job.db'}"
