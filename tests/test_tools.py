@@ -3,21 +3,25 @@ hostile code, the registry and plug-ins, and `prefsmith tools` from the terminal
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
-import os
+import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from configs.errors import ConfigError
 from configs.schema import ToolsConfig
 from tests.test_cli import assert_user_error, prefsmith
 from tools.base import PromptContext
 from tools.calculator import CalculatorError, CalculatorTool, evaluate
+from tools.jail import SYSCALLS, plan_for, seccomp_filter
 from tools.reference_answer import ReferenceAnswerTool
 from tools.registry import build_tools
 from tools.retrieval import CorpusError, RetrievalTool
-from tools.sandbox import SandboxLimits, extract_code, run_python
+from tools.sandbox import PythonSandboxTool, extract_code, run_python
 
 
 def test_calculator_is_exact_and_refuses_code() -> None:
@@ -33,6 +37,34 @@ def test_calculator_is_exact_and_refuses_code() -> None:
     assert evidence["verdict"] is True and evidence["data"]["value"] == 27
     wrong = CalculatorTool().invoke({"expression": "3 * (4 + 5)", "candidate": "The answer is 28."})
     assert wrong["verdict"] is False and wrong["data"]["claimed"] == 28
+
+
+@pytest.mark.parametrize(
+    ("expression", "error"),
+    [
+        ("round(1, 10**9)", "round: more than 1000 digits"),  # took hours: Fraction rounding builds 10**ndigits
+        ("exp(1000)", "exp: no finite result"),  # raised OverflowError
+        ("1e308 * 10", "no finite result"),
+        ("(-8) ** 0.5", "no real result"),
+        ("(1/10**1000) ** -1000", "more than 10000 digits"),
+        ("*".join(["10**1000"] * 12), "more than 10000 digits"),
+    ],
+)
+def test_calculator_is_bounded_and_finite(expression: str, error: str) -> None:
+    started = time.perf_counter()
+    evidence = CalculatorTool().invoke({"expression": expression})
+    assert evidence["ok"] is False and error in evidence["error"]
+    assert time.perf_counter() - started < 1.0
+
+
+def test_absurd_claimed_answers_are_wrong_not_unjudged() -> None:
+    huge = "9" * 400
+    for claim in (huge, huge + ".5", "-" + huge):
+        calculated = CalculatorTool().invoke({"expression": "2 + 2", "candidate": f"The answer is {claim}"})
+        assert calculated["ok"] and calculated["verdict"] is False
+        referenced = ReferenceAnswerTool().invoke({"candidate": f"The answer is {claim}", "gold": "4"})
+        assert referenced["ok"] and referenced["verdict"] is False
+    assert CalculatorTool().invoke({"expression": "2 ** 100", "candidate": f"= {2**100}"})["verdict"] is True
 
 
 @pytest.mark.parametrize(
@@ -71,45 +103,97 @@ def test_retrieval_ranks_the_relevant_passage_first(tmp_path: Path) -> None:
         RetrievalTool(corpus=str(tmp_path / "missing")).index  # noqa: B018 - the property loads the corpus
 
 
-def test_sandbox_runs_tests() -> None:
-    good = run_python("def add(a, b):\n    return a + b", "assert add(2, 3) == 5")
-    bad = run_python("def add(a, b):\n    return a - b", "assert add(2, 3) == 5")
+def test_sandbox_judges_each_test_and_reports_it() -> None:
+    good = run_python("def add(a, b):\n    return a + b", "assert add(2, 3) == 5\nassert add(0, 0) == 0")
+    bad = run_python("def add(a, b):\n    return a - b", "assert add(2, 3) == 5\nassert add(0, 0) == 0")
     assert (good.passed, good.outcome) == (True, "passed")
-    assert (bad.passed, bad.outcome) == (False, "failed") and "AssertionError" in bad.stderr
+    assert [(t.source, t.passed) for t in good.tests] == [
+        ("assert add(2, 3) == 5", True),
+        ("assert add(0, 0) == 0", True),
+    ]
+    assert (bad.passed, bad.outcome) == (False, "failed")
+    assert [t.passed for t in bad.tests] == [False, True] and bad.tests[0].error.startswith("AssertionError")
+    assert bad.reason == "test 1 failed: assert add(2, 3) == 5 (AssertionError: )"
     assert extract_code("Here:\n```python\nx = 1\n```\nand\n```\ny = 2\n```") == "x = 1\n\n\ny = 2\n"
 
 
-HOSTILE = {
-    "infinite loop": ("while True:\n    pass", {"cpu_limit", "timeout"}),
-    "sleep past the wall clock": ("import time\ntime.sleep(60)", {"timeout"}),
-    "fork bomb": ("import os\nwhile True:\n    os.fork()", {"blocked"}),
-    "subprocess": ("import subprocess\nsubprocess.run(['sh', '-c', 'echo hi'])", {"blocked"}),
-    "8 GB allocation": ("x = bytearray(8 * 1024 ** 3)", {"memory_limit"}),
-    "socket to the database": ("import socket\nsocket.create_connection(('127.0.0.1', 5432))", {"blocked"}),
-    "native code": ("import ctypes\nctypes.CDLL(None).fork()", {"blocked"}),
-    "flood of output": ("while True:\n    print('x' * 4096)", {"output_limit"}),
-}
+def test_leaving_early_is_not_a_pass_from_the_terminal() -> None:
+    """The issue's reproduction: `sys.exit(0)` before a failing test used to be verified correct."""
+    arguments = json.dumps({"code": "import sys\nsys.exit(0)", "tests": "assert False"})
+    ran = prefsmith("tools", "run", "python_sandbox", "--args", arguments)
+    assert ran.returncode == 0, ran.stderr
+    evidence = json.loads(ran.stdout)
+    assert evidence["verdict"] is False and evidence["data"]["outcome"] == "failed"
+    assert "SystemExit" in evidence["data"]["reason"]
+    assert "seccomp filter" in evidence["data"]["isolation"] and evidence["data"]["missing_isolation"] == []
+    exited = run_python("import os\nos._exit(0)", "assert False")
+    assert (exited.passed, exited.outcome) == (False, "incomplete") and "left early" in exited.reason
 
 
-@pytest.mark.parametrize("name", list(HOSTILE))
-def test_sandbox_contains_hostile_code(name: str) -> None:
-    code, outcomes = HOSTILE[name]
-    result = run_python(code, "", SandboxLimits(cpu_seconds=2, wall_seconds=4))
-    assert not result.passed
-    assert result.outcome in outcomes, (result.outcome, result.stderr[-300:])
-    assert result.seconds < 10
+def test_sandbox_refuses_to_run_unprotected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No bubblewrap: refused evidence and a ConfigError at tool build time, unless weaker isolation is allowed
+    explicitly; then the code runs and the evidence names what was missing."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no bwrap on it
+    plan_for.cache_clear()
+    try:
+        refused = PythonSandboxTool().invoke({"code": "x = 1", "tests": "assert x == 1"})
+        assert refused["ok"] is False and refused["verdict"] is None
+        assert "bubblewrap" in refused["error"] and "sandbox_allow_weaker_isolation" in refused["error"]
+        with pytest.raises(ConfigError, match="tool 'python_sandbox': bubblewrap"):
+            build_tools(ToolsConfig(enabled=["python_sandbox"]))
+        weaker = build_tools(ToolsConfig(enabled=["python_sandbox"], sandbox_allow_weaker_isolation=True))
+        ran = weaker["python_sandbox"].invoke({"code": "x = 1", "tests": "assert x == 1\nassert x == 2"})
+        assert ran["ok"] and ran["verdict"] is False and [t["passed"] for t in ran["data"]["tests"]] == [True, False]
+        assert "bubblewrap" in " ".join(ran["data"]["missing_isolation"])
+        assert "user namespace" not in ran["data"]["isolation"]
+    finally:
+        plan_for.cache_clear()
 
 
-def test_sandbox_keeps_writes_and_secrets_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    outside = tmp_path / "pwned.txt"
-    escaped = run_python(f"open({str(outside)!r}, 'w').write('x')")
-    assert escaped.outcome == "blocked" and not outside.exists()
-    inside = run_python("open('scratch.txt', 'w').write('ok')\nprint(open('scratch.txt').read())")
-    assert inside.passed and inside.stdout.strip() == "ok"
-    monkeypatch.setenv("PREFSMITH_TEST_SECRET", "hunter2")
-    leak = run_python("import os\nprint(sorted(os.environ))\nprint(open('/proc/self/environ').read())")
-    assert "hunter2" not in leak.stdout + leak.stderr and "PREFSMITH_TEST_SECRET" not in leak.stdout
-    assert os.environ["PREFSMITH_TEST_SECRET"] == "hunter2"
+def test_sandbox_settings_are_bounded_when_the_config_loads() -> None:
+    for field, value in (("sandbox_memory_mb", 9000), ("sandbox_timeout_s", 3600), ("sandbox_processes", 1000),
+                         ("sandbox_scratch_mb", 0)):
+        with pytest.raises(ValidationError, match=field):
+            ToolsConfig(**{field: value})
+    assert_user_error(
+        prefsmith("tools", "run", "python_sandbox", "--set", "tools.sandbox_timeout_s=600", "--args", '{"code": "1"}'),
+        "tools.sandbox_timeout_s",
+    )
+
+
+def test_seccomp_tables_match_libseccomp() -> None:
+    """The syscall numbers the filter denies are the kernel's (checked against libseccomp where installed)."""
+    library = ctypes.util.find_library("seccomp")
+    if library is None:
+        pytest.skip("libseccomp is not installed")
+    libseccomp = ctypes.CDLL(library)
+    libseccomp.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+    for machine, (arch, numbers) in SYSCALLS.items():
+        for name, number in numbers.items():
+            assert libseccomp.seccomp_syscall_resolve_name_arch(arch, name.encode()) == number, (machine, name)
+    program = seccomp_filter("x86_64")
+    assert program is not None and len(program) % 8 == 0 and len(program) // 8 < 256
+    assert seccomp_filter("sparc") is None
+
+
+@pytest.mark.xfail(strict=True, reason="known limit (README Security model): code written against the harness's "
+                   "internals can read its key from a frame a signal handler receives, and forge the report")
+def test_a_forger_written_against_the_harness_is_still_caught() -> None:
+    forger = (
+        "import os, signal, time, _hashlib\n"
+        "def handler(sig, frame):\n"
+        "    while frame is not None:\n"
+        "        if 'key' in frame.f_locals and 'report_fd' in frame.f_locals:\n"
+        "            key, fd = frame.f_locals['key'], frame.f_locals['report_fd']\n"
+        "            for record in (b'C\\tok\\t', b'T\\t0\\tpass\\tassert f() == 1\\t', b'E\\t1'):\n"
+        "                mac = _hashlib.hmac_digest(key, record, 'sha256').hex().encode()\n"
+        "                os.write(fd, record + b'\\t' + mac + b'\\n')\n"
+        "            os._exit(0)\n"
+        "        frame = frame.f_back\n"
+        "signal.signal(signal.SIGALRM, handler)\nsignal.setitimer(signal.ITIMER_REAL, 0.01)\ntime.sleep(1)\n"
+        "def f():\n    return 2\n"
+    )
+    assert not run_python(forger, "assert f() == 1").passed
 
 
 def test_registry_builds_configured_tools_and_plugins() -> None:

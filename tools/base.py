@@ -48,5 +48,5 @@ class JudgeTool(BaseTool):
         """Run the tool; any exception becomes failed evidence rather than a crashed round."""
         try:
             return Evidence.model_validate(self.invoke(arguments))
-        except Exception as exc:  # noqa: BLE001 - a tool failure is evidence, never a crash
+        except Exception as exc:  # a tool failure is evidence, never a crash
             return Evidence(tool=self.name, ok=False, error=f"{type(exc).__name__}: {exc}")

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from tools.answers import final_choice, final_number, normalise
 from tools.base import Evidence, JudgeTool, PromptContext
+from tools.calculator import as_number
 
 
 class ReferenceAnswerArgs(BaseModel):
@@ -27,11 +28,12 @@ def _numeric_match(candidate: str, gold: str, tolerance: float) -> tuple[bool | 
         raise ValueError(f"gold answer {gold!r} holds no number")
     claimed = final_number(candidate)
     if claimed is None:
-        return False, {"expected": float(expected), "claimed": None}
+        return False, {"expected": as_number(expected), "claimed": None}
+    # Exact fractions throughout: a claim of 400 digits is a wrong answer, not a float overflow.
     scale = max(abs(expected), Fraction(1))
     return abs(claimed - expected) <= Fraction(tolerance) * scale, {
-        "expected": float(expected),
-        "claimed": float(claimed),
+        "expected": as_number(expected),
+        "claimed": as_number(claimed),
     }
 
 

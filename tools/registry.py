@@ -27,7 +27,19 @@ def _calculator(config: ToolsConfig) -> JudgeTool:
 def _python_sandbox(config: ToolsConfig) -> JudgeTool:
     from tools.sandbox import PythonSandboxTool
 
-    return PythonSandboxTool(default_timeout_s=config.sandbox_timeout_s, default_memory_mb=config.sandbox_memory_mb)
+    tool = PythonSandboxTool(
+        default_timeout_s=config.sandbox_timeout_s,
+        default_memory_mb=config.sandbox_memory_mb,
+        processes=config.sandbox_processes,
+        scratch_mb=config.sandbox_scratch_mb,
+        python=config.sandbox_python,
+        allow_weaker_isolation=config.sandbox_allow_weaker_isolation,
+    )
+    # Refuse before a run rather than fail every candidate of it: code is never run unprotected by default.
+    problem = tool.isolation_problem()
+    if problem is not None:
+        raise ConfigError(f"tool 'python_sandbox': {problem}")
+    return tool
 
 
 def _retrieval(config: ToolsConfig) -> JudgeTool:
@@ -72,7 +84,8 @@ def build_tools(config: ToolsConfig, names: list[str] | None = None) -> dict[str
     tools: dict[str, JudgeTool] = {}
     for name in config.enabled if names is None else names:
         if ":" in name:
-            tool = load_plugin(name)()
+            # A plug-in declares its own name and description as defaults; the base class has none.
+            tool = load_plugin(name)()  # type: ignore[call-arg]
         elif name in BUILTIN:
             tool = BUILTIN[name](config)
         else:

@@ -1,0 +1,546 @@
+"""The judge's sandbox, host side: runs candidate code and its tests under bubblewrap with kernel-enforced
+isolation, and reads the verdict from the harness's signed report. Standard library only, so it also runs
+as an unprivileged user on a system Python (the hostile corpus does exactly that).
+
+Layers (README "Security model"):
+- bubblewrap: new user, mount, PID, network, IPC, UTS and cgroup namespaces; a read-only view of /usr (and
+  the interpreter's prefix) and nothing else of the host; one size-limited tmpfs as the only writable place;
+  no /proc, /etc, /tmp or /home; all capabilities dropped; no nested user namespaces; its own session.
+- seccomp: a BPF filter (built here, no library needed) refusing syscalls the code never needs (ptrace,
+  process_vm_*, mount, bpf, perf_event_open, io_uring, keyctl, kexec, modules...).
+- as root the whole sandbox runs as `nobody`; rlimits (CPU, address space, file size, open files, processes
+  counted inside the sandbox's own user namespace) are set by the harness before candidate code runs.
+- the harness (tools/sandbox_harness.py) reports each test on a pipe with an HMAC under a per-call key; the
+  host reads stdout/stderr/report itself, bounded, and never reads a file the sandbox could have written.
+
+A layer the machine cannot provide is named in `missing`; unless weaker isolation is explicitly allowed the
+call is refused rather than run unprotected.
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import functools
+import hmac
+import marshal
+import os
+import platform
+import pwd
+import selectors
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+HARNESS = (Path(__file__).parent / "sandbox_harness.py").read_text(encoding="utf-8")
+SCRATCH = "/sandbox"
+
+Outcome = Literal[
+    "passed", "failed", "timeout", "cpu_limit", "memory_limit", "output_limit", "blocked", "incomplete",
+    "tampered", "refused",
+]
+
+# Hard bounds of the sandbox's own settings; configs/schema.py refuses values outside them at load time.
+MAX_WALL_SECONDS = 60.0
+MIN_MEMORY_MB = 32
+MAX_MEMORY_MB = 8192
+MAX_PROCESSES = 64
+MAX_SCRATCH_MB = 1024
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    cpu_seconds: int = 2
+    wall_seconds: float = 5.0
+    memory_mb: int = 512
+    output_bytes: int = 64 * 1024
+    processes: int = 0  # processes the code may start besides itself
+    scratch_mb: int = 32  # size of the writable tmpfs, and the largest file the code may write
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """Where and how to run: the interpreter (None: the one running prefsmith when the sandbox user can run
+    it, else the system's python3) and whether a machine without a kernel layer may run code anyway."""
+
+    python: str | None = None
+    allow_weaker: bool = False
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    index: int
+    source: str
+    passed: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    passed: bool
+    outcome: Outcome
+    reason: str
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    isolation: list[str]
+    missing: list[str] = field(default_factory=list)
+    tests: list[TestOutcome] = field(default_factory=list)
+    interpreter: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------- seccomp
+
+# Syscalls candidate code never needs and that are the usual ways out of a namespace sandbox or into the
+# kernel's rarely-audited corners. Numbers per architecture; tests/test_tools.py checks them against
+# libseccomp where it is installed.
+_DENIED = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load", "mount", "umount2",
+    "pivot_root", "chroot", "setns", "unshare", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "init_module", "finit_module",
+    "delete_module", "swapon", "swapoff", "reboot", "acct", "settimeofday", "clock_settime", "clock_adjtime",
+    "adjtimex", "quotactl", "open_by_handle_at", "name_to_handle_at", "personality", "syslog", "fanotify_init",
+    "vhangup", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "kcmp",
+)
+SYSCALLS: dict[str, tuple[int, dict[str, int]]] = {
+    # machine: (AUDIT_ARCH_*, {name: number})
+    "x86_64": (0xC000003E, {
+        "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kexec_load": 246,
+        "kexec_file_load": 320, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "setns": 308,
+        "unshare": 272, "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298,
+        "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+        "init_module": 175, "finit_module": 313, "delete_module": 176, "swapon": 167, "swapoff": 168,
+        "reboot": 169, "acct": 163, "settimeofday": 164, "clock_settime": 227, "clock_adjtime": 305,
+        "adjtimex": 159, "quotactl": 179, "open_by_handle_at": 304, "name_to_handle_at": 303,
+        "personality": 135, "syslog": 103, "fanotify_init": 300, "vhangup": 153, "open_tree": 428,
+        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+        "mount_setattr": 442, "kcmp": 312,
+    }),
+    "aarch64": (0xC00000B7, {
+        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kexec_load": 104,
+        "kexec_file_load": 294, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "setns": 268,
+        "unshare": 97, "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280, "perf_event_open": 241,
+        "userfaultfd": 282, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+        "init_module": 105, "finit_module": 273, "delete_module": 106, "swapon": 224, "swapoff": 225,
+        "reboot": 142, "acct": 89, "settimeofday": 170, "clock_settime": 112, "clock_adjtime": 266,
+        "adjtimex": 171, "quotactl": 60, "open_by_handle_at": 265, "name_to_handle_at": 264,
+        "personality": 92, "syslog": 116, "fanotify_init": 262, "vhangup": 58, "open_tree": 428,
+        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+        "mount_setattr": 442, "kcmp": 272,
+    }),
+}
+_X32_SYSCALL_BIT = 0x40000000
+_RET_ALLOW, _RET_KILL_PROCESS, _RET_ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
+_LD_ABS_W, _JEQ, _JGE, _RET = 0x20, 0x15, 0x35, 0x06
+
+
+def seccomp_filter(machine: str | None = None) -> bytes | None:
+    """The compiled BPF program (struct sock_filter[]) bwrap loads with --seccomp, or None on an
+    architecture without a table. Another architecture's syscalls are killed outright; denied ones get EPERM."""
+    entry = SYSCALLS.get(machine or platform.machine())
+    if entry is None:
+        return None
+    arch, numbers = entry
+    program = [(_LD_ABS_W, 0, 0, 4), (_JEQ, 1, 0, arch), (_RET, 0, 0, _RET_KILL_PROCESS), (_LD_ABS_W, 0, 0, 0)]
+    denied = sorted({numbers[name] for name in _DENIED})
+    # Jump targets count from the next instruction: the EPERM return sits after the list and ALLOW.
+    if arch == SYSCALLS["x86_64"][0]:  # the x32 ABI aliases every syscall above this bit
+        program.append((_JGE, len(denied) + 1, 0, _X32_SYSCALL_BIT))
+    for position, number in enumerate(denied):
+        program.append((_JEQ, len(denied) - position, 0, number))
+    program += [(_RET, 0, 0, _RET_ALLOW), (_RET, 0, 0, _RET_ERRNO | errno.EPERM)]
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+# ---------------------------------------------------------------------------------------------- environment
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _nobody() -> int | None:
+    try:
+        return pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        return None
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a user other than the owner can execute `path` (every folder above it searchable by others)."""
+    if not path.is_file() or not path.stat().st_mode & 0o001:
+        return False
+    return all(parent.stat().st_mode & 0o001 for parent in path.parents)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How sandboxes run on this machine, worked out once per (policy, user)."""
+
+    interpreter: str  # real path, as seen inside the sandbox too
+    prefix: str  # the interpreter's installation, bound read-only when it is not under /usr
+    user: int | None  # uid to run the sandbox as (root drops to nobody); None: our own
+    bwrap: str | None
+    isolation: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def _interpreter(policy: SandboxPolicy, drop_to: int | None) -> str | None:
+    """The sandbox's Python: the configured one, or ours when the sandbox user can run it, or the system's;
+    candidate code needs the standard library only."""
+    if policy.python:
+        return str(Path(policy.python).resolve())
+    candidates = [Path(sys.executable).resolve()]
+    if drop_to is not None:
+        candidates += [Path("/usr/bin/python3").resolve(), Path("/usr/local/bin/python3").resolve()]
+    for candidate in candidates:
+        if drop_to is None or _reachable_by_others(candidate):
+            return str(candidate)
+    return None
+
+
+def _bind_arguments(prefix: str) -> list[str]:
+    """Read-only binds of what the interpreter needs: /usr, the merged-/usr links, its own prefix."""
+    arguments = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        path = Path(top)
+        if path.is_symlink():
+            arguments += ["--symlink", os.readlink(path), top]
+        elif path.is_dir():
+            arguments += ["--ro-bind", top, top]
+    if not (prefix == "/usr" or prefix.startswith("/usr/")):
+        arguments += ["--ro-bind", prefix, prefix]
+    return arguments
+
+
+def _bwrap_command(plan: _Plan, limits: SandboxLimits, seccomp_fd: int | None) -> list[str]:
+    assert plan.bwrap is not None
+    command = [
+        plan.bwrap,
+        "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
+        "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        "--hostname", "sandbox",
+        *_bind_arguments(plan.prefix),
+        "--dev", "/dev",
+        "--size", str(limits.scratch_mb * 1024 * 1024), "--tmpfs", SCRATCH,
+        "--chdir", SCRATCH,
+        # bwrap's own root and /dev are tmpfs too: read-only, so the scratch tmpfs is the only writable place.
+        "--remount-ro", "/dev", "--remount-ro", "/",
+        "--clearenv", "--setenv", "HOME", SCRATCH, "--setenv", "PATH", "/usr/bin:/bin",
+        "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONHASHSEED", "0",
+    ]
+    if seccomp_fd is not None:
+        command += ["--seccomp", str(seccomp_fd)]
+    return [*command, "--", plan.interpreter, "-I", "-S", "-B", "-u", "-c", HARNESS]
+
+
+def _spawn(command: list[str], plan: _Plan, pass_fds: tuple[int, ...], cwd: str | None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=pass_fds,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"},
+        start_new_session=True,
+        user=plan.user,
+        group=plan.user,
+        extra_groups=[] if plan.user is not None else None,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def plan_for(policy: SandboxPolicy) -> _Plan:
+    """Probe the machine once: which layers it provides, and which are missing and why."""
+    drop_to = _nobody() if _is_root() else None
+    if _is_root() and drop_to is None:
+        return _Plan("", "", None, None, (), ("unprivileged user: no user `nobody` to run the sandbox as",))
+    interpreter = _interpreter(policy, drop_to)
+    if interpreter is None:
+        return _Plan(
+            "", "", drop_to, None, (),
+            ("interpreter: no Python the sandbox user can run; set tools.sandbox_python",),
+        )
+    prefix = str(Path(interpreter).parent.parent)
+    bwrap = shutil.which("bwrap")
+    missing = []
+    isolation = ["rlimits", "per-test signed report", "audit hook", "clean environment"]
+    if drop_to is not None:
+        isolation.append("user nobody")
+    if bwrap is None:
+        missing.append("bubblewrap: `bwrap` is not installed (apt-get install bubblewrap)")
+        return _Plan(interpreter, prefix, drop_to, None, tuple(isolation), tuple(missing))
+    filter_program = seccomp_filter()
+    if filter_program is None:
+        missing.append(f"seccomp: no syscall table for {platform.machine()}")
+    plan = _Plan(interpreter, prefix, drop_to, bwrap, tuple(isolation), ())
+    probe = run_python("pass", "", SandboxLimits(), _plan=plan, _require=False)
+    if probe.outcome != "passed":
+        reason = (probe.stderr.strip().splitlines() or [probe.reason])[-1][:300]
+        missing.append(f"namespaces: bubblewrap could not start a sandbox here ({reason})")
+        return _Plan(interpreter, prefix, drop_to, None, tuple(isolation), tuple(missing))
+    isolation += [
+        "bubblewrap", "user namespace", "mount namespace (read-only system, private tmpfs scratch)",
+        "pid namespace", "network namespace (no interfaces but loopback)", "ipc namespace", "no capabilities",
+        "no nested user namespaces",
+    ]
+    if filter_program is not None:
+        isolation.append("seccomp filter")
+    return _Plan(interpreter, prefix, drop_to, bwrap, tuple(isolation), tuple(missing))
+
+
+def isolation_problem(policy: SandboxPolicy) -> str | None:
+    """Why this machine cannot run sandboxes under `policy` (None: it can)."""
+    plan = plan_for(policy)
+    if not plan.interpreter:
+        return "; ".join(plan.missing)
+    if plan.missing and not policy.allow_weaker:
+        return "; ".join(plan.missing) + " (set tools.sandbox_allow_weaker_isolation: true to run without it)"
+    return None
+
+
+# -------------------------------------------------------------------------------------------------- running
+
+
+def _read_report(raw: bytes, key: bytes) -> tuple[list[list[str]], str | None]:
+    """The harness's records in order, or the reason the report cannot be trusted."""
+    records: list[list[str]] = []
+    for line in raw.split(b"\n"):
+        if not line:
+            continue
+        data, _, mac = line.rpartition(b"\t")
+        if not data or not hmac.compare_digest(mac, hmac.new(key, data, "sha256").hexdigest().encode("ascii")):
+            return records, "the report carries a record the harness did not sign"
+        records.append(data.decode("utf-8", "replace").split("\t"))
+    return records, None
+
+
+def _exit_reason(returncode: int | None) -> str:
+    if returncode is None:
+        return "no exit status"
+    # bwrap passes the child's status on; a signal shows as 128 + its number.
+    number = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+    if number:
+        try:
+            return f"killed by {signal.Signals(number).name}"
+        except ValueError:
+            return f"exit status {returncode}"
+    return f"exit status {returncode}"
+
+
+def _signal_of(returncode: int | None) -> int | None:
+    if returncode is None:
+        return None
+    if returncode < 0:
+        return -returncode
+    return returncode - 128 if returncode > 128 else None
+
+
+_BLOCKED_MARKERS = ("PermissionError", "BlockingIOError", "Read-only file system", "Network is unreachable",
+                    "sandbox:", "Operation not permitted")
+
+
+def _verdict(
+    records: list[list[str]], returncode: int | None, stderr: str
+) -> tuple[bool, Outcome, str, list[TestOutcome]]:
+    tests: list[TestOutcome] = []
+    started = code_ok = ended = False
+    code_error = ""
+    expected = -1
+    for record in records:
+        tag = record[0]
+        if tag == "S" and not started:
+            started, expected = True, int(record[1])
+        elif tag == "C":
+            code_ok, code_error = record[1] == "ok", record[2] if len(record) > 2 else ""
+        elif tag == "T" and len(record) >= 5 and int(record[1]) == len(tests):
+            tests.append(TestOutcome(int(record[1]), record[3], record[2] == "pass", record[4]))
+        elif tag == "E":
+            ended = int(record[1]) == len(tests) and (not code_ok or len(tests) == expected)
+    signalled = _signal_of(returncode)
+    if not ended or returncode != 0:
+        if signalled == signal.SIGXCPU:
+            return False, "cpu_limit", "CPU time limit reached", tests
+        if signalled == signal.SIGXFSZ:
+            return False, "output_limit", "file size limit reached", tests
+        if "MemoryError" in stderr:
+            return False, "memory_limit", "memory limit reached", tests
+        return False, "incomplete", (
+            f"the harness did not report every test ({_exit_reason(returncode)}): the code left early or was killed"
+        ), tests
+    failure = code_error if not code_ok else next((t.error for t in tests if not t.passed), "")
+    if not code_ok:
+        reason = f"the code raised {code_error}" if started else code_error
+    elif failure:
+        first = next(t for t in tests if not t.passed)
+        reason = f"test {first.index + 1} failed: {first.source} ({first.error})"
+    else:
+        return True, "passed", f"all {len(tests)} tests passed", tests
+    if failure.startswith("MemoryError"):
+        return False, "memory_limit", reason, tests
+    if any(marker in failure for marker in _BLOCKED_MARKERS):
+        return False, "blocked", reason, tests
+    return False, "failed", reason, tests
+
+
+def split_tests(tests: str) -> list[tuple[str, int]]:
+    """The tests' top-level statements as (source, first line), each judged on its own. Statements sharing a
+    line (`x = 1; assert x`) stay one unit; a decorated definition starts at its first decorator."""
+    lines = tests.splitlines()
+    units: list[tuple[int, int]] = []
+    for node in ast.parse(tests, "tests.py").body:
+        decorators = getattr(node, "decorator_list", [])
+        start = min([node.lineno, *(decorator.lineno for decorator in decorators)])
+        end = node.end_lineno or node.lineno
+        if units and start <= units[-1][1]:
+            units[-1] = (units[-1][0], max(end, units[-1][1]))
+        else:
+            units.append((start, end))
+    return [("\n".join(lines[start - 1 : end]), start) for start, end in units]
+
+
+def _refused(plan: _Plan, problem: str) -> SandboxResult:
+    return SandboxResult(
+        False, "refused", problem, None, "", "", 0.0, list(plan.isolation), list(plan.missing),
+        interpreter=plan.interpreter,
+    )
+
+
+def run_python(  # one pass of spawn, pump and judge
+    code: str,
+    tests: str = "",
+    limits: SandboxLimits | None = None,
+    policy: SandboxPolicy | None = None,
+    *,
+    _plan: _Plan | None = None,
+    _require: bool = True,
+) -> SandboxResult:
+    """Run `code`, then each top-level statement of `tests`, in a fresh sandbox. Passed means the harness
+    reported, signed, that the code and every test ran to their end without an exception."""
+    limits = limits or SandboxLimits()
+    policy = policy or SandboxPolicy()
+    plan = _plan or plan_for(policy)
+    if _require:
+        problem = isolation_problem(policy)
+        if problem is not None:
+            return _refused(plan, problem)
+    key = os.urandom(32)
+    report_read, report_write = os.pipe()
+    pass_fds = [report_write]
+    seccomp_read = None
+    workdir = None
+    filter_program = seccomp_filter() if plan.bwrap else None
+    if plan.bwrap and filter_program is not None:
+        seccomp_read, seccomp_write = os.pipe()
+        os.write(seccomp_write, filter_program)  # a few hundred bytes: fits the pipe buffer
+        os.close(seccomp_write)
+        pass_fds.append(seccomp_read)
+    try:
+        statements = split_tests(tests)
+    except SyntaxError as exc:
+        return SandboxResult(False, "failed", f"the tests do not compile: {exc}", None, "", "", 0.0,
+                             list(plan.isolation), list(plan.missing), interpreter=plan.interpreter)
+    # marshal: built into every Python, so the harness imports nothing to read it; version 4 reads on 3.4+.
+    request = marshal.dumps({
+        "code": code,
+        "tests": statements,
+        "key": key,
+        "confine": plan.bwrap is None,
+        "report_fd": report_write,
+        "limits": {
+            "cpu_seconds": limits.cpu_seconds,
+            "memory_bytes": limits.memory_mb * 1024 * 1024,
+            "file_bytes": limits.scratch_mb * 1024 * 1024,
+            "processes": limits.processes,
+        },
+    }, 4)
+    if plan.bwrap:
+        command, cwd = _bwrap_command(plan, limits, seccomp_read), None
+    else:  # weaker isolation, explicitly allowed: a throwaway directory instead of the namespaces
+        workdir = tempfile.mkdtemp(prefix="prefsmith-sandbox-")
+        if plan.user is not None:
+            os.chown(workdir, plan.user, plan.user)
+        command, cwd = [plan.interpreter, "-I", "-S", "-B", "-u", "-c", HARNESS], workdir
+    started = time.perf_counter()
+    try:
+        proc = _spawn(command, plan, tuple(pass_fds), cwd)
+    except OSError as exc:
+        for fd in (report_read, report_write, seccomp_read):
+            if fd is not None:
+                os.close(fd)
+        return _refused(plan, f"cannot start the sandbox: {exc}")
+    os.close(report_write)
+    if seccomp_read is not None:
+        os.close(seccomp_read)
+    assert proc.stdin and proc.stdout and proc.stderr
+    stdin_fd, stdout_fd, stderr_fd = proc.stdin.fileno(), proc.stdout.fileno(), proc.stderr.fileno()
+    buffers = {stdout_fd: bytearray(), stderr_fd: bytearray(), report_read: bytearray()}
+    pending = memoryview(request)
+    os.set_blocking(stdin_fd, False)
+    selector = selectors.DefaultSelector()
+    selector.register(stdin_fd, selectors.EVENT_WRITE)
+    for fd in buffers:
+        selector.register(fd, selectors.EVENT_READ)
+    deadline = started + limits.wall_seconds
+    timed_out = overflow = False
+    try:
+        while selector.get_map() and not overflow:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                timed_out = True
+                break
+            for selected, _ in selector.select(remaining):
+                fd = selected.fd
+                if fd == stdin_fd:
+                    try:
+                        pending = pending[os.write(fd, pending[: 1 << 16]) :]
+                    except BrokenPipeError:  # the sandbox died before reading its request
+                        pending = pending[:0]
+                    if not pending:
+                        selector.unregister(fd)
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(fd)
+                    continue
+                buffers[fd] += chunk
+                overflow = overflow or (fd != report_read and len(buffers[fd]) > limits.output_bytes)
+    finally:
+        selector.close()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the outer bwrap; --die-with-parent takes the rest down
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+        os.close(report_read)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    stdout = bytes(buffers[stdout_fd][: limits.output_bytes]).decode("utf-8", "replace")
+    stderr = bytes(buffers[stderr_fd][: limits.output_bytes]).decode("utf-8", "replace")
+    records, tampered = _read_report(bytes(buffers[report_read]), key)
+    isolation, missing = list(plan.isolation), list(plan.missing)
+    if timed_out:
+        return SandboxResult(False, "timeout", f"wall-clock limit of {limits.wall_seconds}s reached",
+                             proc.returncode, stdout, stderr, seconds, isolation, missing, interpreter=plan.interpreter)
+    if overflow:
+        return SandboxResult(False, "output_limit", f"more than {limits.output_bytes} bytes of output",
+                             proc.returncode, stdout, stderr, seconds, isolation, missing, interpreter=plan.interpreter)
+    if tampered:
+        return SandboxResult(False, "tampered", tampered, proc.returncode, stdout, stderr, seconds, isolation,
+                             missing, interpreter=plan.interpreter)
+    passed, outcome, reason, test_outcomes = _verdict(records, proc.returncode, stderr)
+    return SandboxResult(passed, outcome, reason, proc.returncode, stdout, stderr, seconds, isolation, missing,
+                         test_outcomes, plan.interpreter)
