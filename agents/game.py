@@ -8,6 +8,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from storage.vocabulary import Candidate as Candidate  # the players' candidate is the stored one
 from tools.base import Evidence, PromptContext
 
 
@@ -25,16 +26,6 @@ class EpisodePrompt:
 
     def context(self) -> PromptContext:
         return PromptContext(text=self.text, meta=self.meta)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    text: str
-    model_id: str
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    sampling: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class Judge:
         (answer,) = generate_structured(self.backend, [request], schema, retries=self.parse_retries)
         if isinstance(answer, ParseFailure):
             return applicable  # a judge that cannot choose uses every configured tool
-        return list(dict.fromkeys(answer.value.tools)) or applicable
+        return list(dict.fromkeys(answer.value.model_dump()["tools"])) or applicable
 
     def investigate(self, prompt: EpisodePrompt, candidates: list[Candidate], tool_names: list[str]) -> list[ToolCall]:
         context = prompt.context()
@@ -155,7 +155,7 @@ class Judge:
             return Ranking(
                 scored,
                 f"tool verdicts only (judge answer unparseable: {answer.reason})",
-                raw=(answer.raw or [None])[-1],
+                raw=answer.raw[-1] if answer.raw else None,
                 attempts=answer.attempts,
             )
         scores = answer.value.model_dump()

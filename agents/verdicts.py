@@ -57,5 +57,5 @@ def tool_choice_schema(names: tuple[str, ...]) -> type[BaseModel]:
     return create_model(
         "ToolChoice",
         __config__=ConfigDict(extra="forbid"),
-        tools=(list[literal], Field(max_length=len(names))),  # type: ignore[valid-type]
+        tools=(list[literal], Field(max_length=len(names))),
     )

@@ -23,7 +23,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def config_for(prompts: int, in_flight: int, rounds: int = 1):  # noqa: ANN201
+def config_for(prompts: int, in_flight: int, rounds: int = 1):
     from configs import load_config
 
     return load_config("quickstart", [
@@ -33,7 +33,7 @@ def config_for(prompts: int, in_flight: int, rounds: int = 1):  # noqa: ANN201
     ])
 
 
-def engine_rates(report) -> dict:  # noqa: ANN001 - a SynthesisReport
+def engine_rates(report) -> dict:  # a SynthesisReport
     """Generated tokens per second of the run's engine, between its first call and its last return."""
     usage = report.engine_usage["default"]
     return {
@@ -47,17 +47,21 @@ def engine_rates(report) -> dict:  # noqa: ANN001 - a SynthesisReport
     }
 
 
-def pipeline_vs_raw(prompts: int, db: str) -> tuple[dict, dict]:
-    """K=16 through the pipeline, then the very engine calls it made replayed back to back on a fresh engine
-    in this process: same prompts, same sampling and seeds, same batch composition."""
+def pipeline_vs_raw(prompts: int, db: str, calls_file: str) -> tuple[dict, dict]:
+    """K=16 through the pipeline, its engine recording every call to `calls_file`; then those very engine calls
+    replayed back to back on a fresh engine in this process: same prompts, sampling, seeds and batches."""
+    from functools import partial
+
     from agents.backends import create_backend
+    from agents.backends.recording import recorded_calls
     from pipelines.synthesis import synthesize
 
     config = config_for(prompts, in_flight=16)
-    report = synthesize(config, run_id="bench-pipeline", db_url=db, record_batches=True)
+    recording = partial(create_backend, record_to=calls_file)
+    report = synthesize(config, run_id="bench-pipeline", db_url=db, backend_factory=recording)
     pipeline = engine_rates(report)
     backend = create_backend(config.models["default"])
-    calls = report.engine_batches["default"]
+    calls = recorded_calls(calls_file)
     replay_tokens, replay_started = 0, time.perf_counter()
     for requests in calls:
         replay_tokens += sum(c.completion_tokens for r in backend.generate(requests) for c in r.completions)
@@ -82,7 +86,7 @@ def batching_speedup(prompts: int, db: str, k16: dict) -> dict:
     return {"k16": k16, "k1": k1, "speedup": round(k16["tokens_per_s"] / k1["tokens_per_s"], 2)}
 
 
-def _instance(schema: dict, defs: dict, rng) -> object:  # noqa: ANN001 - random.Random
+def _instance(schema: dict, defs: dict, rng) -> object:  # random.Random
     """A valid instance of a JSON schema (the subset prefsmith's answer schemas use)."""
     if "$ref" in schema:
         return _instance(defs[schema["$ref"].split("/")[-1]], defs, rng)
@@ -98,7 +102,7 @@ def _instance(schema: dict, defs: dict, rng) -> object:  # noqa: ANN001 - random
     return "simulated " * max(1, schema.get("minLength", 1) // 10 + 1)
 
 
-def simulated_engine(model_config):  # noqa: ANN001, ANN201 - picklable by value: defined in __main__
+def simulated_engine(model_config):  # picklable by value: defined in __main__
     import random
 
     from agents.backends import Backend, ChatResult, Completion
@@ -108,7 +112,7 @@ def simulated_engine(model_config):  # noqa: ANN001, ANN201 - picklable by value
 
         supports_json_schema = True
 
-        def _generate_batch(self, requests):  # noqa: ANN001, ANN202
+        def _generate_batch(self, requests):
             time.sleep(0.05)
             rng = random.Random(len(requests))
             results = []
@@ -160,7 +164,7 @@ def main() -> None:
 
     record("simulated", simulated_overhead(args.episodes, f"sqlite:///{folder}/sim.db"))
     if not args.skip_model:
-        k16, versus_raw = pipeline_vs_raw(args.prompts, f"sqlite:///{folder}/p.db")
+        k16, versus_raw = pipeline_vs_raw(args.prompts, f"sqlite:///{folder}/p.db", f"{folder}/calls.jsonl")
         record("pipeline_vs_raw", versus_raw)
         record("batching", batching_speedup(args.prompts, f"sqlite:///{folder}/b.db", k16))
     print(json.dumps(results, indent=2))

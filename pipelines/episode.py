@@ -13,9 +13,7 @@ from typing import Literal, Protocol
 
 from agents.game import Candidate, EpisodePrompt, Graded, PlayerFailure, Ranking, ToolCall, derived_seed
 from agents.verdicts import PromptRewrite, RewardVerdict
-
-RoundOutcome = Literal["accepted", "rejected", "tie", "failed"]
-EpisodeStatus = Literal["accepted", "gave_up", "failed"]
+from storage.vocabulary import EpisodeStatus, RoundOutcome
 
 
 class TargetPlayer(Protocol):
@@ -156,12 +154,14 @@ class PromptBook:
 
 
 @dataclass
-class RoundRecord:
+class PlayedRound:
+    """One round as the game played it: what each player said and what the round decided."""
+
     index: int
     target_prompt: PromptRef
     judge_prompt: PromptRef
     seed: int
-    outcome: RoundOutcome = "failed"
+    outcome: RoundOutcome = RoundOutcome.FAILED
     candidates: list[Candidate] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
@@ -179,25 +179,25 @@ class RoundRecord:
 class EpisodeRecord:
     prompt: EpisodePrompt
     settings: GameSettings
-    rounds: list[RoundRecord] = field(default_factory=list)
-    status: EpisodeStatus = "failed"
+    rounds: list[PlayedRound] = field(default_factory=list)
+    status: EpisodeStatus = EpisodeStatus.FAILED
     reason: str | None = None
     promoted: list[PromptRef] = field(default_factory=list)
     finished: bool = False
 
     @property
-    def accepted_round(self) -> RoundRecord | None:
-        return next((r for r in self.rounds if r.outcome == "accepted"), None)
+    def accepted_round(self) -> PlayedRound | None:
+        return next((r for r in self.rounds if r.outcome == RoundOutcome.ACCEPTED), None)
 
 
-def _fail(record: RoundRecord, failure: PlayerFailure) -> RoundRecord:
-    record.outcome = "failed"
+def _fail(record: PlayedRound, failure: PlayerFailure) -> PlayedRound:
+    record.outcome = RoundOutcome.FAILED
     record.failures.append(failure)
     record.failure_reason = f"{failure.role}: {failure.reason}"
     return record
 
 
-def play_round(prompt: EpisodePrompt, players: Players, settings: GameSettings, record: RoundRecord) -> RoundRecord:
+def play_round(prompt: EpisodePrompt, players: Players, settings: GameSettings, record: PlayedRound) -> PlayedRound:
     """Steps 1–6 of the game for one round; fills `record` and returns it."""
     candidates = players.target.sample(prompt, record.target_prompt.text, settings.candidates, record.seed)
     if isinstance(candidates, PlayerFailure):
@@ -218,7 +218,7 @@ def play_round(prompt: EpisodePrompt, players: Players, settings: GameSettings, 
         best.final_score == worst.final_score
         or candidates[best.index].text.strip() == candidates[worst.index].text.strip()
     ):
-        record.outcome = "tie"
+        record.outcome = RoundOutcome.TIE
         record.failure_reason = f"best and worst candidates tie (score {best.final_score:g})"
         return record
     record.chosen_index, record.rejected_index = best.index, worst.index
@@ -229,11 +229,12 @@ def play_round(prompt: EpisodePrompt, players: Players, settings: GameSettings, 
     if isinstance(graded, PlayerFailure):
         return _fail(record, graded)
     record.reward, record.reward_raw = graded.value, graded.raw
-    record.outcome = "accepted" if graded.value.score >= settings.accept_threshold else "rejected"
+    accepted = graded.value.score >= settings.accept_threshold
+    record.outcome = RoundOutcome.ACCEPTED if accepted else RoundOutcome.REJECTED
     return record
 
 
-RoundCallback = Callable[["EpisodeRecord", RoundRecord], None]
+RoundCallback = Callable[["EpisodeRecord", PlayedRound], None]
 
 
 def play_episode(
@@ -259,17 +260,17 @@ def play_episode(
     target_prompt, judge_prompt = book.current()
     for index in range(first_round, settings.max_rounds):
         seed = derived_seed(settings.seed, prompt.id, index)
-        record = play_round(prompt, players, settings, RoundRecord(index, target_prompt, judge_prompt, seed))
+        record = play_round(prompt, players, settings, PlayedRound(index, target_prompt, judge_prompt, seed))
         episode.rounds.append(record)
         last_round = index == settings.max_rounds - 1
-        if record.outcome == "accepted":
-            episode.status, episode.finished = "accepted", True
+        if record.outcome == RoundOutcome.ACCEPTED:
+            episode.status, episode.finished = EpisodeStatus.ACCEPTED, True
             episode.promoted = [
                 ref for ref in (target_prompt, judge_prompt) if ref.parent is not None and book.promote(ref)
             ]
         elif last_round:
             _close_without_pair(episode)
-        elif record.outcome == "rejected":
+        elif record.outcome == RoundOutcome.REJECTED:
             assert record.ranking is not None and record.reward is not None
             assert record.chosen_index is not None and record.rejected_index is not None
             rewrite = players.optimizer.rewrite(
@@ -302,11 +303,11 @@ def _close_without_pair(episode: EpisodeRecord) -> None:
     settings = episode.settings
     outcomes = [r.outcome for r in episode.rounds]
     episode.finished = True
-    if outcomes and all(o == "failed" for o in outcomes):
-        episode.status, episode.reason = "failed", episode.rounds[-1].failure_reason
+    if outcomes and all(o == RoundOutcome.FAILED for o in outcomes):
+        episode.status, episode.reason = EpisodeStatus.FAILED, episode.rounds[-1].failure_reason
         return
     best = max((r.reward.score for r in episode.rounds if r.reward is not None), default=None)
-    episode.status = "gave_up"
+    episode.status = EpisodeStatus.GAVE_UP
     episode.reason = (
         f"no pair reached reward {settings.accept_threshold} in {settings.max_rounds} rounds "
         f"(best reward {best if best is not None else 'none'}; rounds: {', '.join(outcomes) or 'none'})"

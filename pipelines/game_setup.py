@@ -4,12 +4,13 @@ role that names it), the judge's tools, the four players, the run's prompt book 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from agents.backends import Backend, create_backend
+from agents.backends import Backend, BackendFactory, create_backend
 from agents.players import Judge, PromptOptimizer, RewardModel, Target, default_prompt
-from configs.schema import ModelConfig, SynthesisConfig
+from configs.schema import SynthesisConfig
 from pipelines.episode import GameSettings, Players, PromptBook
+from tools.base import JudgeTool
 from tools.registry import build_tools
 
 
@@ -22,20 +23,36 @@ def game_settings(config: SynthesisConfig) -> GameSettings:
     )
 
 
-def open_backends(
-    config: SynthesisConfig, factory: Callable[[ModelConfig], Backend] = create_backend
-) -> dict[str, Backend]:
+def used_model_keys(config: SynthesisConfig) -> list[str]:
+    """The keys under `models` that some role names, each once, in role order."""
+    return list(dict.fromkeys(config.roles.model_dump().values()))
+
+
+def model_ids(config: SynthesisConfig) -> dict[str, str]:
+    """The model each role plays with, by name: what stored rounds and pairs record."""
+    return {role: config.models[key].name for role, key in config.roles.model_dump().items()}
+
+
+def open_backends(config: SynthesisConfig, factory: BackendFactory = create_backend) -> dict[str, Backend]:
     """One backend per model key that some role uses."""
-    used = dict.fromkeys(config.roles.model_dump().values())
-    return {key: factory(config.models[key]) for key in used}
+    return {key: factory(config.models[key]) for key in used_model_keys(config)}
 
 
-def build_players(config: SynthesisConfig, backends: dict[str, Backend]) -> Players:
+def build_players(
+    config: SynthesisConfig,
+    backends: Mapping[str, Backend],
+    wrap_tool: Callable[[JudgeTool], JudgeTool] | None = None,
+) -> Players:
+    """The four players on `backends` (by model key); `wrap_tool` wraps each of the judge's tools (the Ray
+    orchestration runs them as tasks on CPU workers)."""
     roles, models, retries = config.roles, config.models, config.game.parse_retries
+    tools = build_tools(config.tools)
+    if wrap_tool is not None:
+        tools = {name: wrap_tool(tool) for name, tool in tools.items()}
     return Players(
         target=Target(backends[roles.target], models[roles.target].name, config.sampling),
         judge=Judge(
-            backends[roles.judge], models[roles.judge].name, build_tools(config.tools),
+            backends[roles.judge], models[roles.judge].name, tools,
             select_with_model=config.tools.selection == "model", parse_retries=retries,
         ),
         reward=RewardModel(backends[roles.reward], models[roles.reward].name, parse_retries=retries),

@@ -11,18 +11,17 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from pipelines.episode import EpisodeRecord, PromptRef, RoundRecord
+from pipelines.episode import EpisodeRecord, PlayedRound, PromptRef
 from storage import records as rows
 from storage.db import session_scope
-
-EPISODE_STATUS = {"accepted": "accepted", "gave_up": "rejected", "failed": "failed"}
+from storage.vocabulary import RoundOutcome
 
 
 def _version_row(ref: PromptRef) -> rows.PromptVersionRecord:
     return rows.PromptVersionRecord(ref.role, ref.version, ref.text, ref.parent, ref.critique)
 
 
-def round_row(record: RoundRecord, model_ids: dict[str, str]) -> rows.RoundRecord:
+def round_row(record: PlayedRound, model_ids: dict[str, str]) -> rows.RoundRecord:
     """The storage form of one round; `model_ids` maps roles to the model that played them."""
     ranking = record.ranking
     judgments = (
@@ -43,7 +42,7 @@ def round_row(record: RoundRecord, model_ids: dict[str, str]) -> rows.RoundRecor
             rejected_score=scores.get(record.rejected_index),
             reward_score=float(record.reward.score),
             reward_analysis=record.reward.analysis,
-            accepted=record.outcome == "accepted",
+            accepted=record.outcome == RoundOutcome.ACCEPTED,
             target_model=model_ids["target"],
             judge_model=model_ids["judge"],
             reward_model=model_ids["reward"],
@@ -63,10 +62,7 @@ def round_row(record: RoundRecord, model_ids: dict[str, str]) -> rows.RoundRecor
         target_prompt_version=record.target_prompt.version,
         judge_prompt_version=record.judge_prompt.version,
         outcome=record.outcome,
-        candidates=[
-            rows.CandidateRecord(c.text, c.model_id, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.sampling)
-            for c in record.candidates
-        ],
+        candidates=list(record.candidates),
         judgments=judgments,
         evidence=[
             rows.EvidenceRecord(
@@ -86,7 +82,7 @@ def round_row(record: RoundRecord, model_ids: dict[str, str]) -> rows.RoundRecor
 
 
 def store_played_round(
-    engine: Engine, run_id: str, episode: EpisodeRecord, record: RoundRecord, model_ids: dict[str, str]
+    engine: Engine, run_id: str, episode: EpisodeRecord, record: PlayedRound, model_ids: dict[str, str]
 ) -> None:
     """One transaction: the round, the prompt versions it played with, and — when the round ended the
     episode — the episode's final status and reason."""
@@ -99,10 +95,9 @@ def store_played_round(
             run_id,
             episode.prompt.id,
             round_row(record, model_ids),
-            final_status=EPISODE_STATUS[episode.status] if closes else None,
+            final_status=episode.status if closes else None,
+            reason=episode.reason if closes else None,
         )
-        if closes and episode.reason:
-            rows.set_episode_reason(session, run_id, episode.prompt.id, episode.reason)
 
 
 def store_episode(engine: Engine, run_id: str, episode: EpisodeRecord, model_ids: dict[str, str]) -> None:

@@ -22,17 +22,26 @@ import ray
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
-from agents.backends import Backend, BackendUnavailableError, ChatRequest, ChatResult, create_backend
+from agents.backends import (
+    Backend,
+    BackendFactory,
+    BackendUnavailableError,
+    ChatRequest,
+    ChatResult,
+    create_backend,
+)
 from agents.game import EpisodePrompt
 from configs.loading import config_hash
 from configs.schema import ModelConfig, SynthesisConfig
-from pipelines.episode import EpisodeRecord, PromptBook, PromptRef, RoundRecord, play_episode
-from pipelines.game_setup import build_players, game_settings, new_prompt_book
+from pipelines.episode import EpisodeRecord, PlayedRound, Players, PromptBook, PromptRef, play_episode
+from pipelines.game_setup import build_players, game_settings, model_ids, new_prompt_book, used_model_keys
 from pipelines.prompt_sources import load_prompts
 from pipelines.recording import store_played_round
 from storage import records as rows
 from storage.db import session_scope
 from storage.migrate import open_database
+from storage.records import PromptRecord
+from storage.vocabulary import EpisodeStatus, RunStatus
 from tools.base import Evidence, JudgeTool
 
 ENGINE_RESTARTS = 3
@@ -47,26 +56,19 @@ PASSED_ENV = (
 )
 
 
-BackendFactory = Callable[[ModelConfig], Backend]
-
-
 class EngineActor:
     """One model engine in a Ray actor. Threaded (many calls at once), so the backend inside batches the
     requests of concurrent callers into shared engine calls."""
 
-    def __init__(
-        self, model_config: ModelConfig, factory: BackendFactory | None = None, record_batches: bool = False
-    ) -> None:
+    def __init__(self, model_config: ModelConfig, factory: BackendFactory = create_backend) -> None:
         import torch
 
         torch.set_num_threads(model_config.threads)
-        self.backend = (factory or create_backend)(model_config)
+        self.backend = factory(model_config)
         self.completion_tokens = 0
         self.busy_s = 0.0
         self.first_call: float | None = None
         self.last_return: float | None = None
-        if record_batches:  # the benchmark replays exactly the engine calls the pipeline made, to compare
-            self.backend.recorded_calls = []
         self._lock = threading.Lock()
 
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
@@ -81,16 +83,13 @@ class EngineActor:
 
     def usage(self) -> dict[str, Any]:
         with self._lock:
-            window = 0.0 if self.first_call is None else self.last_return - self.first_call
+            window = 0.0 if self.first_call is None or self.last_return is None else self.last_return - self.first_call
             return {
                 "completion_tokens": self.completion_tokens,
                 "busy_s": self.busy_s,
                 "wall_s": window,
                 "engine_calls": self.backend.engine_calls,
             }
-
-    def recorded_batches(self) -> list[list[ChatRequest]]:
-        return list(self.backend.recorded_calls or [])
 
     def engine_calls(self) -> int:
         return self.backend.engine_calls
@@ -110,15 +109,13 @@ class EngineGroup:
         model: ModelConfig,
         run_id: str,
         max_concurrency: int,
-        factory: BackendFactory | None = None,
-        record_batches: bool = False,
+        factory: BackendFactory = create_backend,
     ) -> None:
-        self.key, self.model, self.max_concurrency = key, model, max_concurrency
-        self.factory, self.record_batches = factory, record_batches
+        self.key, self.model, self.max_concurrency, self.factory = key, model, max_concurrency, factory
         self.name = f"prefsmith-engine-{run_id}-{key}"[:120]
         self.restarts = 0
         self._lock = threading.Lock()
-        self._placement_group = None
+        self._placement_group: Any = None  # a PlacementGroup, made the first time a sharded engine starts
         self.handle = self._create()
 
     def _create(self) -> Any:
@@ -146,7 +143,7 @@ class EngineGroup:
                     self._placement_group, placement_group_capture_child_tasks=True
                 ),
             }
-        return ray.remote(EngineActor).options(**options).remote(self.model, self.factory, self.record_batches)
+        return ray.remote(EngineActor).options(**options).remote(self.model, self.factory)
 
     def replace(self, dead: Any, reason: str) -> Any | None:
         """A fresh actor in place of `dead` (unless another caller already replaced it); None once the
@@ -164,7 +161,7 @@ class EngineGroup:
             )
             try:
                 ray.kill(dead, no_restart=True)
-            except Exception:  # noqa: BLE001 - it may be gone already
+            except Exception:  # it may be gone already
                 pass
             self.handle = self._create()
             return self.handle
@@ -214,7 +211,7 @@ class RayToolProxy(JudgeTool):
     def _run(self, **arguments: Any) -> dict[str, Any]:
         return self.evidence(arguments).model_dump()
 
-    def arguments_for(self, prompt, candidate):  # noqa: ANN001, ANN201 - same signature as the tool's
+    def arguments_for(self, prompt, candidate):  # same signature as the tool's
         return self.inner.arguments_for(prompt, candidate)
 
     def evidence(self, arguments: dict[str, Any]) -> Evidence:
@@ -234,7 +231,10 @@ class RunMetrics(BaseModel):
     rounds: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    # Prompts of the sources not played now: finished before this invocation started (by this run, or — for a
+    # refresh — by any run with the same config hash), and pending ones that --limit left for a later run.
     already_played: int = 0
+    not_selected: int = 0
 
     @property
     def accept_rate(self) -> float:
@@ -265,17 +265,18 @@ class SynthesisReport:
     prompts_total: int = 0
     engine_restarts: dict[str, int] = field(default_factory=dict)
     engine_usage: dict[str, dict[str, Any]] = field(default_factory=dict)
-    engine_batches: dict[str, list[list[ChatRequest]]] = field(default_factory=dict)
 
     def summary(self) -> str:
         m = self.metrics
         head = (
             f"run {self.run_id}: " if not self.interrupted else f"run {self.run_id} interrupted ({self.interrupted}): "
         )
+        left = f"{m.not_selected} not selected (--limit); " if m.not_selected else ""
         return (
             f"{head}{m.episodes_done}/{m.episodes_total} episodes played this time, {m.accepted} accepted "
-            f"({m.accept_rate:.0%}), {m.failed} failed, {m.rounds} rounds; {m.already_played} already played; "
-            f"{m.pairs_per_min:.2f} pairs/min, {m.tokens_per_s:.1f} target tokens/s over {m.seconds:.0f} s"
+            f"({m.accept_rate:.0%}), {m.failed} failed, {m.rounds} rounds; {m.already_played} already played in "
+            f"earlier runs; {left}{m.pairs_per_min:.2f} pairs/min, {m.tokens_per_s:.1f} target tokens/s over "
+            f"{m.seconds:.0f} s"
         )
 
 
@@ -346,13 +347,167 @@ class Abandoned(Exception):
     """Raised inside an episode thread after a stored round, when a second signal asks to stop now."""
 
 
-def restore_book(engine: Engine, run_id: str, run_metrics: dict[str, Any]) -> PromptBook:
+def restore_book(engine: Engine, run_id: str) -> PromptBook:
+    """The run's prompt book as it was stored: every version, and the current one of each role."""
     with session_scope(engine) as session:
         stored = rows.load_prompt_versions(session, run_id)
+        current = rows.current_prompt_versions(session, run_id)
     if not stored:
         return new_prompt_book()
     refs = [PromptRef(v.role, v.version, v.text, v.parent_version, v.critique) for v in stored]  # type: ignore[arg-type]
-    return PromptBook.restore(refs, run_metrics.get("current_prompt_versions", {"target": 0, "judge": 0}))
+    return PromptBook.restore(refs, current)
+
+
+@dataclass
+class PreparedRun:
+    """A run as `prepare_run` leaves it: stored with its prompts and one episode per prompt, and the pending
+    episodes picked to play now as (prompt id, rounds already played)."""
+
+    engine: Engine
+    prompts: dict[str, PromptRecord]
+    pending: list[tuple[str, int]]
+    report: SynthesisReport
+    earlier_metrics: dict[str, Any]  # what the run's earlier invocations stored; this one's are merged in
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def run_id(self) -> str:
+        return self.report.run_id
+
+    @property
+    def metrics(self) -> RunMetrics:
+        return self.report.metrics
+
+
+def prepare_run(
+    config: SynthesisConfig, run_id: str, db_url: str | None, *, limit: int | None, only_unplayed: bool
+) -> PreparedRun:
+    """Store the run, its prompts and their episodes (once each) and mark it running; pick at most `limit`
+    pending episodes. `only_unplayed` leaves out prompts that any run with the same config hash finished."""
+    digest = config_hash(config)
+    engine = open_database(db_url or config.storage.url, migrate=True)
+    prompts = {p.id: p for p in load_prompts(config.prompts)}
+    with session_scope(engine) as session:
+        skip = rows.played_prompt_ids(session, digest) if only_unplayed else set()
+        run = rows.ensure_run(session, run_id, digest, config.model_dump(mode="json"))
+        earlier_metrics = dict(run.metrics or {})
+        rows.add_prompts(session, list(prompts.values()))
+        rows.ensure_episodes(session, run_id, [pid for pid in prompts if pid not in skip])
+        pending = [(pid, played) for pid, played in rows.pending_episodes(session, run_id) if pid in prompts]
+        rows.update_run(session, run_id, status=RunStatus.RUNNING)
+    selected = pending if limit is None else pending[:limit]
+    metrics = RunMetrics(
+        episodes_total=len(selected),
+        already_played=len(prompts) - len(pending),
+        not_selected=len(pending) - len(selected),
+    )
+    report = SynthesisReport(run_id, digest, metrics, prompts_total=len(prompts))
+    return PreparedRun(engine, prompts, selected, report, earlier_metrics)
+
+
+class EpisodeRunner:
+    """Plays the run's episodes, one call of `play` each (from many threads at once): stores every round as
+    it finishes and counts it into the run's metrics; one broken episode is stored as failed, not raised."""
+
+    def __init__(
+        self, run: PreparedRun, config: SynthesisConfig, players: Players, book: PromptBook, stop: StopRequest
+    ) -> None:
+        self.run, self.players, self.book, self.stop = run, players, book, stop
+        self.settings = game_settings(config)
+        self.model_ids = model_ids(config)
+        self._lock = threading.Lock()
+
+    def _on_round(self, episode: EpisodeRecord, record: PlayedRound) -> None:
+        store_played_round(self.run.engine, self.run.run_id, episode, record, self.model_ids)
+        with self._lock:
+            self.run.metrics.rounds += 1
+            self.run.metrics.completion_tokens += sum(c.completion_tokens or 0 for c in record.candidates)
+        if self.stop.abandon.is_set() and not episode.finished:
+            raise Abandoned()
+
+    def play(self, prompt_id: str, rounds_played: int) -> EpisodeRecord | None:
+        p = self.run.prompts[prompt_id]
+        prompt = EpisodePrompt(p.id, p.messages, p.meta)
+        try:
+            episode = play_episode(
+                prompt, self.players, self.book, self.settings, first_round=rounds_played, on_round=self._on_round
+            )
+        except Abandoned:
+            return None
+        except Exception as exc:  # one broken episode must not stop the run
+            with session_scope(self.run.engine) as session:
+                rows.fail_episode(session, self.run.run_id, prompt_id, f"{type(exc).__name__}: {exc}")
+            self._count(EpisodeStatus.FAILED)
+            return None
+        self._count(episode.status)
+        return episode
+
+    def _count(self, status: EpisodeStatus) -> None:
+        with self._lock:
+            self.run.metrics.episodes_done += 1
+            self.run.metrics.accepted += status == EpisodeStatus.ACCEPTED
+            self.run.metrics.failed += status == EpisodeStatus.FAILED
+
+    def store_progress(self, status: RunStatus | None = None) -> None:
+        """Store the run's metrics so far and its current prompt versions (and `status`, when given)."""
+        metrics = self.run.metrics
+        metrics.seconds = time.perf_counter() - self.run.started
+        target, judge = self.book.current()
+        with session_scope(self.run.engine) as session:
+            rows.update_run(
+                session,
+                self.run.run_id,
+                status=status,
+                metrics=self.run.earlier_metrics | metrics.stored(),
+                current_prompt_versions={"target": target.version, "judge": judge.version},
+            )
+
+
+def start_engines(config: SynthesisConfig, run_id: str, factory: BackendFactory) -> dict[str, EngineGroup]:
+    """One engine actor per model that some role uses, each taking as many concurrent calls as K episodes
+    can make of it."""
+    calls = max(8, 4 * config.ray.episodes_in_flight)
+    return {key: EngineGroup(key, config.models[key], run_id, calls, factory) for key in used_model_keys(config)}
+
+
+def schedule_episodes(
+    runner: EpisodeRunner, in_flight_limit: int, progress: Callable[[RunMetrics], None] | None
+) -> None:
+    """Play the run's pending episodes with at most `in_flight_limit` (K) in flight, until all are played or a
+    stop is requested; report progress every second and store it every 10 s."""
+    metrics = runner.run.metrics
+    queue = iter(runner.run.pending)
+    in_flight: set[Future] = set()
+    last_stored = time.perf_counter()
+    with ThreadPoolExecutor(in_flight_limit, thread_name_prefix="prefsmith-episode") as pool:
+        # Backpressure: never more than K episodes submitted, however many prompts the run has.
+        while True:
+            while not runner.stop.requested and len(in_flight) < in_flight_limit:
+                item = next(queue, None)
+                if item is None:
+                    break
+                in_flight.add(pool.submit(runner.play, *item))
+            if not in_flight:
+                break
+            done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()
+            if progress is not None:
+                progress(metrics)
+            if time.perf_counter() - last_stored > 10:
+                runner.store_progress()
+                last_stored = time.perf_counter()
+
+
+def shut_down(groups: dict[str, EngineGroup], report: SynthesisReport) -> None:
+    """Put each engine's restarts and usage in the report, then stop its actor."""
+    report.engine_restarts = {key: g.restarts for key, g in groups.items()}
+    report.engine_usage = {key: ray.get(g.handle.usage.remote()) for key, g in groups.items()}
+    for g in groups.values():
+        try:
+            ray.kill(g.handle, no_restart=True)
+        except Exception:  # already gone
+            pass
 
 
 def synthesize(
@@ -363,123 +518,32 @@ def synthesize(
     limit: int | None = None,
     address: str | None = None,
     only_unplayed: bool = False,
-    progress: Any = None,
-    backend_factory: BackendFactory | None = None,
-    record_batches: bool = False,
+    progress: Callable[[RunMetrics], None] | None = None,
+    backend_factory: BackendFactory = create_backend,
 ) -> SynthesisReport:
     """Play every pending prompt of the run (at most `limit`), storing each round as it finishes.
 
     `only_unplayed` (refresh) also skips prompts that any earlier run with the same config hash finished.
-    `backend_factory` and `record_batches` are for benchmarks (a simulated engine; replaying engine calls).
+    `backend_factory` builds each engine actor's backend (benchmarks: a simulated or a recording engine).
     """
-    run_id = run_id or default_run_id(config)
-    digest = config_hash(config)
-    engine = open_database(db_url or config.storage.url, migrate=True)
-    prompts = {p.id: p for p in load_prompts(config.prompts)}
-    with session_scope(engine) as session:
-        skip = rows.played_prompt_ids(session, digest) if only_unplayed else set()
-        run = rows.ensure_run(session, run_id, digest, config.model_dump(mode="json"))
-        run_metrics = dict(run.metrics or {})
-        rows.add_prompts(session, list(prompts.values()))
-        rows.ensure_episodes(session, run_id, [pid for pid in prompts if pid not in skip])
-        pending = [(pid, played) for pid, played in rows.pending_episodes(session, run_id) if pid in prompts]
-        rows.update_run(session, run_id, status="running")
-    if limit is not None:
-        pending = pending[:limit]
-    metrics = RunMetrics(episodes_total=len(pending), already_played=len(prompts) - len(pending))
-    report = SynthesisReport(run_id, digest, metrics, prompts_total=len(prompts))
-    if not pending:
-        with session_scope(engine) as session:
-            rows.update_run(session, run_id, status="completed")
-        engine.dispose()
-        return report
+    run = prepare_run(config, run_id or default_run_id(config), db_url, limit=limit, only_unplayed=only_unplayed)
+    if not run.pending:
+        with session_scope(run.engine) as session:
+            rows.update_run(session, run.run_id, status=RunStatus.COMPLETED)
+        run.engine.dispose()
+        return run.report
 
-    book = restore_book(engine, run_id, run_metrics)
-    model_ids = {role: config.models[key].name for role, key in config.roles.model_dump().items()}
-    settings = game_settings(config)
-    lock = threading.Lock()
-    started = time.perf_counter()
-
-    def persist_metrics(status: str | None = None) -> None:
-        metrics.seconds = time.perf_counter() - started
-        current_target, current_judge = book.current()
-        stored = metrics.stored() | {
-            "current_prompt_versions": {"target": current_target.version, "judge": current_judge.version}
-        }
-        with session_scope(engine) as session:
-            rows.update_run(session, run_id, status=status, metrics=run_metrics | stored)
-
+    book = restore_book(run.engine, run.run_id)
     with ray_session(config, address), StopRequest() as stop:
-        K = config.ray.episodes_in_flight
-        groups = {
-            key: EngineGroup(key, config.models[key], run_id, max(8, 4 * K), backend_factory, record_batches)
-            for key in dict.fromkeys(config.roles.model_dump().values())
-        }
+        groups = start_engines(config, run.run_id, backend_factory)
         backends = {key: ActorBackend(g, config.models[key].max_batch_size) for key, g in groups.items()}
-        players = build_players(config, backends)
-        players.judge.tools = {name: RayToolProxy.wrap(t) for name, t in players.judge.tools.items()}
-
-        def on_round(episode: EpisodeRecord, record: RoundRecord) -> None:
-            store_played_round(engine, run_id, episode, record, model_ids)
-            with lock:
-                metrics.rounds += 1
-                metrics.completion_tokens += sum(c.completion_tokens or 0 for c in record.candidates)
-            if stop.abandon.is_set() and not episode.finished:
-                raise Abandoned()
-
-        def play(prompt_id: str, rounds_played: int) -> EpisodeRecord | None:
-            p = prompts[prompt_id]
-            prompt = EpisodePrompt(p.id, p.messages, p.meta)
-            try:
-                episode = play_episode(prompt, players, book, settings, first_round=rounds_played, on_round=on_round)
-            except Abandoned:
-                return None
-            except Exception as exc:  # noqa: BLE001 - one broken episode must not stop the run
-                with session_scope(engine) as session:
-                    rows.fail_episode(session, run_id, prompt_id, f"{type(exc).__name__}: {exc}")
-                with lock:
-                    metrics.episodes_done += 1
-                    metrics.failed += 1
-                return None
-            with lock:
-                metrics.episodes_done += 1
-                metrics.accepted += episode.status == "accepted"
-                metrics.failed += episode.status == "failed"
-            return episode
-
-        queue = iter(pending)
-        in_flight: set[Future] = set()
-        last_persist = time.perf_counter()
-        with ThreadPoolExecutor(K, thread_name_prefix="prefsmith-episode") as pool:
-            # Backpressure: never more than K episodes submitted, however many prompts the run has.
-            while True:
-                while not stop.requested and len(in_flight) < K:
-                    item = next(queue, None)
-                    if item is None:
-                        break
-                    in_flight.add(pool.submit(play, *item))
-                if not in_flight:
-                    break
-                done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()
-                if progress is not None:
-                    progress(metrics)
-                if time.perf_counter() - last_persist > 10:
-                    persist_metrics()
-                    last_persist = time.perf_counter()
-        report.engine_restarts = {key: g.restarts for key, g in groups.items()}
-        report.engine_usage = {key: ray.get(g.handle.usage.remote()) for key, g in groups.items()}
-        if record_batches:
-            report.engine_batches = {key: ray.get(g.handle.recorded_batches.remote()) for key, g in groups.items()}
-        for g in groups.values():
-            try:
-                ray.kill(g.handle, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        report.interrupted = stop.signal_name
-    persist_metrics("interrupted" if report.interrupted else "completed")
+        players = build_players(config, backends, wrap_tool=RayToolProxy.wrap)
+        runner = EpisodeRunner(run, config, players, book, stop)
+        schedule_episodes(runner, config.ray.episodes_in_flight, progress)
+        shut_down(groups, run.report)
+        run.report.interrupted = stop.signal_name
+    runner.store_progress(RunStatus.INTERRUPTED if run.report.interrupted else RunStatus.COMPLETED)
     if progress is not None:
-        progress(metrics)
-    engine.dispose()
-    return report
+        progress(run.metrics)
+    run.engine.dispose()
+    return run.report

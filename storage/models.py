@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from storage.vocabulary import EpisodeStatus, RunStatus
+
 # Deterministic constraint names keep Alembic migrations identical on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -51,13 +53,20 @@ class Run(Base):
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     config_hash: Mapped[str] = mapped_column(String(64), index=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="created")
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.CREATED)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The prompt versions the run plays new episodes with (see pipelines.episode.PromptBook); a rerun resumes them.
+    current_target_prompt_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    current_judge_prompt_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     episodes: Mapped[list[Episode]] = relationship(back_populates="run")
     prompt_versions: Mapped[list[PromptVersion]] = relationship(back_populates="run")
+
+    @property
+    def current_prompt_versions(self) -> dict[str, int]:
+        return {"target": self.current_target_prompt_version, "judge": self.current_judge_prompt_version}
 
 
 class Prompt(Base):
@@ -99,7 +108,7 @@ class Episode(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=EpisodeStatus.PENDING)
     rounds_played: Mapped[int] = mapped_column(Integer, default=0)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from configs.errors import NotFoundError
 from storage.models import Episode, Export, PreferencePair, Prompt, Round, Run
+from storage.vocabulary import EPISODE_FINISHED, EpisodeStatus
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class RunSummary:
     failures: int
     exports: int
     metrics: dict[str, Any]
+    current_prompt_versions: dict[str, int]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,11 +45,6 @@ def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSu
     if not runs:
         return []
     ids = [r.id for r in runs]
-    episodes = dict(
-        session.execute(
-            select(Episode.run_id, func.count()).where(Episode.run_id.in_(ids)).group_by(Episode.run_id)
-        ).all()
-    )
     prompts = dict(
         session.execute(
             select(Episode.run_id, func.count(func.distinct(Episode.prompt_id)))
@@ -55,20 +52,13 @@ def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSu
             .group_by(Episode.run_id)
         ).all()
     )
-    done = dict(
-        session.execute(
-            select(Episode.run_id, func.count())
-            .where(Episode.run_id.in_(ids), Episode.status.in_(("accepted", "rejected", "failed")))
-            .group_by(Episode.run_id)
-        ).all()
-    )
-    failed = dict(
-        session.execute(
-            select(Episode.run_id, func.count())
-            .where(Episode.run_id.in_(ids), Episode.status == "failed")
-            .group_by(Episode.run_id)
-        ).all()
-    )
+    by_status: dict[str, dict[str, int]] = {}
+    for run_id, status, n in session.execute(
+        select(Episode.run_id, Episode.status, func.count())
+        .where(Episode.run_id.in_(ids))
+        .group_by(Episode.run_id, Episode.status)
+    ).all():
+        by_status.setdefault(run_id, {})[status] = n
     rounds = dict(
         session.execute(
             select(Episode.run_id, func.count(Round.id))
@@ -101,14 +91,15 @@ def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSu
             status=r.status,
             created_at=r.created_at.isoformat(),
             prompts=prompts.get(r.id, 0),
-            episodes=episodes.get(r.id, 0),
-            episodes_done=done.get(r.id, 0),
+            episodes=sum(by_status.get(r.id, {}).values()),
+            episodes_done=sum(by_status.get(r.id, {}).get(s, 0) for s in EPISODE_FINISHED),
             rounds=rounds.get(r.id, 0),
             pairs=pairs.get(r.id, (0, 0))[0],
             accepted_pairs=int(pairs.get(r.id, (0, 0))[1] or 0),
-            failures=failed.get(r.id, 0),
+            failures=by_status.get(r.id, {}).get(EpisodeStatus.FAILED, 0),
             exports=exports.get(r.id, 0),
             metrics=dict(r.metrics or {}),
+            current_prompt_versions=r.current_prompt_versions,
         )
         for r in runs
     ]

@@ -1,7 +1,8 @@
 """Idempotent writes of what a synthesis run produces: runs, prompts, prompt versions, episodes and rounds.
 
 Every write is keyed by content or by (parent, index), so replaying the same record stores it once; a
-round with its candidates, judgments, evidence and pair goes in inside one transaction.
+round with its candidates, judgments, evidence and pair goes in inside one transaction, through one writer
+function per table.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from storage.models import (
     ToolEvidence,
     utcnow,
 )
-
-EPISODE_DONE = ("accepted", "rejected", "failed")
+from storage.vocabulary import EPISODE_FINISHED, Candidate, EpisodeStatus, RoundOutcome, RunStatus
 
 
 def sha256_hex(*parts: str) -> str:
@@ -84,16 +84,6 @@ class PromptRecord:
 
 
 @dataclass(frozen=True)
-class CandidateRecord:
-    text: str
-    model_id: str
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    sampling: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class JudgmentRecord:
     generation_index: int
     score: float | None
@@ -129,13 +119,13 @@ class PairRecord:
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """Everything one round produced; `outcome` is 'accepted', 'rejected' or 'failed'."""
+    """Everything one round produced, as storage writes it."""
 
     index: int
     target_prompt_version: int
     judge_prompt_version: int
-    outcome: str
-    candidates: list[CandidateRecord] = field(default_factory=list)
+    outcome: RoundOutcome
+    candidates: list[Candidate] = field(default_factory=list)
     judgments: list[JudgmentRecord] = field(default_factory=list)
     evidence: list[EvidenceRecord] = field(default_factory=list)
     pair: PairRecord | None = None
@@ -155,7 +145,7 @@ def ensure_run(session: Session, run_id: str, config_hash: str, config: dict[str
                     "id": run_id,
                     "config_hash": config_hash,
                     "config": config,
-                    "status": "created",
+                    "status": RunStatus.CREATED,
                     "metrics": {},
                     "created_at": utcnow(),
                     "updated_at": utcnow(),
@@ -185,12 +175,12 @@ def add_prompts(session: Session, prompts: Sequence[PromptRecord]) -> list[str]:
 
 def ensure_episodes(session: Session, run_id: str, prompt_ids: Sequence[str]) -> list[str]:
     """One pending episode per (run, prompt); existing episodes are left as they are."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": episode_id_for(run_id, pid),
             "run_id": run_id,
             "prompt_id": pid,
-            "status": "pending",
+            "status": EpisodeStatus.PENDING,
             "rounds_played": 0,
             "created_at": utcnow(),
         }
@@ -198,42 +188,6 @@ def ensure_episodes(session: Session, run_id: str, prompt_ids: Sequence[str]) ->
     ]
     insert_ignore(session, Episode, rows, ["id"])
     return [r["id"] for r in rows]
-
-
-def add_prompt_version(
-    session: Session,
-    run_id: str,
-    role: str,
-    text: str,
-    *,
-    parent_version: int | None = None,
-    critique: str | None = None,
-) -> int:
-    """Append a new version of `role`'s prompt in `run_id`; the first text for a role is version 0.
-
-    If the newest version already has this text, it is returned instead of a duplicate.
-    """
-    latest = session.execute(
-        select(PromptVersion)
-        .where(PromptVersion.run_id == run_id, PromptVersion.role == role)
-        .order_by(PromptVersion.version.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    if latest is not None and latest.text == text:
-        return latest.version
-    version = 0 if latest is None else latest.version + 1
-    session.add(
-        PromptVersion(
-            run_id=run_id,
-            role=role,
-            version=version,
-            text=text,
-            parent_version=parent_version,
-            critique=critique,
-        )
-    )
-    session.flush()
-    return version
 
 
 @dataclass(frozen=True)
@@ -267,16 +221,34 @@ def store_prompt_versions(session: Session, run_id: str, versions: Sequence[Prom
 
 
 def store_round(
-    session: Session, run_id: str, prompt_id: str, record: RoundRecord, *, final_status: str | None = None
+    session: Session,
+    run_id: str,
+    prompt_id: str,
+    record: RoundRecord,
+    *,
+    final_status: EpisodeStatus | None = None,
+    reason: str | None = None,
 ) -> int:
     """Store one round with everything it produced, once; return the round's id.
 
-    Replaying a round already stored changes nothing. `final_status` (accepted/rejected/failed) closes the
-    episode in the same transaction, so an episode is never 'done' without its last round.
+    Replaying a round already stored changes nothing. `final_status` closes the episode in the same
+    transaction, so an episode is never finished without its last round; `reason` says why it ended without
+    an accepted pair (default: the round's failure reason, when the episode failed).
     """
     episode_id = episode_id_for(run_id, prompt_id)
     if session.get(Episode, episode_id) is None:
         raise StorageError(f"episode of prompt {prompt_id[:12]} is not part of run {run_id!r}")
+    round_id = _insert_round(session, episode_id, record)
+    _insert_generations(session, round_id, record.candidates)
+    _insert_judgments(session, round_id, record.judgments)
+    _insert_evidence(session, round_id, record.evidence)
+    if record.pair is not None:
+        _insert_pair(session, run_id, prompt_id, episode_id, round_id, record)
+    _advance_episode(session, episode_id, record, final_status, reason)
+    return round_id
+
+
+def _insert_round(session: Session, episode_id: str, record: RoundRecord) -> int:
     insert_ignore(
         session,
         Round,
@@ -294,10 +266,12 @@ def store_round(
         ],
         ["episode_id", "index"],
     )
-    round_id = session.execute(
+    return session.execute(
         select(Round.id).where(Round.episode_id == episode_id, Round.index == record.index)
     ).scalar_one()
 
+
+def _insert_generations(session: Session, round_id: int, candidates: Sequence[Candidate]) -> None:
     insert_ignore(
         session,
         Generation,
@@ -312,10 +286,13 @@ def store_round(
                 "model_id": c.model_id,
                 "sampling": c.sampling,
             }
-            for i, c in enumerate(record.candidates)
+            for i, c in enumerate(candidates)
         ],
         ["round_id", "index"],
     )
+
+
+def _insert_judgments(session: Session, round_id: int, judgments: Sequence[JudgmentRecord]) -> None:
     insert_ignore(
         session,
         Judgment,
@@ -329,10 +306,13 @@ def store_round(
                 "raw_output": j.raw_output,
                 "model_id": j.model_id,
             }
-            for j in record.judgments
+            for j in judgments
         ],
         ["round_id", "generation_index"],
     )
+
+
+def _insert_evidence(session: Session, round_id: int, evidence: Sequence[EvidenceRecord]) -> None:
     insert_ignore(
         session,
         ToolEvidence,
@@ -347,74 +327,74 @@ def store_round(
                 "verdict": e.verdict,
                 "error": e.error,
             }
-            for i, e in enumerate(record.evidence)
+            for i, e in enumerate(evidence)
         ],
         ["round_id", "seq"],
     )
-    if record.pair is not None:
-        p = record.pair
-        try:
-            chosen, rejected = (
-                record.candidates[p.chosen_index].text,
-                record.candidates[p.rejected_index].text,
-            )
-        except IndexError:
-            raise StorageError(f"pair of round {record.index} names a candidate that does not exist") from None
-        insert_ignore(
-            session,
-            PreferencePair,
-            [
-                {
-                    "id": pair_id_for(episode_id, record.index),
-                    "run_id": run_id,
-                    "episode_id": episode_id,
-                    "round_id": round_id,
-                    "prompt_id": prompt_id,
-                    "chosen_index": p.chosen_index,
-                    "rejected_index": p.rejected_index,
-                    "chosen": chosen,
-                    "rejected": rejected,
-                    "chosen_score": p.chosen_score,
-                    "rejected_score": p.rejected_score,
-                    "reward_score": p.reward_score,
-                    "reward_analysis": p.reward_analysis,
-                    "accepted": p.accepted,
-                    "round_index": record.index,
-                    "target_prompt_version": record.target_prompt_version,
-                    "judge_prompt_version": record.judge_prompt_version,
-                    "target_model": p.target_model,
-                    "judge_model": p.judge_model,
-                    "reward_model": p.reward_model,
-                    "created_at": utcnow(),
-                }
-            ],
-            ["id"],
-        )
 
+
+def _insert_pair(
+    session: Session, run_id: str, prompt_id: str, episode_id: str, round_id: int, record: RoundRecord
+) -> None:
+    p = record.pair
+    assert p is not None
+    try:
+        chosen, rejected = record.candidates[p.chosen_index].text, record.candidates[p.rejected_index].text
+    except IndexError:
+        raise StorageError(f"pair of round {record.index} names a candidate that does not exist") from None
+    insert_ignore(
+        session,
+        PreferencePair,
+        [
+            {
+                "id": pair_id_for(episode_id, record.index),
+                "run_id": run_id,
+                "episode_id": episode_id,
+                "round_id": round_id,
+                "prompt_id": prompt_id,
+                "chosen_index": p.chosen_index,
+                "rejected_index": p.rejected_index,
+                "chosen": chosen,
+                "rejected": rejected,
+                "chosen_score": p.chosen_score,
+                "rejected_score": p.rejected_score,
+                "reward_score": p.reward_score,
+                "reward_analysis": p.reward_analysis,
+                "accepted": p.accepted,
+                "round_index": record.index,
+                "target_prompt_version": record.target_prompt_version,
+                "judge_prompt_version": record.judge_prompt_version,
+                "target_model": p.target_model,
+                "judge_model": p.judge_model,
+                "reward_model": p.reward_model,
+                "created_at": utcnow(),
+            }
+        ],
+        ["id"],
+    )
+
+
+def _advance_episode(
+    session: Session,
+    episode_id: str,
+    record: RoundRecord,
+    final_status: EpisodeStatus | None,
+    reason: str | None,
+) -> None:
+    """Count the episode's stored rounds; close it when `final_status` is given. A finished episode is never
+    touched again, so a replayed round cannot reopen it."""
     rounds_played = session.execute(
         select(func.count()).select_from(Round).where(Round.episode_id == episode_id)
     ).scalar_one()
-    values: dict[str, Any] = {"rounds_played": rounds_played}
+    values: dict[str, Any] = {"rounds_played": rounds_played, "status": EpisodeStatus.RUNNING}
     if final_status is not None:
-        if final_status not in EPISODE_DONE:
-            raise ValueError(f"final_status must be one of {EPISODE_DONE}, not {final_status!r}")
-        values |= {
-            "status": final_status,
-            "finished_at": utcnow(),
-            "failure_reason": record.failure_reason if final_status == "failed" else None,
-        }
-    else:
-        values["status"] = "running"
+        if final_status not in EPISODE_FINISHED:
+            raise ValueError(f"final_status must be one of {', '.join(EPISODE_FINISHED)}, not {final_status!r}")
+        if reason is None and final_status == EpisodeStatus.FAILED:
+            reason = record.failure_reason
+        values |= {"status": final_status, "finished_at": utcnow(), "failure_reason": reason}
     session.execute(
-        update(Episode).where(Episode.id == episode_id, Episode.status.not_in(EPISODE_DONE)).values(**values)
-    )
-    return round_id
-
-
-def set_episode_reason(session: Session, run_id: str, prompt_id: str, reason: str) -> None:
-    """Why an episode ended without an accepted pair (kept for `rejected` episodes too, not only failures)."""
-    session.execute(
-        update(Episode).where(Episode.id == episode_id_for(run_id, prompt_id)).values(failure_reason=reason)
+        update(Episode).where(Episode.id == episode_id, Episode.status.not_in(EPISODE_FINISHED)).values(**values)
     )
 
 
@@ -422,7 +402,7 @@ def pending_episodes(session: Session, run_id: str) -> list[tuple[str, int]]:
     """(prompt id, rounds already played) of the run's episodes that have not finished, oldest first."""
     result = session.execute(
         select(Episode.prompt_id, Episode.rounds_played)
-        .where(Episode.run_id == run_id, Episode.status.not_in(EPISODE_DONE))
+        .where(Episode.run_id == run_id, Episode.status.not_in(EPISODE_FINISHED))
         .order_by(Episode.created_at, Episode.id)
     )
     return [(prompt_id, rounds) for prompt_id, rounds in result.all()]
@@ -433,7 +413,7 @@ def played_prompt_ids(session: Session, config_hash: str) -> set[str]:
     result = session.execute(
         select(Episode.prompt_id)
         .join(Run, Run.id == Episode.run_id)
-        .where(Run.config_hash == config_hash, Episode.status.in_(EPISODE_DONE))
+        .where(Run.config_hash == config_hash, Episode.status.in_(EPISODE_FINISHED))
     )
     return set(result.scalars())
 
@@ -449,17 +429,34 @@ def fail_episode(session: Session, run_id: str, prompt_id: str, reason: str) -> 
     """Close an episode that could not be played (an engine that stayed down, a bug): the run goes on."""
     session.execute(
         update(Episode)
-        .where(Episode.id == episode_id_for(run_id, prompt_id), Episode.status.not_in(EPISODE_DONE))
-        .values(status="failed", failure_reason=reason, finished_at=utcnow())
+        .where(Episode.id == episode_id_for(run_id, prompt_id), Episode.status.not_in(EPISODE_FINISHED))
+        .values(status=EpisodeStatus.FAILED, failure_reason=reason, finished_at=utcnow())
     )
 
 
 def update_run(
-    session: Session, run_id: str, *, status: str | None = None, metrics: dict[str, Any] | None = None
+    session: Session,
+    run_id: str,
+    *,
+    status: RunStatus | None = None,
+    metrics: dict[str, Any] | None = None,
+    current_prompt_versions: dict[str, int] | None = None,
 ) -> None:
+    """Set what is given: the run's status, its metrics, the prompt versions it plays new episodes with."""
     values: dict[str, Any] = {"updated_at": utcnow()}
     if status is not None:
         values["status"] = status
     if metrics is not None:
         values["metrics"] = metrics
+    if current_prompt_versions is not None:
+        values["current_target_prompt_version"] = current_prompt_versions["target"]
+        values["current_judge_prompt_version"] = current_prompt_versions["judge"]
     session.execute(update(Run).where(Run.id == run_id).values(**values))
+
+
+def current_prompt_versions(session: Session, run_id: str) -> dict[str, int]:
+    """The prompt versions run `run_id` plays new episodes with, by role."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise StorageError(f"no run named {run_id!r} in this database")
+    return run.current_prompt_versions

@@ -12,18 +12,19 @@ from sqlalchemy import Engine
 
 from storage.db import session_scope
 from storage.records import (
-    CandidateRecord,
     EvidenceRecord,
     JudgmentRecord,
     PairRecord,
     PromptRecord,
+    PromptVersionRecord,
     RoundRecord,
-    add_prompt_version,
     add_prompts,
     ensure_episodes,
     ensure_run,
+    store_prompt_versions,
     store_round,
 )
+from storage.vocabulary import Candidate, EpisodeStatus, RoundOutcome
 
 MODEL = "smollm2-135m-instruct"
 
@@ -53,14 +54,14 @@ def sample_prompt(i: int) -> PromptRecord:
 def sample_round(i: int, index: int, reward: float, threshold: float = 8) -> RoundRecord:
     answer = sample_prompt(i).meta["answer"]
     candidates = [
-        CandidateRecord(text=f"The answer is {answer}.", model_id=MODEL, finish_reason="stop", completion_tokens=6),
-        CandidateRecord(text=f"The answer is {answer + 1}.", model_id=MODEL, finish_reason="stop", completion_tokens=6),
+        Candidate(text=f"The answer is {answer}.", model_id=MODEL, finish_reason="stop", completion_tokens=6),
+        Candidate(text=f"The answer is {answer + 1}.", model_id=MODEL, finish_reason="stop", completion_tokens=6),
     ]
     return RoundRecord(
         index=index,
         target_prompt_version=index,
         judge_prompt_version=0,
-        outcome="accepted" if reward >= threshold else "rejected",
+        outcome=RoundOutcome.ACCEPTED if reward >= threshold else RoundOutcome.REJECTED,
         candidates=candidates,
         judgments=[
             JudgmentRecord(0, 9.0, "matches the reference", MODEL, verified=True, raw_output='{"score": 9}'),
@@ -81,9 +82,11 @@ def store_sample_run(engine: Engine, run_id: str = "sample", n_prompts: int = 6)
         ensure_run(session, run_id, "f" * 64, {"note": "sample"})
         prompt_ids = add_prompts(session, [sample_prompt(i) for i in range(n_prompts)])
         ensure_episodes(session, run_id, prompt_ids)
-        add_prompt_version(session, run_id, "target", "You are helpful.")
-        add_prompt_version(session, run_id, "target", "You are helpful. Check your arithmetic.", parent_version=0)
-        add_prompt_version(session, run_id, "judge", "Rank the answers.")
+        store_prompt_versions(session, run_id, [
+            PromptVersionRecord("target", 0, "You are helpful."),
+            PromptVersionRecord("target", 1, "You are helpful. Check your arithmetic.", parent_version=0),
+            PromptVersionRecord("judge", 0, "Rank the answers."),
+        ])
     for i, prompt_id in enumerate(prompt_ids):
         if i == n_prompts - 1:
             plan = [4.0, 5.0]
@@ -93,9 +96,9 @@ def store_sample_run(engine: Engine, run_id: str = "sample", n_prompts: int = 6)
             plan = [6.0, 8.0]
         for index, reward in enumerate(plan):
             last = index == len(plan) - 1
-            final = None if not last else ("accepted" if reward >= 8 else "failed")
+            final = None if not last else (EpisodeStatus.ACCEPTED if reward >= 8 else EpisodeStatus.FAILED)
             record = sample_round(i, index, reward)
-            if final == "failed":
+            if final == EpisodeStatus.FAILED:
                 record = RoundRecord(**{**record.__dict__, "failure_reason": "gave up after 2 rounds"})
             with session_scope(engine) as session:
                 store_round(session, run_id, prompt_id, record, final_status=final)

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from agents.backends import ChatRequest, ChatResult, ContextLengthError, InvalidRequestError
+from agents.backends import Backend, ChatRequest, ChatResult, Completion, ContextLengthError, InvalidRequestError
 from agents.backends.protocol import check_request
+from agents.backends.recording import RecordingBackend, recorded_calls
 from agents.backends.structured import parse_answer, repair_request
 from configs.schema import SamplingConfig
 
@@ -58,3 +60,30 @@ def test_repair_request_shows_the_bad_answer_and_the_schema() -> None:
     assert repaired.messages[1].content == '{"better": "first"}'
     assert "better: not an integer" in repaired.messages[2].content and '"why"' in repaired.messages[2].content
     assert repaired.seed == 4 and request.seed == 3
+
+
+class EchoBackend(Backend):
+    """Answers each request with its own last message: the protocol's plumbing without an engine."""
+
+    supports_json_schema = True
+
+    def __init__(self) -> None:
+        super().__init__(max_batch_size=2)
+
+    def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        return [ChatResult([Completion(r.messages[-1].content, "stop", 1)]) for r in requests]
+
+
+def test_recording_backend_writes_every_engine_call_for_replay(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+    recording = RecordingBackend(EchoBackend(), path)
+    requests = [
+        ChatRequest(messages=[{"role": "user", "content": f"q{i}"}], seed=i, json_schema=Verdict.model_json_schema())
+        for i in range(5)
+    ]
+    results = recording.generate(requests)
+    assert [r.texts for r in results] == [[f"q{i}"] for i in range(5)]
+    calls = recorded_calls(path)
+    assert [len(call) for call in calls] == [2, 2, 1] and recording.engine_calls == 3
+    assert [r for call in calls for r in call] == requests, "a replay must send exactly what ran"
+    assert recording.supports_json_schema

@@ -25,7 +25,7 @@ class ScriptedTarget:
     model_id: str = "scripted-target"
     seen: list[tuple[str, int]] = field(default_factory=list)
 
-    def sample(self, prompt, system_prompt, n, seed):  # noqa: ANN001, ANN201
+    def sample(self, prompt, system_prompt, n, seed):
         self.seen.append((system_prompt, seed))
         answer = self.answers[len(self.seen) - 1]
         if isinstance(answer, PlayerFailure):
@@ -39,13 +39,13 @@ class ScriptedJudge:
     model_id: str = "scripted-judge"
     seen_prompts: list[str] = field(default_factory=list)
 
-    def choose_tools(self, prompt):  # noqa: ANN001, ANN201
+    def choose_tools(self, prompt):
         return []
 
-    def investigate(self, prompt, candidates, tool_names):  # noqa: ANN001, ANN201
+    def investigate(self, prompt, candidates, tool_names):
         return []
 
-    def rank(self, prompt, candidates, calls, system_prompt):  # noqa: ANN001, ANN201
+    def rank(self, prompt, candidates, calls, system_prompt):
         self.seen_prompts.append(system_prompt)
         scores = self.scores[len(self.seen_prompts) - 1]
         if isinstance(scores, PlayerFailure):
@@ -59,7 +59,7 @@ class ScriptedReward:
     model_id: str = "scripted-reward"
     calls: int = 0
 
-    def grade(self, prompt, chosen, rejected, ranking, chosen_index, rejected_index, calls):  # noqa: ANN001, ANN201
+    def grade(self, prompt, chosen, rejected, ranking, chosen_index, rejected_index, calls):
         score = self.scores[self.calls]
         self.calls += 1
         if isinstance(score, PlayerFailure):
@@ -74,7 +74,7 @@ class ScriptedOptimizer:
     seen: list[dict[str, Any]] = field(default_factory=list)
 
     def rewrite(self, prompt, candidates, ranking, chosen_index, rejected_index, reward, threshold, target_prompt,
-                judge_prompt):  # noqa: ANN001, ANN201
+                judge_prompt):
         self.seen.append({"analysis": reward.analysis, "rationales": [s.rationale for s in ranking.scored],
                           "target_prompt": target_prompt})
         if self.fail:
@@ -84,7 +84,7 @@ class ScriptedOptimizer:
                                     judge_critique=f"jc{n}", judge_prompt=f"judge prompt v{n} be strict"), raw="{}")
 
 
-def players(target, judge, reward, optimizer=None) -> Players:  # noqa: ANN001
+def players(target, judge, reward, optimizer=None) -> Players:
     return Players(target, judge, reward, optimizer or ScriptedOptimizer())
 
 

@@ -12,12 +12,15 @@ from sqlalchemy import select
 from agents.game import EpisodePrompt
 from configs import load_config
 from pipelines.episode import EpisodeRecord, play_episode
-from pipelines.game_setup import build_players, game_settings, new_prompt_book, open_backends
+from pipelines.game_setup import build_players, game_settings, model_ids, new_prompt_book, open_backends
 from pipelines.recording import store_episode
 from storage.db import session_scope
 from storage.migrate import open_database
 from storage.models import Episode, Generation, Judgment, PreferencePair, PromptVersion, Round, ToolEvidence
 from storage.records import PromptRecord, add_prompts, ensure_episodes, ensure_run
+from storage.vocabulary import EPISODE_FINISHED, RoundOutcome
+
+pytestmark = pytest.mark.model
 
 EASY = [
     ("What is 2 + 3? Answer with the number.", 5, "2 + 3"),
@@ -48,17 +51,16 @@ def played(small_model_path: Path) -> tuple[list[EpisodeRecord], dict[str, str],
         ))
     for backend in backends.values():
         backend.close()
-    model_ids = {role: config.models[key].name for role, key in config.roles.model_dump().items()}
-    return episodes, model_ids, {"prompts": prompts}
+    return episodes, model_ids(config), {"prompts": prompts}
 
 
-def test_episodes_play_and_explain_themselves(played) -> None:  # noqa: ANN001
+def test_episodes_play_and_explain_themselves(played) -> None:
     episodes, _, _ = played
     rounds = [r for e in episodes for r in e.rounds]
-    assert all(e.status in ("accepted", "gave_up", "failed") for e in episodes)
+    assert all(e.status in EPISODE_FINISHED for e in episodes)
     assert any(r.reward is not None for r in rounds), "no round got as far as a graded pair"
     for r in rounds:
-        if r.outcome == "failed":
+        if r.outcome == RoundOutcome.FAILED:
             assert r.failure_reason and r.failures
             continue
         assert len(r.candidates) == 3 and all(c.completion_tokens for c in r.candidates)
@@ -67,18 +69,18 @@ def test_episodes_play_and_explain_themselves(played) -> None:  # noqa: ANN001
             (t, i) for t in ("reference_answer", "calculator") for i in range(3)
         }
         assert r.ranking is not None and len(r.ranking.scored) == 3
-        if r.outcome == "tie":
+        if r.outcome == RoundOutcome.TIE:
             assert r.chosen_index is None and "tie" in r.failure_reason
         else:
             best, worst = r.ranking.best_and_worst()
             assert (r.chosen_index, r.rejected_index) == (best.index, worst.index)
             assert best.final_score > worst.final_score
             assert 1 <= r.reward.score <= 10 and r.reward_raw
-            assert r.outcome == ("accepted" if r.reward.score >= 8 else "rejected")
+            assert r.outcome == (RoundOutcome.ACCEPTED if r.reward.score >= 8 else RoundOutcome.REJECTED)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_stored_rounds_match_the_records(played, kind: str, tmp_path: Path, request) -> None:  # noqa: ANN001
+def test_stored_rounds_match_the_records(played, kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     episodes, model_ids, extra = played
     url = f"sqlite:///{tmp_path / 'e.db'}" if kind == "sqlite" else request.getfixturevalue("fresh_postgres_url")
     engine = open_database(url, migrate=True)
@@ -96,21 +98,22 @@ def test_stored_rounds_match_the_records(played, kind: str, tmp_path: Path, requ
             judged = session.execute(select(Judgment).where(Judgment.round_id == round_.id)).scalars().all()
             evidence = session.execute(select(ToolEvidence).where(ToolEvidence.round_id == round_.id)).scalars().all()
             pair = session.execute(select(PreferencePair).where(PreferencePair.round_id == round_.id)).scalar()
-            if round_.outcome == "failed":
+            if round_.outcome == RoundOutcome.FAILED:
                 assert round_.failure_reason and round_.details["failures"]
                 continue
             assert len(gens) == 3 and len(judged) == 3 and len(evidence) == 6
             assert round_.details["ranking_method"] and round_.details["tools"] == ["reference_answer", "calculator"]
-            if round_.outcome == "tie":
+            if round_.outcome == RoundOutcome.TIE:
                 assert pair is None
             else:
                 assert pair is not None and pair.reward_score is not None and pair.reward_analysis is not None
-                assert pair.accepted == (round_.outcome == "accepted")
+                assert pair.accepted == (round_.outcome == RoundOutcome.ACCEPTED)
                 assert pair.chosen == gens[pair.chosen_index].text and pair.rejected == gens[pair.rejected_index].text
             for role, version in (("target", round_.target_prompt_version), ("judge", round_.judge_prompt_version)):
                 assert session.execute(select(PromptVersion).where(
                     PromptVersion.role == role, PromptVersion.version == version)).scalar() is not None
         statuses = {e.prompt_id: e.status for e in session.execute(select(Episode)).scalars()}
-        expected = {"accepted": "accepted", "gave_up": "rejected", "failed": "failed"}
-        assert statuses == {e.prompt.id: expected[e.status] for e in episodes}
+        assert statuses == {e.prompt.id: e.status for e in episodes}, "the game's word is the stored word"
+        reasons = {e.prompt_id: e.failure_reason for e in session.execute(select(Episode)).scalars()}
+        assert reasons == {e.prompt.id: e.reason for e in episodes}
     engine.dispose()

@@ -24,10 +24,12 @@ from sqlalchemy import func, select
 from configs import load_config
 from configs.errors import PrefsmithError
 from pipelines.schedule import run_schedule
-from pipelines.synthesis import synthesize
+from pipelines.synthesis import prepare_run, restore_book, synthesize
+from storage import records as rows
 from storage.db import session_scope
 from storage.migrate import open_database
 from storage.models import Episode, PreferencePair, Round
+from storage.vocabulary import EPISODE_FINISHED, EpisodeStatus
 from tests.conftest import REPO
 
 EASY = [(f"What is {a} + {b}? Answer with the number.", a + b) for a, b in
@@ -59,8 +61,8 @@ def counts(url: str, run_id: str) -> dict[str, int]:
         episodes = session.execute(select(Episode).where(Episode.run_id == run_id)).scalars().all()
         result = {
             "episodes": len(episodes),
-            "done": sum(e.status in ("accepted", "rejected", "failed") for e in episodes),
-            "accepted_episodes": sum(e.status == "accepted" for e in episodes),
+            "done": sum(e.status in EPISODE_FINISHED for e in episodes),
+            "accepted_episodes": sum(e.status == EpisodeStatus.ACCEPTED for e in episodes),
             "rounds": session.execute(select(func.count()).select_from(Round).join(Episode)
                                       .where(Episode.run_id == run_id)).scalar_one(),
             "pairs": session.execute(select(func.count()).select_from(PreferencePair)
@@ -72,8 +74,40 @@ def counts(url: str, run_id: str) -> dict[str, int]:
     return result
 
 
+def test_limit_leaves_prompts_not_selected_and_says_so(tmp_path: Path) -> None:
+    config = load_config("quickstart", ["prompts=[{builtin: arithmetic, limit: 8, seed: 1}]"])
+    url = f"sqlite:///{tmp_path / 'limit.db'}"
+    first = prepare_run(config, "limited", url, limit=2, only_unplayed=False)
+    assert (first.metrics.episodes_total, first.metrics.already_played, first.metrics.not_selected) == (2, 0, 6)
+    assert "0 already played in earlier runs; 6 not selected (--limit)" in first.report.summary()
+    with session_scope(first.engine) as session:  # the two selected episodes end, as a played run's would
+        for prompt_id, _ in first.pending:
+            rows.fail_episode(session, "limited", prompt_id, "ended by the test")
+    first.engine.dispose()
+    second = prepare_run(config, "limited", url, limit=None, only_unplayed=False)
+    second.engine.dispose()
+    assert (second.metrics.episodes_total, second.metrics.already_played, second.metrics.not_selected) == (6, 2, 0)
+    assert "2 already played in earlier runs;" in second.report.summary()
+    assert "not selected" not in second.report.summary()
+
+
+def test_a_rerun_resumes_the_prompt_versions_the_run_had_promoted(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'book.db'}"
+    engine = open_database(url, migrate=True)
+    with session_scope(engine) as session:
+        rows.ensure_run(session, "book", "b" * 64, {})
+        rows.store_prompt_versions(session, "book", [
+            rows.PromptVersionRecord("target", 0, "t0"), rows.PromptVersionRecord("target", 1, "t1", 0, "be exact"),
+            rows.PromptVersionRecord("target", 2, "t2", 0, "rival"), rows.PromptVersionRecord("judge", 0, "j0"),
+        ])
+        rows.update_run(session, "book", current_prompt_versions={"target": 1, "judge": 0})
+    target, judge = restore_book(engine, "book").current()
+    engine.dispose()
+    assert (target.version, target.text, target.critique, judge.version, judge.text) == (1, "t1", "be exact", 0, "j0")
+
+
 @pytest.fixture(scope="module")
-def local_ray(small_model_path):  # noqa: ANN001, ANN201 - the model is prepared before workers need it
+def local_ray(small_model_path: Path):  # the model is prepared before workers need it
     ray.init(num_cpus=2, include_dashboard=False, namespace="prefsmith", log_to_driver=False)
     yield
     ray.shutdown()
@@ -87,8 +121,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder, write_config(folder, prompts)
 
 
+@pytest.mark.model
+@pytest.mark.ray
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_run_completes_and_stores_everything(local_ray, workspace, kind: str, request) -> None:  # noqa: ANN001
+def test_run_completes_and_stores_everything(local_ray, workspace, kind: str, request: pytest.FixtureRequest) -> None:
     folder, config_file = workspace
     url = f"sqlite:///{folder / 'run.db'}" if kind == "sqlite" else request.getfixturevalue("fresh_postgres_url")
     config = load_config(config_file)
@@ -112,7 +148,9 @@ def test_run_completes_and_stores_everything(local_ray, workspace, kind: str, re
         write_prompts(Path(config.prompts[0].path), EASY[:8])
 
 
-def test_engine_actor_killed_mid_run(local_ray, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.model
+@pytest.mark.ray
+def test_engine_actor_killed_mid_run(local_ray, tmp_path: Path) -> None:
     prompts = tmp_path / "kill.jsonl"
     write_prompts(prompts, EASY[:4])
     url = f"sqlite:///{tmp_path / 'kill.db'}"
@@ -161,7 +199,9 @@ def _stop_pids(pids: list[int]) -> None:
         time.sleep(1)
 
 
-def test_kill_minus_nine_then_rerun_plays_each_prompt_once(tmp_path: Path, small_model_path) -> None:  # noqa: ANN001
+@pytest.mark.model
+@pytest.mark.ray
+def test_kill_minus_nine_then_rerun_plays_each_prompt_once(tmp_path: Path, small_model_path: Path) -> None:
     prompts = tmp_path / "k9.jsonl"
     write_prompts(prompts, EASY[:4])
     config_file = write_config(tmp_path, prompts, in_flight=1)
@@ -216,7 +256,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_job_submit_on_a_head_started_here(workspace, tmp_path: Path, small_model_path) -> None:  # noqa: ANN001
+@pytest.mark.model
+@pytest.mark.ray
+def test_ray_job_submit_on_a_head_started_here(workspace, tmp_path: Path, small_model_path: Path) -> None:
     _, config_file = workspace
     ray_bin = str(Path(sys.executable).with_name("ray"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="pshead-", dir="/tmp"))
@@ -254,6 +296,7 @@ def test_ray_job_submit_on_a_head_started_here(workspace, tmp_path: Path, small_
     assert stored["episodes"] == 8 and stored["done"] == 2 and stored["rounds"] >= 2
 
 
+@pytest.mark.model  # `models prepare --force` converts the model in a subprocess
 def test_schedule_fires_and_refuses_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFSMITH_HOME", str(tmp_path / "home"))
     lines: list[str] = []

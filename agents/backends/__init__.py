@@ -4,6 +4,9 @@ and `create_backend`, which builds the engine a `ModelConfig` names (transformer
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from agents.backends.errors import (
     BackendConfigError,
     BackendError,
@@ -19,6 +22,7 @@ from configs.schema import ModelConfig
 
 __all__ = [
     "Backend",
+    "BackendFactory",
     "BackendConfigError",
     "BackendError",
     "BackendUnavailableError",
@@ -38,17 +42,31 @@ __all__ = [
 ]
 
 
-def create_backend(model_config: ModelConfig) -> Backend:
+BackendFactory = Callable[[ModelConfig], Backend]
+
+
+def create_backend(model_config: ModelConfig, *, record_to: str | Path | None = None) -> Backend:
     """The backend `model_config.backend` names, loaded and ready. Engines are imported here, not at package
-    import, so that a player using one backend never pays for (or needs) the others."""
+    import, so that a player using one backend never pays for (or needs) the others.
+
+    `record_to` wraps it in a `RecordingBackend` that appends every engine call to that file (benchmarks
+    replay them); `functools.partial(create_backend, record_to=...)` is a factory Ray can ship to an actor.
+    """
+    backend: Backend
     if model_config.backend == "transformers":
         from agents.backends.local_transformers import TransformersBackend
 
-        return TransformersBackend(model_config)
-    if model_config.backend == "vllm":
+        backend = TransformersBackend(model_config)
+    elif model_config.backend == "vllm":
         from agents.backends.vllm_inprocess import VLLMBackend
 
-        return VLLMBackend(model_config)
-    from agents.backends.openai_compatible import OpenAICompatibleBackend
+        backend = VLLMBackend(model_config)
+    else:
+        from agents.backends.openai_compatible import OpenAICompatibleBackend
 
-    return OpenAICompatibleBackend(model_config)
+        backend = OpenAICompatibleBackend(model_config)
+    if record_to is None:
+        return backend
+    from agents.backends.recording import RecordingBackend
+
+    return RecordingBackend(backend, record_to)

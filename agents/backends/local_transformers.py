@@ -257,8 +257,10 @@ class TransformersBackend(LocalBackend):
 
         masked = [j for j, row in enumerate(rows) if row.matcher is not None]
         if masked:
-            for j in masked:
-                rows[j].matcher.fill_next_token_bitmask(bitmask, j)
+            assert bitmask is not None, "a batch with grammar-bound rows always allocates a bitmask"
+            for j, row in enumerate(rows):
+                if row.matcher is not None:
+                    row.matcher.fill_next_token_bitmask(bitmask, j)
             xgrammar.apply_token_bitmask_inplace(logits, bitmask, indices=masked)
         return [
             int(torch.argmax(logits[j]))

@@ -115,8 +115,6 @@ class Backend(ABC):
     def __init__(self, max_batch_size: int) -> None:
         self.max_batch_size = max_batch_size
         self.engine_calls = 0
-        # When a list: every engine call's requests, in order, so a benchmark can replay exactly what ran.
-        self.recorded_calls: list[list[ChatRequest]] | None = None
         self._engine_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
@@ -147,8 +145,6 @@ class Backend(ABC):
             for start in range(0, len(flat), self.max_batch_size):
                 chunk = flat[start : start + self.max_batch_size]
                 self.engine_calls += 1
-                if self.recorded_calls is not None:
-                    self.recorded_calls.append(chunk)
                 results.extend(self._generate_batch(chunk))
         except BaseException as failure:  # a bug in the engine call: every waiting caller sees it
             for ticket in tickets:

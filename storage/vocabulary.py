@@ -1,0 +1,51 @@
+"""What the game and storage say alike: the words a run, an episode and a round end with (one `StrEnum`
+each, from the game to the database to the CLI) and the candidate answer, kept as the target gave it.
+
+Plain values, no SQL: the episode logic imports them too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RunStatus(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+
+
+class EpisodeStatus(StrEnum):
+    """`pending` and `running` exist only in storage; the game ends an episode with one of the others."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    ACCEPTED = "accepted"
+    GAVE_UP = "gave_up"  # every round was played and no pair reached the reward threshold
+    FAILED = "failed"  # every round failed, or the episode could not be played at all
+
+
+# Episodes that a rerun does not play again.
+EPISODE_FINISHED: tuple[EpisodeStatus, ...] = (EpisodeStatus.ACCEPTED, EpisodeStatus.GAVE_UP, EpisodeStatus.FAILED)
+
+
+class RoundOutcome(StrEnum):
+    ACCEPTED = "accepted"  # the reward model graded the pair at or above the threshold
+    REJECTED = "rejected"  # graded below it: the optimizer rewrites the prompts
+    TIE = "tie"  # best and worst candidates could not be told apart; no pair
+    FAILED = "failed"  # a player produced nothing usable
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One answer of the target to the prompt, with the model and sampling that produced it."""
+
+    text: str
+    model_id: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
