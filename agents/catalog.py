@@ -7,16 +7,13 @@ safetensors folder under $PREFSMITH_HOME/models, which every later use loads dir
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from configs.errors import ModelNotFoundError
-from storage.db import prefsmith_home
+from storage.folders import folder_written_whole, prefsmith_home
 
 _MARKER = "prefsmith-model.json"
 
@@ -88,8 +85,7 @@ def prepare(name: str = "smollm2-135m-instruct", *, force: bool = False) -> Path
 
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    with folder_written_whole(target) as staging:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent),
@@ -114,12 +110,6 @@ def prepare(name: str = "smollm2-135m-instruct", *, force: bool = False) -> Path
                 indent=2,
             )
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

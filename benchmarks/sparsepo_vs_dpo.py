@@ -57,7 +57,7 @@ def run_variant(variant: str, export: str, steps: int, pairs: int) -> dict[str, 
     from trl import DPOConfig, DPOTrainer
 
     from agents.catalog import prepare
-    from pipelines.export import load_preference_set
+    from storage.preference_sets import load_preference_set
     from training.sparsepo import SparsePOConfig, SparsePOTrainer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

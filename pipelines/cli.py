@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -18,6 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from configs.errors import PrefsmithError
+
+if TYPE_CHECKING:
+    from configs.schema import SynthesisConfig, ToolsConfig
+    from pipelines.synthesis import RunMetrics, SynthesisReport
 
 app = typer.Typer(
     name="prefsmith",
@@ -105,12 +109,12 @@ def config_show(
 
     from configs.loading import config_hash, load_config
 
-    loaded = load_config(config, set_ or [])
+    loaded: SynthesisConfig = load_config(config, set_ or [])
     console.print(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False), end="", markup=False)
     console.print(f"# config_hash: {config_hash(loaded)}", markup=False)
 
 
-def _tools_config(config: str | None, set_: list[str] | None):  # noqa: ANN202 - ToolsConfig
+def _tools_config(config: str | None, set_: list[str] | None) -> ToolsConfig:
     from configs.loading import load_config
 
     return load_config(config, set_ or []).tools
@@ -146,6 +150,7 @@ def tools_run(
     from pydantic import ValidationError
 
     from configs.errors import ConfigError
+    from configs.loading import format_validation_error
     from tools.registry import build_tools
 
     try:
@@ -158,8 +163,9 @@ def tools_run(
     try:
         tool.args_schema.model_validate(arguments)  # type: ignore[union-attr]
     except ValidationError as exc:
-        problems = "; ".join(f"'{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"--args for tool {tool.name}: {problems}") from None
+        known = tool.args_schema.model_fields  # type: ignore[union-attr]
+        message = format_validation_error(f"--args for tool {tool.name}", exc, known=known, unknown="unknown argument")
+        raise ConfigError(message) from None
     print(json.dumps(tool.evidence(arguments).model_dump(), indent=2))
 
 
@@ -178,6 +184,7 @@ def _print_summary(summary: dict) -> None:
         "accepted_pairs",
         "failures",
         "exports",
+        "current_prompt_versions",
     ):
         table.add_row(key, str(summary[key]))
     for key, value in summary.get("metrics", {}).items():
@@ -269,7 +276,9 @@ class _Progress:
     """A live bar on a terminal; a plain line every `every_s` seconds otherwise (logs, CI, Ray jobs)."""
 
     def __init__(self, every_s: float = 15.0) -> None:
-        self.every_s, self.last, self.bar, self.task = every_s, 0.0, None, None
+        self.every_s, self.last = every_s, 0.0
+        self.bar: Any = None
+        self.task: Any = None
         if sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -282,7 +291,7 @@ class _Progress:
                 console=Console(stderr=True),
             )
 
-    def __call__(self, m) -> None:  # noqa: ANN001 - RunMetrics
+    def __call__(self, m: RunMetrics) -> None:
         info = (
             f"accepted {m.accepted} ({m.accept_rate:.0%}) · {m.pairs_per_min:.2f} pairs/min · "
             f"{m.tokens_per_s:.1f} tok/s"
@@ -301,28 +310,15 @@ class _Progress:
             print(f"prefsmith: {m.episodes_done}/{m.episodes_total} episodes · {info}", file=sys.stderr, flush=True)
 
 
-def _run_synthesis(
-    config_path: str,
-    set_: list[str] | None,
-    db: str | None,
-    run_name: str | None,
-    limit: int | None,
-    address: str | None,
-    only_unplayed: bool,
-):  # noqa: ANN202
-    from configs.loading import load_config
-    from pipelines.synthesis import synthesize
+def _say(line: str) -> None:
+    """Print a line of a pipeline's narration as it is (model output and paths are not rich markup)."""
+    console.print(line, markup=False)
 
-    config = load_config(config_path, set_ or [])
-    return config, synthesize(
-        config,
-        run_id=run_name,
-        db_url=db,
-        limit=limit,
-        address=address,
-        only_unplayed=only_unplayed,
-        progress=_Progress(),
-    )
+
+def _exit_if_interrupted(report: SynthesisReport) -> None:
+    """A run stopped by a signal exits as the shell reports it: 128 + SIGINT (2) or SIGTERM (15)."""
+    if report.interrupted:
+        raise typer.Exit(130 if report.interrupted == "SIGINT" else 143)
 
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="YAML config file or preset name.")]
@@ -341,11 +337,21 @@ def synthesize_command(
     address: AddressOption = None,
 ) -> None:
     """Play every pending prompt of a run on Ray and store the result; a rerun resumes."""
-    _, report = _run_synthesis(config, set_, db, run_name, limit, address, only_unplayed=False)
-    console.print(report.summary(), markup=False)
+    from configs.loading import load_config
+    from pipelines.synthesis import synthesize
+
+    report = synthesize(
+        load_config(config, set_ or []),
+        run_id=run_name,
+        db_url=db,
+        limit=limit,
+        address=address,
+        progress=_Progress(),
+    )
+    _say(report.summary())
     if report.interrupted:
-        console.print("rerun the same command to resume.", markup=False)
-        raise typer.Exit(130 if report.interrupted == "SIGINT" else 143)
+        _say("rerun the same command to resume.")
+    _exit_if_interrupted(report)
 
 
 @app.command("refresh")
@@ -360,33 +366,19 @@ def refresh_command(
     address: AddressOption = None,
 ) -> None:
     """Play only prompts no run with this config hash has played, then write a new export version."""
-    from pipelines.export import default_export_dir, export_run
-    from storage.migrate import open_database
+    from configs.loading import load_config
+    from pipelines.refresh import refresh
 
-    _, report = _run_synthesis(config, set_, db, None, None, address, only_unplayed=True)
-    if report.interrupted:
-        console.print(report.summary(), markup=False)
-        raise typer.Exit(130 if report.interrupted == "SIGINT" else 143)
-    if report.metrics.episodes_total == 0:
-        console.print(
-            f"nothing to refresh: all {report.prompts_total} prompts were already played under config "
-            f"hash {report.config_hash[:12]}; no new export written",
-            markup=False,
-        )
-        return
-    console.print(report.summary(), markup=False)
-    engine = open_database(db)
-    try:
-        from storage.db import session_scope
-        from storage.queries import next_export_version
-
-        with session_scope(engine) as session:
-            version = next_export_version(session, report.run_id)
-        target = out or default_export_dir(report.run_id, version)
-        result = export_run(engine, report.run_id, target, fmt=fmt)  # type: ignore[arg-type]
-    finally:
-        engine.dispose()
-    console.print(f"export {result.id}: {result.num_pairs} pairs → {result.path}", markup=False)
+    result = refresh(
+        load_config(config, set_ or []),
+        db_url=db,
+        out=out,
+        fmt=fmt,  # type: ignore[arg-type]
+        address=address,
+        progress=_Progress(),
+        log=_say,
+    )
+    _exit_if_interrupted(result.report)
 
 
 @app.command(
@@ -423,65 +415,25 @@ def schedule_command(
 def quickstart(db: DbOption = None, set_: SetOption = None) -> None:
     """The README's main job on embedded defaults: prepare the small model and the database, play the
     built-in arithmetic prompts on a local Ray, export the accepted pairs, print a summary."""
-    from agents.catalog import prepare
     from configs.loading import load_config
-    from pipelines.export import default_export_dir, export_run
-    from pipelines.synthesis import synthesize
-    from storage.db import redact_url, resolve_db_url, session_scope
-    from storage.migrate import open_database, upgrade
-    from storage.queries import next_export_version, run_summary
+    from pipelines.quickstart import quickstart as run_quickstart
 
-    config = load_config("quickstart", set_ or [])
-    model_name = config.models[config.roles.target].name
-    started = time.perf_counter()
-    folder = prepare(model_name)
-    console.print(f"[1/4] model {model_name}: ready at {folder} ({time.perf_counter() - started:.1f} s)", markup=False)
-    revision = upgrade(db, create_dirs=db is None)
-    console.print(f"[2/4] database {redact_url(resolve_db_url(db))}: schema revision {revision}", markup=False)
-    report = synthesize(config, db_url=db, progress=_Progress())
-    console.print(f"[3/4] {report.summary()}", markup=False)
-    if report.interrupted:
-        raise typer.Exit(130 if report.interrupted == "SIGINT" else 143)
-    engine = open_database(db)
-    try:
-        with session_scope(engine) as session:
-            version = next_export_version(session, report.run_id)
-        target = default_export_dir(report.run_id, version)
-        result = export_run(engine, report.run_id, target)
-        with session_scope(engine) as session:
-            summary = run_summary(session, report.run_id)
-    finally:
-        engine.dispose()
-    console.print(f"[4/4] export {result.id}: {result.num_pairs} accepted pairs → {result.path}", markup=False)
-    console.print(
-        f"run {summary.id}: {summary.prompts} prompts, {summary.episodes_done} episodes done, {summary.rounds} rounds, "
-        f"{summary.pairs} pairs graded, {summary.accepted_pairs} accepted, {summary.failures} failed. "
-        f"Next: `prefsmith runs show {summary.id}`, `prefsmith train sparsepo --data {result.id} --out OUT`.",
-        markup=False,
-    )
+    result = run_quickstart(load_config("quickstart", set_ or []), db_url=db, progress=_Progress(), log=_say)
+    _exit_if_interrupted(result.report)
 
 
-def _mount_optional_apps() -> None:
+def _mount_training_apps() -> None:
     """Mount the trainers' and evaluators' command groups (they import torch lazily, inside commands)."""
-    try:
-        from training.commands import inspect_app, train_app
-    except ImportError:
-        train_app = typer.Typer(help="Train on exported preference sets.", no_args_is_help=True)
-        inspect_app = None
-    try:
-        from training.bias_commands import eval_app, labor_app, train_debias
-    except ImportError:
-        eval_app = labor_app = train_debias = None
-    if train_debias is not None:
-        train_app.command("debias")(train_debias)
-    if train_app.registered_commands or train_app.registered_groups:
-        app.add_typer(train_app, name="train")
+    from training.bias_commands import eval_app, labor_app, train_debias
+    from training.commands import inspect_app, train_app
+
+    train_app.command("debias")(train_debias)
+    app.add_typer(train_app, name="train")
     for name, group in (("inspect", inspect_app), ("labor", labor_app), ("eval", eval_app)):
-        if group is not None:
-            app.add_typer(group, name=name)
+        app.add_typer(group, name=name)
 
 
-_mount_optional_apps()
+_mount_training_apps()
 
 
 def main(argv: list[str] | None = None) -> None:

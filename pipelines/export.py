@@ -1,35 +1,31 @@
-"""Export of accepted pairs as a versioned preference set, and loading one back for the trainers.
+"""Export of a run's accepted pairs as a versioned preference set.
 
 An export is a folder: the data in TRL's explicit-prompt conversational format (`prompt`, `chosen`,
 `rejected` as message lists, plus score and lineage columns) and a `manifest.json`; an `exports` row
-records it. The folder appears whole or not at all.
+records it. The folder appears whole or not at all. Reading one back lives in storage/preference_sets.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from configs.errors import ExportError
 from storage.db import session_scope
+from storage.folders import folder_written_whole, prefsmith_home
 from storage.models import Export
-from storage.queries import accepted_pairs, get_export, get_run, next_export_version
+from storage.preference_sets import DATA_FILES, FORMATS, MANIFEST, REQUIRED_COLUMNS, ExportFormat
+from storage.queries import accepted_pairs, get_run, next_export_version
 
-ExportFormat = Literal["parquet", "jsonl", "hf"]
-FORMATS: tuple[str, ...] = ("parquet", "jsonl", "hf")
-DATA_FILES = {"parquet": "data.parquet", "jsonl": "data.jsonl", "hf": "data"}
-MANIFEST = "manifest.json"
-REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -97,7 +93,7 @@ def _write_data(rows: list[dict[str, Any]], folder: Path, fmt: str) -> None:
         Dataset(table).save_to_disk(str(target))
 
 
-def _arrow_schema():  # noqa: ANN202 - pyarrow schema
+def _arrow_schema() -> pa.Schema:
     import pyarrow as pa
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -133,10 +129,8 @@ def _check_destination(out: Path, force: bool) -> None:
 
 
 def default_export_dir(run_id: str, version: int) -> Path:
-    """Where `quickstart` and `refresh` write export `version` of `run_id`: under $PREFSMITH_HOME/exports,
+    """Where an export without a destination (`quickstart`, `refresh`) goes: under $PREFSMITH_HOME/exports,
     never over an existing folder (another database may have used the same run id and version)."""
-    from storage.db import prefsmith_home
-
     folder = prefsmith_home() / "exports" / f"{run_id}-v{version}"
     if folder.exists() and any(folder.iterdir()):
         folder = folder.with_name(f"{folder.name}-{datetime.now(UTC):%Y%m%dT%H%M%S%f}")
@@ -147,21 +141,22 @@ def default_export_dir(run_id: str, version: int) -> Path:
 def export_run(
     engine: Engine,
     run_id: str,
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     fmt: ExportFormat = "parquet",
     min_score: float | None = None,
     force: bool = False,
 ) -> ExportResult:
-    """Write run `run_id`'s accepted pairs (reward ≥ `min_score`) to `out` and record an `exports` row."""
+    """Write run `run_id`'s accepted pairs (reward ≥ `min_score`) as its next export version and record an
+    `exports` row; to `out`, or with no `out` to a new folder named after the run and version."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
-    out = Path(out).expanduser().resolve()
     with session_scope(engine) as session:
         run = get_run(session, run_id)
         config_hash = run.config_hash
         pairs = accepted_pairs(session, run_id, min_score)
         version = next_export_version(session, run_id)
+    out = Path(default_export_dir(run_id, version) if out is None else out).expanduser().resolve()
     _check_destination(out, force)
 
     rows = [to_trl_row(p, run_id, config_hash) for p in pairs]
@@ -186,91 +181,25 @@ def export_run(
         "prefsmith_version": metadata.version("prefsmith"),
     }
 
-    # Write beside the destination, then swap it in: a failure leaves no half-written export behind.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # The folder is swapped in only once the row is accepted (flushed), and the row is committed only once the
+    # folder is in place: a failure of either leaves neither behind.
+    with session_scope(engine) as session, folder_written_whole(out) as staging:
         _write_data(rows, staging, fmt)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        with session_scope(engine) as session:
-            session.add(
-                Export(
-                    id=export_id,
-                    run_id=run_id,
-                    version=version,
-                    path=str(out),
-                    format=fmt,
-                    filters=manifest["filters"],
-                    num_pairs=len(rows),
-                    content_hash=digest,
-                    manifest=manifest,
-                )
+        session.add(
+            Export(
+                id=export_id,
+                run_id=run_id,
+                version=version,
+                path=str(out),
+                format=fmt,
+                filters=manifest["filters"],
+                num_pairs=len(rows),
+                content_hash=digest,
+                manifest=manifest,
             )
-            session.flush()
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        )
+        session.flush()
     return ExportResult(
         id=export_id, version=version, path=out, num_pairs=len(rows), content_hash=digest, manifest=manifest
     )
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(f"{folder} is not a prefsmith export (no {MANIFEST})") from None
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if manifest.get("format") not in FORMATS:
-        raise ExportError(f"{path}: field 'format' must be one of {', '.join(FORMATS)}")
-    return manifest
-
-
-def load_preference_set(export: str | Path, db_url: str | None = None):  # noqa: ANN201 - datasets.Dataset
-    """Load an export — a folder written by `prefsmith export`, or an export id from the database — as a
-    `datasets.Dataset` that TRL's `DPOTrainer` takes as it is."""
-    from datasets import Dataset, load_from_disk
-
-    folder = Path(export).expanduser()
-    if not folder.is_dir():
-        from storage.migrate import open_database
-
-        engine = open_database(db_url)
-        try:
-            with session_scope(engine) as session:
-                folder = Path(get_export(session, str(export)).path)
-        finally:
-            engine.dispose()
-        if not folder.is_dir():
-            raise ExportError(f"export {export!r} was written to {folder}, which no longer exists")
-    manifest = read_manifest(folder)
-    data = folder / manifest.get("data", DATA_FILES[manifest["format"]])
-    if not data.exists():
-        raise ExportError(f"{data} is missing from export {folder}")
-    if manifest["format"] == "hf":
-        dataset = load_from_disk(str(data))
-    elif manifest["format"] == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            dataset = Dataset(pq.read_table(data))
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
-            raise ExportError(f"{data}: not a readable Parquet file ({exc})") from None
-    else:
-        rows = []
-        with data.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ExportError(f"{data}:{lineno}: invalid JSON ({exc.msg})") from None
-        dataset = Dataset.from_list(rows)
-    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
-    if missing and len(dataset):
-        raise ExportError(f"{data}: missing column(s) {', '.join(missing)}")
-    return dataset

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.errors import ConfigError, PrefsmithError
-from storage.db import prefsmith_home
+from storage.folders import prefsmith_home
 
 
 class ScheduleBusyError(PrefsmithError):

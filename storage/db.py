@@ -6,24 +6,20 @@ URLs are shown only with the password hidden; connection failures become one-lin
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import platformdirs
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from configs.errors import StorageError
+from storage.folders import prefsmith_home
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-
-def prefsmith_home() -> Path:
-    """Where prefsmith keeps its cache, models and embedded database: $PREFSMITH_HOME or the user data dir."""
-    return Path(os.environ.get("PREFSMITH_HOME") or platformdirs.user_data_dir("prefsmith")).expanduser()
 
 
 def default_db_url() -> str:
@@ -53,7 +49,7 @@ def redact_url(url: str) -> str:
         return "<unparseable URL>"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API connection
+def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")

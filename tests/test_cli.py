@@ -99,6 +99,8 @@ def test_unknown_model_is_one_line(tmp_path: Path) -> None:
     assert not home.exists()
 
 
+@pytest.mark.model
+@pytest.mark.ray
 def test_quickstart_synthesizes_and_exports(tmp_path: Path, small_model_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'qs.db'}"
     small = ["--set", "prompts=[{builtin: arithmetic, limit: 2}]", "--set", "game.max_rounds=1",
@@ -110,6 +112,30 @@ def test_quickstart_synthesizes_and_exports(tmp_path: Path, small_model_path: Pa
     assert "2/2 episodes played this time" in done.stdout and "[4/4] export run-" in done.stdout
     (run,) = json.loads(prefsmith("runs", "list", "--json", "--db", db).stdout)
     assert (run["prompts"], run["episodes_done"], run["rounds"], run["exports"]) == (2, 2, 2, 1)
+
+
+@pytest.mark.model
+@pytest.mark.ray
+def test_refresh_plays_new_prompts_once_and_exports_them(tmp_path: Path, small_model_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'refresh.db'}"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "What is 2 + 3? Answer with the number.", "answer": 5,
+                                   "expression": "2 + 3"}) + "\n")
+    out = tmp_path / "set"
+    refresh = ["refresh", "--db", db, "--set", f"prompts=[{{path: {prompts}}}]", "--set", "game.max_rounds=1",
+               "--set", "game.candidates=2", "--set", "sampling.max_tokens=16"]
+    first = prefsmith(*refresh, "--out", str(out), "--format", "jsonl", timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "1/1 episodes played this time" in first.stdout
+    (run,) = json.loads(prefsmith("runs", "list", "--json", "--db", db).stdout)
+    assert f"export {run['id']}@v1: {run['accepted_pairs']} pairs → {out.resolve()}" in first.stdout
+    assert len((out / "data.jsonl").read_text().splitlines()) == run["accepted_pairs"]
+
+    again = prefsmith(*refresh)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to refresh: all 1 prompts were already played" in again.stdout
+    (run,) = json.loads(prefsmith("runs", "list", "--json", "--db", db).stdout)
+    assert run["exports"] == 1
 
 
 def test_console_script_is_the_same_program() -> None:

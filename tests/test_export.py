@@ -9,15 +9,17 @@ import pytest
 from sqlalchemy import select
 
 from configs.errors import ExportError, NotFoundError
-from pipelines.export import content_hash, export_run, load_preference_set
+from pipelines.export import content_hash, default_export_dir, export_run
 from storage.db import session_scope
+from storage.folders import folder_written_whole
 from storage.migrate import open_database
 from storage.models import Export
+from storage.preference_sets import load_preference_set
 from tests.sample_run import store_sample_run
 
 
 @pytest.fixture
-def sample_db(db_url: str):  # noqa: ANN201
+def sample_db(db_url: str):
     engine = open_database(db_url)
     sample = store_sample_run(engine, "sample", n_prompts=6)
     yield engine, sample
@@ -25,7 +27,7 @@ def sample_db(db_url: str):  # noqa: ANN201
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "hf"])
-def test_export_formats_round_trip(sample_db, tmp_path: Path, fmt: str) -> None:  # noqa: ANN001
+def test_export_formats_round_trip(sample_db, tmp_path: Path, fmt: str) -> None:
     engine, sample = sample_db
     result = export_run(engine, "sample", tmp_path / "out", fmt=fmt)
     assert result.num_pairs == sample.accepted == 5
@@ -46,7 +48,7 @@ def test_export_formats_round_trip(sample_db, tmp_path: Path, fmt: str) -> None:
     assert content_hash([dict(r) for r in dataset]) == manifest["content_hash"]
 
 
-def test_versions_min_score_force_and_lookup_by_id(sample_db, tmp_path: Path, db_url: str) -> None:  # noqa: ANN001
+def test_versions_min_score_force_and_lookup_by_id(sample_db, tmp_path: Path, db_url: str) -> None:
     engine, _ = sample_db
     first = export_run(engine, "sample", tmp_path / "v1")
     strict = export_run(engine, "sample", tmp_path / "v2", min_score=9)
@@ -67,7 +69,7 @@ def test_versions_min_score_force_and_lookup_by_id(sample_db, tmp_path: Path, db
         assert [e.num_pairs for e in stored] == [5, 3, 5]
 
 
-def test_unknown_run_writes_nothing(sample_db, tmp_path: Path) -> None:  # noqa: ANN001
+def test_unknown_run_writes_nothing(sample_db, tmp_path: Path) -> None:
     engine, _ = sample_db
     with pytest.raises(NotFoundError, match="no run named 'nope'"):
         export_run(engine, "nope", tmp_path / "out")
@@ -84,8 +86,6 @@ def test_bad_export_folder_errors(tmp_path: Path) -> None:
 
 
 def test_default_export_dir_never_reuses_a_written_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.export import default_export_dir
-
     monkeypatch.setenv("PREFSMITH_HOME", str(tmp_path))
     first = default_export_dir("run-x", 1)
     assert first == tmp_path / "exports" / "run-x-v1" and not first.exists()
@@ -94,3 +94,31 @@ def test_default_export_dir_never_reuses_a_written_folder(tmp_path: Path, monkey
     (first / "manifest.json").write_text("{}")
     second = default_export_dir("run-x", 1)
     assert second != first and second.name.startswith("run-x-v1-")
+
+
+def test_export_without_destination_goes_under_home_by_version(
+    sample_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = sample_db
+    monkeypatch.setenv("PREFSMITH_HOME", str(tmp_path / "home"))
+    first = export_run(engine, "sample")
+    second = export_run(engine, "sample", fmt="jsonl")
+    exports = tmp_path / "home" / "exports"
+    assert (first.id, first.path) == ("sample@v1", exports / "sample-v1")
+    assert (second.id, second.path) == ("sample@v2", exports / "sample-v2")
+    assert len(load_preference_set(second.path)) == first.num_pairs == 5
+
+
+def test_a_failed_write_leaves_the_old_folder_and_no_staging(tmp_path: Path) -> None:
+    target = tmp_path / "set"
+    target.mkdir()
+    (target / "old").write_text("1")
+    with pytest.raises(RuntimeError, match="disk full"), folder_written_whole(target) as staging:
+        (staging / "new").write_text("2")
+        raise RuntimeError("disk full")
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+    assert [p.name for p in target.iterdir()] == ["old"]
+    with folder_written_whole(target) as staging:
+        (staging / "new").write_text("2")
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+    assert [p.name for p in target.iterdir()] == ["new"]

@@ -17,6 +17,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 from configs.errors import PrefsmithError
+from storage.folders import prefsmith_home
 
 ATTRIBUTES: tuple[str, ...] = ("women", "white", "black", "asian", "hispanic")
 ATTRIBUTE_LABELS: dict[str, str] = {
@@ -222,7 +223,7 @@ def _cells_from_xlsx(path: Path) -> list[tuple[int, list[str]]]:
         raise LaborTableError(f"{path}: reading .xlsx needs openpyxl (pip install openpyxl)") from None
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many types for a bad workbook
+    except Exception as exc:  # openpyxl raises many types for a bad workbook
         raise LaborTableError(
             f"{path}: not a readable .xlsx workbook ({type(exc).__name__}: {exc})"
         ) from None
@@ -335,7 +336,11 @@ def parse_records(records: list[tuple[int, list[str]]], path: Path) -> LaborTabl
                 title=" ".join(first.split()),
                 total_employed=None if total is None else int(round(total)),
                 line=line,
-                **shares,
+                women=shares["women"],
+                white=shares["white"],
+                black=shares["black"],
+                asian=shares["asian"],
+                hispanic=shares["hispanic"],
             )
         )
     if not rows:
@@ -442,13 +447,8 @@ def read_table(path: str | Path) -> LaborTable:
 
 
 def labor_cache_dir() -> Path:
-    """Where downloaded tables live: $PREFSMITH_HOME/labor."""
-    import os
-
-    from platformdirs import user_cache_dir
-
-    home = Path(os.environ.get("PREFSMITH_HOME") or user_cache_dir("prefsmith"))
-    return home / "labor"
+    """Where downloaded tables live: $PREFSMITH_HOME/labor, beside the models and the database."""
+    return prefsmith_home() / "labor"
 
 
 def download_table(year: int | None = None, url: str | None = None, dest_dir: Path | None = None) -> Path:
@@ -463,7 +463,7 @@ def download_table(year: int | None = None, url: str | None = None, dest_dir: Pa
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             body = response.read()
-    except Exception as exc:  # noqa: BLE001 - urllib raises HTTPError, URLError, timeouts...
+    except Exception as exc:  # urllib raises HTTPError, URLError, timeouts...
         raise LaborTableError(f"cannot download {source}: {exc}") from None
     partial = target.with_name(f".partial-{target.name}")  # keeps the suffix openpyxl insists on
     partial.write_bytes(body)

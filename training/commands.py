@@ -49,7 +49,7 @@ def masks(
     db: Annotated[str | None, typer.Option("--db", help="Database URL (to resolve an export id).")] = None,
 ) -> None:
     """Render the chosen and rejected tokens of a few pairs coloured by their mask weight (HTML and PNG)."""
-    from pipelines.export import load_preference_set
+    from storage.preference_sets import load_preference_set
     from training.inspect_masks import inspect_masks
 
     written = inspect_masks(model, load_preference_set(data, db), out or model, pairs)
