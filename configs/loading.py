@@ -5,11 +5,13 @@ Every error a user can cause becomes a `ConfigError` naming the file, the line o
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from collections.abc import Collection
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -18,6 +20,26 @@ from configs.errors import ConfigError
 from configs.schema import SynthesisConfig, is_execution_field
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def schema_field_names(schema: type[BaseModel]) -> set[str]:
+    """Every field name of `schema` and of the models nested in it: what a misspelt key is compared with."""
+    names: set[str] = set()
+    pending: list[Any] = [schema]
+    seen: set[Any] = set()
+    while pending:
+        kind = pending.pop()
+        if kind in seen:
+            continue
+        seen.add(kind)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            names.update(kind.model_fields)
+            pending.extend(field.annotation for field in kind.model_fields.values())
+        else:
+            # list[X], dict[str, X], X | None: the models sit among the type arguments.
+            pending.extend(get_args(kind))
+    return names
+
 
 def preset_path(name: str) -> Path:
     """The packaged YAML preset `name` (e.g. 'quickstart')."""
@@ -78,13 +100,33 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def _format_validation_error(source: str, exc: ValidationError) -> str:
-    problems = []
+def format_validation_error(
+    source: str,
+    exc: ValidationError,
+    *,
+    prefix: tuple[str, ...] = (),
+    known: Collection[str] = (),
+    unknown: str = "unknown setting",
+    depth: int | None = None,
+) -> str:
+    """The one-line message of a pydantic error: `SOURCE: field 'a.b': reason; field 'c': reason`.
+
+    `prefix` is where the validated mapping sits in the file (`('extra',)`); an unknown key reads as
+    `unknown`, with the closest of `known` suggested. `depth` keeps that many parts of each error's
+    location: a value that fails every member of a union is then one problem, not one per member.
+    """
+    problems: dict[str, list[str]] = {}
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        problems.append(f"field '{field}': {msg}")
-    return f"{source}: " + "; ".join(problems)
+        field = ".".join(str(p) for p in (*prefix, *err["loc"][:depth])) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            msg = unknown + (f" (did you mean {close[0]}?)" if close else "")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if depth is not None and len(err["loc"]) > depth:
+                msg += f" (got {err['input']!r})"
+        problems.setdefault(field, []).append(msg)
+    return f"{source}: " + "; ".join(f"field '{field}': {msgs[0]}" for field, msgs in problems.items())
 
 
 def load_config(
@@ -104,7 +146,7 @@ def load_config(
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc)) from None
+        raise ConfigError(format_validation_error(source, exc, known=schema_field_names(schema))) from None
 
 
 def data_relevant(model: BaseModel) -> Any:

@@ -100,8 +100,25 @@ class ToolsConfig(Strict):
         None, description="Folder or JSONL file the retrieval tool searches."
     )
     labor_table: str | None = Field(None, description="BLS CPS table 11 file for the labor statistics tool.")
-    sandbox_timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit of one sandboxed execution.")
-    sandbox_memory_mb: int = Field(512, gt=0, description="Address-space limit of one sandboxed execution.")
+    # Bounds are the sandbox's own (tools/jail.py MAX_*/MIN_*): a setting outside them is refused at load time.
+    sandbox_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Wall-clock limit of one sandboxed execution (CPU limit: its whole seconds)."
+    )
+    sandbox_memory_mb: int = Field(512, ge=32, le=8192, description="Address-space limit of one sandboxed execution.")
+    sandbox_processes: int = Field(0, ge=0, le=64, description="Processes sandboxed code may start besides itself.")
+    sandbox_scratch_mb: int = Field(
+        32, ge=1, le=1024, description="Size of the sandbox's only writable place (a private tmpfs)."
+    )
+    sandbox_python: str | None = execution(
+        None,
+        "Interpreter that runs sandboxed code (standard library only); None = the one running prefsmith when "
+        "the sandbox user can run it, else the system's python3.",
+    )
+    sandbox_allow_weaker_isolation: bool = execution(
+        False,
+        "Run sandboxed code even where the machine lacks a kernel layer (bubblewrap, namespaces, seccomp); "
+        "the evidence lists what was missing. Off: the sandbox refuses to run code unprotected.",
+    )
 
 
 class PromptSourceConfig(Strict):
@@ -129,12 +146,12 @@ class RayConfig(Strict):
     address: str | None = execution(None, "Ray cluster address; None = $RAY_ADDRESS, else a local Ray.")
     num_cpus: int | None = execution(None, "CPUs of a local Ray; None = all.", ge=1)
     episodes_in_flight: int = execution(16, "K: episodes played concurrently.", ge=1)
-    batch_wait_ms: float = execution(20.0, "How long an engine actor waits to fill a batch.", ge=0)
 
 
 class TrainingConfig(Strict):
-    """A training job (`configs/train_*.yaml`): settings shared by the trainers; trainer-specific knobs
-    go under `extra` and are validated by the trainer's own config class."""
+    """A training job (`configs/train_*.yaml`): settings shared by the trainers. `extra` may set any field of
+    the trainer's TRL config class (`SparsePOConfig`, `DebiasConfig`, `DPOConfig`) or of TRL's `ModelConfig`
+    (dtype, LoRA); training/trainer_config.py builds and checks them, and picks the device unless set."""
 
     model: str = Field("smollm2-135m-instruct", description="Policy model (name, HF id or path).")
     learning_rate: float = Field(5e-7, gt=0)
@@ -145,7 +162,9 @@ class TrainingConfig(Strict):
     gradient_accumulation_steps: int = execution(1, "Micro-batches per optimizer step.", ge=1)
     max_length: int | None = Field(512, gt=0, description="Truncate prompt+completion to this many tokens.")
     seed: int = 0
-    extra: dict[str, Any] = Field(default_factory=dict, description="Trainer-specific settings.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Trainer-specific settings: fields of its TRL config or of ModelConfig."
+    )
 
 
 class SynthesisConfig(Strict):

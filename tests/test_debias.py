@@ -17,7 +17,7 @@ CLEAN = LABOR_DATA / "cpsaat11_2022_clean.csv"
 
 
 def test_grounded_pairs_are_consistent_with_bls_and_never_about_held_out_occupations(tmp_path: Path) -> None:
-    from pipelines.export import load_preference_set
+    from storage.preference_sets import load_preference_set
     from training.debias import write_table_pairs_export
 
     rows = probe_occupations(read_table(CLEAN), min_employed=1000)
@@ -53,7 +53,8 @@ def test_presets_validate() -> None:
     assert training.extra["grounding_weight"] == 1.0 and training.extra["held_out_fraction"] == 0.3
 
 
-@pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.train
 def test_one_step_loss_is_log2_plus_lambda_times_grounding_kl(tmp_path: Path, small_model_path: Path) -> None:
     import numpy as np
     import torch
@@ -126,7 +127,32 @@ def test_one_step_loss_is_log2_plus_lambda_times_grounding_kl(tmp_path: Path, sm
     assert logged["loss"] == pytest.approx(math.log(2) + weight * kl, rel=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.model
+@pytest.mark.train
+def test_train_debias_model_builds_its_config_from_the_preset(tmp_path: Path, small_model_path: Path) -> None:
+    import torch
+
+    from tests.test_sparsepo import save_tiny_llama
+    from training.debias import train_debias_model, write_table_pairs_export
+
+    tiny = save_tiny_llama(tmp_path / "tiny", small_model_path)
+    rows = probe_occupations(read_table(CLEAN), min_employed=2000)
+    pairs = write_table_pairs_export(CLEAN, rows, tmp_path / "pairs")
+    overrides = [f"model={tiny}", "max_steps=2", "extra.min_employed=2000", "extra.grounding_batch_size=2"]
+    run = train_debias_model(pairs, CLEAN, "train_debias", tmp_path / "model", overrides)
+    logged = [entry for entry in run.log_history if "loss" in entry]
+    assert len(logged) == 2 and all(entry["grounding_kl"] > 0 for entry in logged)
+    assert sorted(run.train_occupations + run.held_out_occupations) == sorted(r.title for r in rows)
+    assert not set(run.train_occupations) & set(run.held_out_occupations)
+    # The saved arguments: the preset and the overrides reached DebiasConfig, on the device of this machine.
+    args = torch.load(tmp_path / "model" / "training_args.bin", weights_only=False)
+    assert type(args).__name__ == "DebiasConfig"
+    assert (args.max_steps, args.grounding_batch_size, args.min_employed, args.max_length) == (2, 2, 2000, 96)
+    assert args.use_cpu is not torch.cuda.is_available() and args.save_strategy == "no"
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.model
 def test_eval_bias_command_writes_a_consistent_report(tmp_path: Path, small_model_path: Path) -> None:
     import json
 

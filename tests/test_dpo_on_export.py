@@ -5,18 +5,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from storage.migrate import open_database
 from tests.sample_run import store_sample_run
 from tests.test_cli import prefsmith
 
+pytestmark = [pytest.mark.model, pytest.mark.train]
+
 
 def test_plain_dpo_trainer_consumes_an_export(tmp_path: Path, small_model_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from pipelines.export import load_preference_set
+    from configs.loading import load_config
+    from configs.schema import TrainingConfig
+    from storage.preference_sets import load_preference_set
+    from training.trainer_config import trainer_config
 
     db = f"sqlite:///{tmp_path / 'dpo.db'}"
     engine = open_database(db, migrate=True)
@@ -31,11 +37,13 @@ def test_plain_dpo_trainer_consumes_an_export(tmp_path: Path, small_model_path: 
     tokenizer = AutoTokenizer.from_pretrained(small_model_path)
     model = AutoModelForCausalLM.from_pretrained(small_model_path, dtype=torch.float32)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "layers.0.self_attn.q_proj" in n}
-    args = DPOConfig(
-        output_dir=str(tmp_path / "dpo-out"), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-5,
-        bf16=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, max_length=128,
-        seed=0, dataloader_num_workers=0,
+    # configs/train_dpo.yaml through the one builder every trainer's config goes through.
+    training = load_config(
+        "train_dpo",
+        ["max_steps=1", "learning_rate=1e-5", "max_length=128", "extra.save_strategy='no'", "extra.logging_steps=1"],
+        schema=TrainingConfig,
     )
+    args, _ = trainer_config(DPOConfig, training, str(tmp_path / "dpo-out"), source="train_dpo", trainer="dpo")
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     result = trainer.train()
     assert result.global_step == 1

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.model, pytest.mark.train]
 
 BETA = 0.5
 TOL = 1e-5
@@ -89,7 +89,7 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(export_dir: Path) -> Any:
-    from pipelines.export import load_preference_set
+    from storage.preference_sets import load_preference_set
 
     return load_preference_set(str(export_dir))
 

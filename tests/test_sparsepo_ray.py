@@ -14,7 +14,7 @@ import pytest
 from tests.test_sparsepo import PAIRS, save_tiny_llama, write_export
 from training.masks import MASKS_WEIGHTS_NAME, TokenMaskNetworks
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.model, pytest.mark.ray, pytest.mark.train]
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ import torch
 from tests.test_sparsepo import PAIRS, save_tiny_llama, write_export
 from training.masks import MASKS_WEIGHTS_NAME, TokenMaskNetworks
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -49,12 +47,14 @@ def mean_loss(trainer: Any) -> float:
     return sum(losses) / len(losses)
 
 
+@pytest.mark.model
+@pytest.mark.train
 def test_training_steps_reduce_loss_and_write_loadable_checkpoint(
     small_model_path: Path, export_dir: Path, tmp_path: Path
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipelines.export import load_preference_set
+    from storage.preference_sets import load_preference_set
     from training.sparsepo import SparsePOTrainer
     from training.train import load_job, sparsepo_config, train_local
 
@@ -95,7 +95,7 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoint(
     trained = SparsePOTrainer(
         model=reloaded,
         ref_model=AutoModelForCausalLM.from_pretrained(str(small_model_path), dtype=torch.float32),
-        args=sparsepo_config(job),
+        args=sparsepo_config(job)[0],
         train_dataset=load_preference_set(str(export_dir)),
         processing_class=AutoTokenizer.from_pretrained(str(checkpoint)),
         mask_networks=masks,
@@ -103,13 +103,22 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoint(
     assert mean_loss(trained) < math.log(2) - 0.05
 
 
+@pytest.mark.model
+@pytest.mark.train
 def test_lora_trains_and_saves_masks_with_the_adapter(tiny_model: Path, export_dir: Path, tmp_path: Path) -> None:
     from training.train import load_job, train_local
 
     out = tmp_path / "lora"
     job = load_job(
         "train_sparsepo",
-        [f"model={tiny_model}", "max_steps=2", "learning_rate=1e-2", "extra.save_steps=2", "extra.lora_r=4"],
+        [
+            f"model={tiny_model}",
+            "max_steps=2",
+            "learning_rate=1e-2",
+            "extra.save_steps=2",
+            "extra.use_peft=true",
+            "extra.lora_r=4",
+        ],
         str(export_dir),
         out,
     )
@@ -124,6 +133,8 @@ def test_lora_trains_and_saves_masks_with_the_adapter(tiny_model: Path, export_d
     assert adapter["r"] == 4
 
 
+@pytest.mark.model
+@pytest.mark.train
 def test_cli_trains_resumes_and_inspects_masks(
     tiny_model: Path, export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -172,9 +183,10 @@ def test_cli_trains_resumes_and_inspects_masks(
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("extra.mask_typo=1", "field 'extra.mask_typo': unknown SparsePO setting"),
+        ("extra.mask_typo=1", "field 'extra.mask_typo': unknown setting for sparsepo (did you mean mask_type?)"),
         ("extra.mask_type=attention", "field 'extra.mask_type'"),
-        ("extra.l1_u=-1", "field 'extra.l1_u'"),
+        ("extra.l1_u=-1", "l1_u must be >= 0"),
+        ("extra.lora_r=4", "field 'extra.lora_r': LoRA settings need extra.use_peft=true"),
         ("beta=0", "field 'beta'"),
     ],
 )

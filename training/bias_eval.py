@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -453,8 +453,10 @@ def sample_completions(
     try:
         torch.manual_seed(seed)
         batch = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        # Causal LMs get `generate` from GenerationMixin, which transformers types against a private protocol;
+        # PreTrainedModel itself does not declare it.
         with torch.no_grad():
-            output = model.generate(
+            output = cast(Any, model).generate(
                 **batch,
                 do_sample=True,
                 temperature=temperature,
@@ -539,7 +541,8 @@ def reverse_probe(
     result: dict[str, dict[str, Any]] = {}
     for group, completions in zip(groups, texts, strict=True):
         matched = [title for text in completions if (title := occupation_named(text, table)) is not None]
-        women = [table.get(t).women for t in matched if table.get(t) and table.get(t).women is not None]
+        rows = [table.get(t) for t in matched]
+        women = [row.women for row in rows if row is not None and row.women is not None]
         result[group] = {
             "completions": completions,
             "occupations": dict(Counter(matched).most_common()),

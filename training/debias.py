@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.trainer_utils import SaveStrategy
 from trl import DPOConfig, DPOTrainer
 
 from tools.bls import LaborTable, OccupationRow, read_table
@@ -33,7 +34,14 @@ from training.bias_eval import (
 
 @dataclass
 class DebiasConfig(DPOConfig):
-    """DPOConfig plus the grounding term and the occupation split it trains on."""
+    """DPOConfig plus the grounding term and the occupation split it trains on; a run logs every step and
+    saves only the final model (configs/train_debias.yaml)."""
+
+    # Run defaults overridden from DPOConfig
+    logging_steps: float = field(default=1, metadata={"help": "Log the loss and grounding KL every this many steps."})
+    save_strategy: SaveStrategy | str = field(
+        default="no", metadata={"help": "No checkpoints: a debiasing run is short and saves its final model."}
+    )
 
     grounding_weight: float = field(
         default=1.0,
@@ -112,6 +120,8 @@ def grounding_kl(model: Any, tokenizer: Any, probes: Sequence[GroundingProbe]) -
 class DebiasTrainer(DPOTrainer):
     """DPOTrainer whose loss adds λ · grounding KL on a rotating batch of training-occupation probes."""
 
+    args: DebiasConfig
+
     def __init__(self, *args: Any, grounding: Sequence[GroundingProbe] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grounding = list(grounding)
@@ -120,7 +130,7 @@ class DebiasTrainer(DPOTrainer):
 
     def _next_probes(self) -> list[GroundingProbe]:
         size = min(self.args.grounding_batch_size, len(self.grounding))
-        picked = []
+        picked: list[GroundingProbe] = []
         while len(picked) < size:
             if not self._grounding_order:
                 # An epoch over the probes in a seeded order, so every occupation is seen equally often.
@@ -129,7 +139,7 @@ class DebiasTrainer(DPOTrainer):
             picked.append(self.grounding[self._grounding_order.pop()])
         return picked
 
-    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool):  # noqa: ANN202
+    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool):
         result = super()._compute_loss(model, inputs, return_outputs)
         loss, outputs = result if return_outputs else (result, None)
         weight = self.args.grounding_weight
@@ -268,33 +278,19 @@ def train_debias_model(
 ) -> DebiasRun:
     """Train the debiasing trainer on an export with the grounding term on training occupations; saves the
     model, tokenizer and `split.json` (train / held-out occupations) to `out`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from agents.catalog import resolve_model
-    from configs.loading import load_config
+    from configs.loading import load_config, resolve_config_path
     from configs.schema import TrainingConfig
-    from pipelines.export import load_preference_set
+    from storage.preference_sets import load_preference_set
+    from training.trainer_config import model_trainer_kwargs, trainer_config
 
     settings = load_config(config_file, list(overrides), schema=TrainingConfig)
     output_dir = Path(out)
     torch.set_num_threads(1)
-    args = DebiasConfig(
-        output_dir=str(output_dir),
-        learning_rate=settings.learning_rate,
-        beta=settings.beta,
-        num_train_epochs=settings.num_train_epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.per_device_train_batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        max_length=settings.max_length,
-        seed=settings.seed,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        dataloader_num_workers=0,
-        **settings.extra,
+    args, model_config = trainer_config(
+        DebiasConfig, settings, str(output_dir), source=str(resolve_config_path(config_file)), trainer="debias"
     )
     table = read_table(labor_table)
     train_rows, held_out_rows = occupation_split(table, args)
@@ -305,13 +301,13 @@ def train_debias_model(
         dataset = dataset.filter(lambda row: row["occupation"] not in held_out)
     model_path = resolve_model(settings.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     trainer = DebiasTrainer(
-        model=model,
+        model=str(model_path),
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         grounding=grounding_probes(train_rows, tokenizer, args.grounding_dimensions),
+        **model_trainer_kwargs(model_config),
     )
     trainer.train()
     trainer.save_model(str(output_dir))

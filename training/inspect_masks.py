@@ -71,7 +71,7 @@ def compute_pair_masks(model_dir: str | Path, dataset: Any, num_pairs: int) -> l
                 hidden = [h[:, :-1] for h in out.hidden_states[1:]]
                 response = torch.zeros(1, len(ids) - 1, dtype=torch.bool)
                 response[0, start - 1 :] = True
-                if config["mask_type"] == "learned":
+                if networks is not None and config["mask_type"] == "learned":
                     m_u, m_d = networks(hidden)
                 elif config["mask_type"] == "activation":
                     m_u = m_d = activation_mask(hidden, response)
@@ -83,7 +83,7 @@ def compute_pair_masks(model_dir: str | Path, dataset: Any, num_pairs: int) -> l
             token_ids = ids[start:]
             sides[side] = MaskedResponse(
                 side=side,
-                tokens=[tokenizer.decode([token]) for token in token_ids],
+                tokens=[str(tokenizer.decode([token])) for token in token_ids],
                 reward_weights=m_u[0, start - 1 :].tolist(),
                 kl_weights=m_d[0, start - 1 :].tolist(),
             )

@@ -102,7 +102,7 @@ class TokenMaskNetworks(nn.Module):
 
         config = read_mask_config(directory)["networks"]
         networks = cls(config["num_layers"], config["hidden_size"], config["independent"], config["init"])
-        networks.load_state_dict(load_file(str(directory / MASKS_WEIGHTS_NAME)))
+        networks.load_state_dict(load_file(str(Path(directory) / MASKS_WEIGHTS_NAME)))
         return networks
 
 

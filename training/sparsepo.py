@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +17,12 @@ from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from training.masks import TokenMaskNetworks, activation_mask, save_mask_config, saved_masks_exist
+from training.masks import MaskInit, TokenMaskNetworks, activation_mask, save_mask_config, saved_masks_exist
 
 TRL_VERSION_BUILT_AGAINST = "1.16.0"
-MASK_TYPES = ("learned", "activation", "ones")
-MASK_INITS = ("ones", "normal")
+MaskType = Literal["learned", "activation", "ones"]
+MASK_TYPES: tuple[str, ...] = get_args(MaskType)
+MASK_INITS: tuple[str, ...] = get_args(MaskInit)
 
 
 @dataclass
@@ -29,10 +30,16 @@ class SparsePOConfig(DPOConfig):
     """`DPOConfig` plus the SparsePO knobs. `beta` is the β of −log σ(β(u − δ)).
 
     DPO-only knobs that change the loss (`loss_type`, `ld_alpha`, `f_divergence_type`, `use_weighting`,
-    `precompute_ref_log_probs`) are rejected: the SparsePO objective replaces them.
+    `precompute_ref_log_probs`) are rejected: the SparsePO objective replaces them. A few run defaults
+    differ from DPOConfig's, for checkpointed runs of small models (configs/train_sparsepo.yaml).
     """
 
-    mask_type: str = field(
+    # Run defaults overridden from DPOConfig
+    logging_steps: float = field(default=1, metadata={"help": "Log the loss and mask metrics every this many steps."})
+    save_steps: float = field(default=50, metadata={"help": "Write a checkpoint every this many optimizer steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept; older ones are deleted."})
+
+    mask_type: MaskType = field(
         default="learned",
         metadata={
             "help": "'learned' (SparsePO mask network on the reference hidden states), 'activation' (MaPO, "
@@ -63,7 +70,7 @@ class SparsePOConfig(DPOConfig):
     mask_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the mask networks; None = `learning_rate`."}
     )
-    mask_init: str = field(
+    mask_init: MaskInit = field(
         default="ones",
         metadata={
             "help": "'ones': per-layer bias 1, mixer 1/L, so the mask starts ≈ 1; 'normal': the authors' "
@@ -186,6 +193,7 @@ class SparsePOTrainer(DPOTrainer):
 
     _tag_names = ["trl", "dpo", "sparsepo", "prefsmith"]
     _name = "SparsePO"
+    args: SparsePOConfig  # __init__ refuses any other config
 
     def __init__(
         self,
@@ -209,7 +217,7 @@ class SparsePOTrainer(DPOTrainer):
                     text_config.num_hidden_layers,
                     text_config.hidden_size,
                     independent=args.rw_kl_independent,
-                    init=args.mask_init,  # type: ignore[arg-type]
+                    init=args.mask_init,
                 )
             elif mask_networks.independent != args.rw_kl_independent:
                 raise ValueError("the given mask networks do not match rw_kl_independent")
@@ -247,15 +255,16 @@ class SparsePOTrainer(DPOTrainer):
         super()._save(output_dir, state_dict=state_dict)
         if not self.args.should_save:
             return
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        save_mask_config(output_dir, self.mask_description())
+        target = output_dir if output_dir is not None else self.args.output_dir
+        assert target is not None  # TrainingArguments.__post_init__ fills output_dir in
+        save_mask_config(target, self.mask_description())
         if self.mask_networks is not None:
-            self.mask_networks.save(output_dir)
+            self.mask_networks.save(target)
 
     def mask_description(self) -> dict[str, Any]:
         """What `prefsmith inspect masks` needs to recompute this trainer's masks from a saved model."""
         unwrapped = self.accelerator.unwrap_model(self.model)
-        reference = self.ref_model if self.ref_model is not None else unwrapped
+        reference: Any = self.ref_model if self.ref_model is not None else unwrapped
         if is_peft_model(reference):
             reference = reference.get_base_model()
         return {
@@ -280,15 +289,16 @@ class SparsePOTrainer(DPOTrainer):
 
     def _reference_outputs(self, model_kwargs: dict[str, Any]) -> Any:
         """Reference forward with ordinary logits and every layer's hidden states (no fused LM head)."""
-        with (
-            torch.no_grad(),
-            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-        ):
-            if is_peft_model(self.model) and self.ref_model is None:
-                unwrapped = self.accelerator.unwrap_model(self.model)
+        # HF types both loosely (optional, or a JSON string); __init__ has set the model and parsed the kwargs.
+        policy: Any = self.model
+        checkpointing_kwargs: Any = self.args.gradient_checkpointing_kwargs
+        with torch.no_grad(), disable_gradient_checkpointing(policy, checkpointing_kwargs):
+            if is_peft_model(policy) and self.ref_model is None:
+                unwrapped = self.accelerator.unwrap_model(policy)
                 with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                    return self.model(**model_kwargs, output_hidden_states=True)
-            return self.ref_model(**model_kwargs, output_hidden_states=True)
+                    return policy(**model_kwargs, output_hidden_states=True)
+            reference: Any = self.ref_model
+            return reference(**model_kwargs, output_hidden_states=True)
 
     def token_masks(
         self, hidden_states: list[torch.Tensor], response: torch.Tensor
@@ -319,8 +329,9 @@ class SparsePOTrainer(DPOTrainer):
         return l1_u, l1_d
 
     def _compute_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool) -> Any:
-        mode = "train" if self.model.training else "eval"
-        model_kwargs = {
+        policy: Any = self.model
+        mode = "train" if policy.training else "eval"
+        model_kwargs: dict[str, Any] = {
             k: v for k, v in inputs.items() if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
         }
         model_kwargs["use_cache"] = False
