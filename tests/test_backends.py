@@ -30,14 +30,17 @@ from agents.backends import (
 from agents.backends.vllm_server import VLLMServer, free_port, start_vllm_server
 from configs.schema import ModelConfig
 
-pytestmark = pytest.mark.slow
-
 MODEL = "smollm2-135m-instruct"
 CONTEXT = 1024  # small window: the too-long prompt stays cheap to build and reject
 # float32 on every engine: "auto" means bfloat16 where the CPU has bf16 units (AMX, AVX512-BF16), and a
 # 135M model greedy-decoded in bf16 wanders off ("What is the capital of France?" -> "L'Étoile, ...")
 DTYPE = "float32"
-BACKENDS = ["transformers", "vllm", "openai"]
+# The in-process vLLM engine and the HTTP backend (against `vllm serve`) start vLLM; all three load the model.
+BACKENDS = [
+    pytest.param("transformers", marks=pytest.mark.model),
+    pytest.param("vllm", marks=[pytest.mark.model, pytest.mark.vllm]),
+    pytest.param("openai", marks=[pytest.mark.model, pytest.mark.vllm]),
+]
 
 
 class JudgeRating(BaseModel):
@@ -152,6 +155,8 @@ def test_greedy_answers_are_non_empty(backend: Backend) -> None:
     assert "Paris" in results[0].completions[0].text
 
 
+@pytest.mark.model
+@pytest.mark.vllm
 def test_backends_render_the_same_prompt(
     transformers_backend: Backend, vllm_backend: Backend, openai_backend: Backend
 ) -> None:
@@ -239,6 +244,7 @@ def test_bad_requests_fail_alone(backend: Backend) -> None:
 # ---------------------------------------------------------------------------------------------- batching
 
 
+@pytest.mark.model
 def test_concurrent_callers_share_one_engine_call(transformers_backend: Backend) -> None:
     backend = transformers_backend
     prompts = ["Hi.", "What is two plus two?", "Name the largest planet in the solar system, please."]
@@ -262,6 +268,7 @@ def test_concurrent_callers_share_one_engine_call(transformers_backend: Backend)
     assert [answers[index][0].prompt_tokens for index in range(3)] == expected
 
 
+@pytest.mark.model
 def test_a_batch_answers_as_each_request_would_alone(transformers_backend: Backend) -> None:
     """Rows of very different prompt and answer lengths, greedy, seeded and grammar-bound, share one decode
     loop that drops each row as it ends: every answer is the one the request gets on its own."""
@@ -291,7 +298,7 @@ class _BadServer(BaseHTTPRequestHandler):
 
     hits: dict[str, int] = {}
 
-    def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
+    def do_POST(self) -> None:  # the name http.server dispatches to
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         mode = body["messages"][-1]["content"]
         _BadServer.hits[mode] = _BadServer.hits.get(mode, 0) + 1

@@ -4,6 +4,7 @@ and the exact probe on SmolLM2 (the cached-preamble path must equal a plain forw
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,8 +140,8 @@ def test_shared_prefix_cuts_before_a_space() -> None:
     assert shared_prefix(["only one text here"]) == ""
 
 
-@pytest.mark.slow
-def test_exact_probe_with_cached_preamble_equals_a_plain_forward(small_model_path) -> None:  # noqa: ANN001
+@pytest.mark.model
+def test_exact_probe_with_cached_preamble_equals_a_plain_forward(small_model_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

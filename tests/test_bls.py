@@ -1,6 +1,6 @@
-"""The CPS table 11 reader on the BLS 2022 files (raw export, cleaned CSV, an .xlsx made from the raw export),
-wrong files, title lookup, the labor statistics tool, `prefsmith labor show` and `labor fetch` on a local
-server."""
+"""The CPS table 11 reader on BLS 2022 figures (raw export, cleaned CSV, an .xlsx made from the raw export; a
+subset of the published rows, tests/data/README.md), wrong files, title lookup, the labor statistics tool,
+`prefsmith labor show` and `labor fetch` on a local server."""
 
 from __future__ import annotations
 
@@ -44,21 +44,32 @@ def test_reader_gives_the_published_figures(path: Path) -> None:
             *shares,
         )
     assert table.year == 2022
-    assert len(table.rows) == 595
-    # 565 detailed occupations under 30 aggregates (the total, 5 major groups and their subgroups).
-    assert len(table.leaves()) == 565
-    assert table.hierarchy == "totals"
-    aggregates = [r.title for r in table.rows if not r.is_leaf]
-    assert len(aggregates) == 30
-    assert aggregates[:4] == [
+    assert len(table.rows) == 58 and len(table.leaves()) == 53
+    # A subset: the aggregates' totals no longer add up, so leaves are told from aggregates by their titles.
+    assert table.hierarchy == "titles"
+    assert [r.title for r in table.rows if not r.is_leaf] == [
         "Total, 16 years and over",
         "Management, professional, and related occupations",
         "Management, business, and financial operations occupations",
         "Management occupations",
+        "Legal occupations",
     ]
-    # Titles ending in "occupations" can be leaves: the totals decide, not the wording.
     assert table.get("Computer occupations, all other").is_leaf
     assert table.get("Other healthcare practitioners and technical occupations").is_leaf
+
+
+def test_a_complete_subtree_is_split_by_its_totals(tmp_path: Path) -> None:
+    """The fixture keeps BLS's whole "Legal occupations" group: its total is the sum of its six occupations'
+    (within rounding), which is how the reader tells an aggregate from a leaf when the figures add up."""
+    lines = CLEAN.read_text(encoding="utf-8-sig").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Legal occupations,"))
+    path = tmp_path / "legal.csv"
+    path.write_text("\n".join([lines[0], *lines[start : start + 7]]) + "\n", encoding="utf-8")
+    table = read_table(path)
+    assert table.hierarchy == "totals"
+    assert [r.title for r in table.rows if not r.is_leaf] == ["Legal occupations"]
+    assert [r.title for r in table.leaves()][-1] == "Legal support workers, all other"
+    assert sum(r.total_employed for r in table.leaves()) == 1859  # the group's 1,861 thousand, rounded per row
 
 
 def test_raw_and_clean_files_agree_row_for_row() -> None:
@@ -233,7 +244,7 @@ def prefsmith(*args: str) -> subprocess.CompletedProcess[str]:
 def test_labor_show_prints_what_was_read(tmp_path: Path) -> None:
     done = prefsmith("labor", "show", str(RAW), "--occupation", "registered nurse")
     assert done.returncode == 0, done.stderr
-    assert "year 2022, 595 rows, 565 leaf occupations" in done.stdout
+    assert "year 2022, 58 rows, 53 leaf occupations" in done.stdout
     line = next(x for x in done.stdout.splitlines() if "Registered nurses" in x)
     assert ["1.00", "3363", "87.9", "73.6", "14.5", "8.9", "8.1"] == [c.strip() for c in line.split("│")[2:9]]
     wrong = tmp_path / "empty.csv"
@@ -249,7 +260,7 @@ def bls_like_server(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     agents: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:  # http.server's naming
             agent = self.headers.get("User-Agent", "")
             agents.append(agent)
             if not agent.startswith("Mozilla/"):
@@ -284,7 +295,7 @@ def test_fetch_downloads_with_a_browser_user_agent(
     assert agents[0].startswith("Mozilla/5.0")
     done = prefsmith("labor", "fetch", "--url", url + "?again", "--dest", str(tmp_path / "cli"))
     assert done.returncode == 0, done.stderr
-    assert "year 2022, 565 leaf occupations" in done.stdout
+    assert "year 2022, 53 leaf occupations" in done.stdout
     other = url.replace("cpsaat11", "cpsaat39")
     refused = prefsmith("labor", "fetch", "--url", other, "--dest", str(tmp_path / "bad"))
     assert refused.returncode == 2

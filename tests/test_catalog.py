@@ -24,6 +24,7 @@ def test_gguf_located_without_importing_the_package() -> None:
     assert int(size) > 50_000_000 and imported == "False"
 
 
+@pytest.mark.model
 def test_prepared_once_then_reused(small_model_path: Path) -> None:
     weights = small_model_path / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
@@ -38,6 +39,7 @@ def test_prepared_once_then_reused(small_model_path: Path) -> None:
     assert marker["source_size"] == locate_gguf(CATALOG["smollm2-135m-instruct"]).stat().st_size
 
 
+@pytest.mark.model
 def test_prepared_model_matches_the_gguf_weights(small_model_path: Path) -> None:
     """Dequantisation is exact: the stored tensor equals gguf's own dequantisation of the same block."""
     import numpy as np
@@ -53,6 +55,7 @@ def test_prepared_model_matches_the_gguf_weights(small_model_path: Path) -> None
     assert np.array_equal(stored.astype(np.float32), expected.astype(np.float32))
 
 
+@pytest.mark.model
 def test_model_names_resolve(small_model_path: Path, tmp_path: Path) -> None:
     assert resolve_model("smollm2-135m-instruct") == str(small_model_path)
     assert resolve_model(str(small_model_path)) == str(small_model_path)

@@ -1,0 +1,275 @@
+"""`make bench`: runs the benchmarks and assembles benchmarks/RESULTS.md from one section per benchmark.
+
+A benchmark's section, benchmarks/results/NAME.md, is written by `run`: the exact command, when, where and on
+which commit it ran, and what it printed. The discussion of those figures is written by hand beside it, in
+benchmarks/results/NAME.notes.md, and names the date of the figures it was written for; `assemble` warns in
+RESULTS.md when the figures are newer than their discussion.
+
+    python benchmarks/make_results.py run [NAME ...] [--labor-table CSV]   # rerun, rewrite sections, assemble
+    python benchmarks/make_results.py assemble                            # RESULTS.md from the sections
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
+DEFAULT_LABOR_TABLE = "../shared/data/labor/cpsaat11_2022_clean.csv"
+# Every benchmark runs with one torch/BLAS thread: on small shared machines more threads make timings erratic.
+BENCH_ENV = {"OMP_NUM_THREADS": "1"}
+# The first line of a section / notes file: machine-readable, invisible in rendered Markdown.
+SECTION_TAG = re.compile(r"<!-- bench: name=(?P<name>\S+) date=(?P<date>\d{4}-\d{2}-\d{2})[^>]*-->")
+NOTES_TAG = re.compile(r"<!-- notes for the figures of (?P<date>\d{4}-\d{2}-\d{2}) -->")
+# vLLM writes its own log lines to stdout ("INFO 11-29 09:12:01 [file.py:12] ...", also prefixed by the
+# engine-core process); they are not the benchmark's figures.
+VLLM_LOG_LINE = r"^(\(\S+ pid=\d+\) )?(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d "
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark script, the arguments its recorded figures were measured with, and its title."""
+
+    name: str
+    title: str
+    args: tuple[str, ...] = ()
+    drop: str | None = None  # regex of stdout lines that are not part of the figures
+
+    @property
+    def script(self) -> Path:
+        return REPO / "benchmarks" / f"{self.name}.py"
+
+    def command(self, labor_table: str) -> list[str]:
+        """The command line, run from the repository root; `{labor_table}` in `args` is the BLS table."""
+        args = [labor_table if a == "{labor_table}" else a for a in self.args]
+        return [sys.executable, str(self.script.relative_to(REPO)), *args]
+
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("synthesis", "Synthesis on Ray: pipeline vs. raw engine, batching, orchestration overhead",
+              ("--prompts", "16", "--episodes", "1000")),
+    Benchmark("backends", "Model backends: tokens/s and the speedup of batching",
+              ("--prompts", "8", "--samples", "2", "--max-tokens", "32"), drop=VLLM_LOG_LINE),
+    Benchmark("forward_cost", "Cost of a forward pass of the local model, by batch size"),
+    Benchmark("tools_effect", "Do the judge's tools change the data?",
+              ("--n", "50", "--candidates", "2", "--rounds", "1", "--max-tokens", "24", "--in-flight", "25")),
+    Benchmark("sparsepo_vs_dpo", "SparsePO vs. TRL DPO: step time and peak memory", ("--steps", "3")),
+    Benchmark("debias_smollm2", "Occupational bias of SmolLM2-135M-Instruct before and after debiasing",
+              ("--labor-table", "{labor_table}")),
+    # --before names the last commit with the previous (rlimits + audit hook) sandbox, not HEAD: a rerun
+    # after later commits must still compare against that sandbox.
+    Benchmark("sandbox", "Judge sandbox: per-call overhead, previous vs. kernel-enforced",
+              ("--before", "9a0f1d7")),
+)  # fmt: skip
+
+
+def shown_command(command: list[str]) -> str:
+    """The command as a user types it from the repository root (the interpreter as .venv/bin/python)."""
+    python = Path(sys.executable)
+    shown = [".venv/bin/python" if python == (REPO / ".venv/bin/python") else python.name, *command[1:]]
+    env = " ".join(f"{k}={v}" for k, v in BENCH_ENV.items())
+    return f"{env} {shlex.join(shown)}"
+
+
+def machine() -> str:
+    """Architecture, CPU model and count, memory and GPUs of this machine, in one line."""
+    cpu = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+        if models:
+            cpu = f"{cpu} {models[0].strip()}"
+    parts = [f"{cpu}, {os.cpu_count()} CPUs"]
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        total = re.search(r"^MemTotal:\s+(\d+) kB", meminfo.read_text(), re.MULTILINE)
+        if total:
+            parts.append(f"{int(total.group(1)) / 2**20:.0f} GiB memory")
+    gpus = ""
+    if shutil.which("nvidia-smi"):
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+        gpus = "; ".join(line.split(" (UUID")[0] for line in listed.stdout.splitlines() if line.strip())
+    parts.append(gpus or "no GPU")
+    return ", ".join(parts)
+
+
+def commit() -> str:
+    """The checked-out commit, and whether the working tree differs from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"{head} with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else head
+
+
+TABLE_DELIMITER = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+
+
+def render_output(lines: list[str]) -> str:
+    """Printed output as Markdown: Markdown tables (runs of lines starting with `|`) as they are, so a
+    benchmark that prints one renders as one, and the rest fenced. Tables printed back to back are split."""
+    blocks: list[list[str]] = []  # each block: lines of one table, or of one stretch of plain output
+    for line in lines:
+        is_table = line.startswith("|")
+        current = blocks[-1] if blocks else None
+        if current is None or current[0].startswith("|") != is_table:
+            blocks.append([line])
+        elif is_table and TABLE_DELIMITER.match(line) and len(current) > 2:
+            blocks.append([current.pop(), line])  # a new table begins at the header above this delimiter
+        else:
+            current.append(line)
+    rendered = []
+    for block in blocks:
+        text = "\n".join(block).strip("\n")
+        if text:
+            rendered.append(text if block[0].startswith("|") else f"```\n{text}\n```")
+    return "\n\n".join(rendered)
+
+
+def run_one(bench: Benchmark, labor_table: str) -> bool:
+    """Run one benchmark, echoing its output; on success rewrite its section. False when it failed."""
+    command = bench.command(labor_table)
+    print(f"\n=== {bench.name}: {shown_command(command)}", flush=True)
+    drop = re.compile(bench.drop) if bench.drop else None
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    kept: list[str] = []
+    # stdout holds the figures; stderr (progress, engine logs) goes straight to the terminal. Unbuffered, so
+    # a long benchmark's lines are echoed as they are printed.
+    env = {**os.environ, **BENCH_ENV, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            if drop is None or not drop.match(line):
+                kept.append(line.rstrip("\n"))
+    seconds = time.perf_counter() - started
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    if process.returncode != 0:
+        print(f"=== {bench.name}: failed (exit {process.returncode}); its section is left as it was", flush=True)
+        return False
+    section = "\n".join(
+        [
+            f"<!-- bench: name={bench.name} date={started_at:%Y-%m-%d} -->",
+            f"Measured {started_at:%Y-%m-%d %H:%M} UTC on {machine()}; commit {commit()}; "
+            f"{took}. Generated by `make bench`.",
+            "",
+            "```bash",
+            shown_command(command),
+            "```",
+            "",
+            render_output(kept),
+            "",
+        ]
+    )
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{bench.name}.md").write_text(section, encoding="utf-8")
+    return True
+
+
+HEADER = """\
+# prefsmith benchmark results
+
+Every figure below comes from a command in this repository that anyone can rerun; each section shows the
+command, when, where and on which commit it ran, and its output. This file is assembled by
+`make bench` (`benchmarks/make_results.py`): `make bench` reruns every benchmark (hours on a CPU) and
+`make bench BENCH="forward_cost backends"` only those named. Do not edit it by hand: the measured parts
+live in `benchmarks/results/NAME.md` (written by the benchmark run) and their discussion in
+`benchmarks/results/NAME.notes.md` (written by people).
+
+How to read them: the benchmarks print ratios measured side by side in one run (pipeline vs. raw engine,
+SparsePO vs. DPO, batched vs. one at a time), because absolute timings on small shared machines move by up
+to ~20 % between runs. Unless a section says otherwise, nothing here was measured on a GPU or on a model
+larger than SmolLM2-135M-Instruct.
+"""
+
+
+def section_date(text: str) -> str | None:
+    found = SECTION_TAG.search(text)
+    return found.group("date") if found else None
+
+
+def date_of(bench: Benchmark) -> str | None:
+    section_file = RESULTS_DIR / f"{bench.name}.md"
+    return section_date(section_file.read_text(encoding="utf-8")) if section_file.is_file() else None
+
+
+def anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def assemble() -> Path:
+    """Write RESULTS.md from the header and each benchmark's section and notes, in the registry's order."""
+    contents = ["- [{}](#{}) ({})".format(b.title, anchor(b.title), date_of(b) or "not measured yet")
+                for b in BENCHMARKS]  # fmt: skip
+    parts = [HEADER, "## Contents", "\n".join(contents), ""]
+    for bench in BENCHMARKS:
+        parts += [f"## {bench.title}", ""]
+        section_file = RESULTS_DIR / f"{bench.name}.md"
+        notes_file = RESULTS_DIR / f"{bench.name}.notes.md"
+        figures_date = None
+        if section_file.is_file():
+            section = section_file.read_text(encoding="utf-8").strip()
+            figures_date = section_date(section)
+            parts += [SECTION_TAG.sub("", section).strip(), ""]
+        else:
+            placeholder = shown_command(bench.command(DEFAULT_LABOR_TABLE))
+            state = "" if bench.script.is_file() else f" (`{bench.script.relative_to(REPO)}` does not exist yet)"
+            parts += [f"Not measured yet{state}. Command:", "", "```bash", placeholder, "```", ""]
+        if notes_file.is_file():
+            notes = notes_file.read_text(encoding="utf-8").strip()
+            found = NOTES_TAG.search(notes)
+            if figures_date and found and found.group("date") != figures_date:
+                parts += [
+                    f"> The figures above are from {figures_date}; the discussion below was written for those "
+                    f"of {found.group('date')}. Check it against them before relying on it.",
+                    "",
+                ]
+            parts += [NOTES_TAG.sub("", notes).strip(), ""]
+    RESULTS_MD.write_text("\n".join(parts).rstrip("\n") + "\n", encoding="utf-8")
+    return RESULTS_MD
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="run benchmarks (all, or those named), rewrite their sections, assemble")
+    run.add_argument("names", nargs="*", metavar="NAME", help=", ".join(b.name for b in BENCHMARKS))
+    run.add_argument("--labor-table", default=DEFAULT_LABOR_TABLE, help="CPS table 11 for debias_smollm2")
+    sub.add_parser("assemble", help="write RESULTS.md from the sections as they are")
+    args = parser.parse_args()
+
+    failed: list[str] = []
+    if args.action == "run":
+        known = {b.name: b for b in BENCHMARKS}
+        unknown = [n for n in args.names if n not in known]
+        if unknown:
+            parser.error(f"unknown benchmark {', '.join(unknown)} (known: {', '.join(known)})")
+        for bench in [known[n] for n in args.names] or list(BENCHMARKS):
+            if not bench.script.is_file():
+                print(f"=== {bench.name}: {bench.script.relative_to(REPO)} does not exist; skipped", flush=True)
+                continue
+            if not run_one(bench, args.labor_table):
+                failed.append(bench.name)
+    print(f"wrote {assemble().relative_to(REPO)}", flush=True)
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (their sections keep the previous figures)")
+
+
+if __name__ == "__main__":
+    main()
