@@ -169,7 +169,7 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
         try:
             dataset = load_from_disk(str(path))
-        except Exception as exc:  # noqa: BLE001 - datasets raises many types for a wrong folder
+        except Exception as exc:  # datasets raises many types for a wrong folder
             raise PromptSourceError(f"{path}: not a `datasets` folder ({exc})") from None
         return [(f"{path}:row {i}", dict(row)) for i, row in enumerate(dataset)]
     if path.suffix == ".jsonl":
@@ -193,7 +193,7 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
         try:
             table = pq.read_table(path)
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+        except Exception as exc:  # pyarrow raises many types for a bad file
             raise PromptSourceError(f"{path}: not a readable Parquet file ({exc})") from None
         return [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist())]
     raise PromptSourceError(f"{path}: unsupported prompt file (use .jsonl, .csv, .parquet or a datasets folder)")
