@@ -2,7 +2,7 @@
 `--before` revision, loaded from `git show`) against the current one (bubblewrap namespaces + seccomp +
 signed per-test report), on a trivial program, sequentially and 16 at a time.
 
-    python benchmarks/sandbox.py [--calls 60] [--before HEAD] [--parallel 16]
+    python benchmarks/sandbox.py [--calls 60] [--before 9a0f1d7] [--parallel 16]
 
 A call is timed from the caller's side: spawn, run, collect, judge. The program is `x = 1` with one test,
 so the figures are the sandbox's own cost, not the candidate's.
@@ -70,7 +70,8 @@ def _row(name: str, parallel: int, seconds: list[float], wrong: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=60, help="calls per setting")
-    parser.add_argument("--before", default="HEAD", help="git revision of the previous sandbox")
+    # 9a0f1d7 is the last commit with the previous sandbox (rlimits + an audit hook in the judged process).
+    parser.add_argument("--before", default="9a0f1d7", help="git revision of the previous sandbox")
     parser.add_argument("--parallel", type=int, default=16, help="concurrent calls in the second setting")
     args = parser.parse_args()
 
@@ -90,6 +91,17 @@ def main() -> None:
         call()  # warm up: imports, the machine probe, page cache
         for parallel in (1, args.parallel):
             print(_row(name, parallel, *_timed(call, args.calls, parallel)), flush=True)
+    # What each isolation mechanism costs by itself, for the choice of bubblewrap: the bare interpreter, then
+    # the same interpreter in fresh namespaces made by unshare(1) and by bwrap, one call at a time.
+    trivial = [sys.executable, "-I", "-S", "-c", "x = 1"]
+    mechanisms = [
+        ("python alone", trivial),
+        ("unshare -Urnpf", ["unshare", "-Urnpf", *trivial]),
+        ("bwrap --unshare-all", ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--unshare-all", "--die-with-parent",
+                                 *trivial]),
+    ]
+    for name, command in mechanisms:
+        print(_row(name, 1, *_timed(lambda c=command: subprocess.run(c).returncode == 0, args.calls, 1)), flush=True)
 
 if __name__ == "__main__":
     main()
