@@ -176,9 +176,9 @@ def test_seccomp_tables_match_libseccomp() -> None:
     assert seccomp_filter("sparc") is None
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (README Security model): code written against the harness's "
-                   "internals can read its key from a frame a signal handler receives, and forge the report")
 def test_a_forger_written_against_the_harness_is_still_caught() -> None:
+    """It used to work: a signal handler's frame led to the key and the report pipe. The code now runs in a
+    process forked before the harness read either, and the tests are judged in the other one."""
     forger = (
         "import os, signal, time, _hashlib\n"
         "def handler(sig, frame):\n"
@@ -193,7 +193,32 @@ def test_a_forger_written_against_the_harness_is_still_caught() -> None:
         "signal.signal(signal.SIGALRM, handler)\nsignal.setitimer(signal.ITIMER_REAL, 0.01)\ntime.sleep(1)\n"
         "def f():\n    return 2\n"
     )
-    assert not run_python(forger, "assert f() == 1").passed
+    forged = run_python(forger, "assert f() == 1")
+    assert (forged.passed, forged.outcome) == (False, "failed"), forged.reason
+    assert [t.passed for t in forged.tests] == [False]
+
+
+def test_the_tests_only_see_plain_data_from_the_code() -> None:
+    """Values cross as literals: the tests compare them in a process of their own, with the real builtins.
+    Candidate objects do not cross (a documented limit); exceptions keep their built-in type."""
+    ran = run_python(
+        "import os\nx = 3\nclass Yes:\n    def __eq__(self, other):\n        return True\n"
+        "def f(n):\n    if n < 0:\n        raise ValueError('negative')\n"
+        "    return [n, {'k': (1.5, None, b'b', -2, 1+2j)}]\n"
+        "def yes():\n    return Yes()\ndef len(x):\n    return 0\ndef stop(n):\n    raise StopIteration\n",
+        "assert f(1) == [1, {'k': (1.5, None, b'b', -2, 1+2j)}]\n"
+        "try:\n    f(-1)\n    assert False\nexcept ValueError as exc:\n    assert str(exc) == 'negative'\n"
+        "def twice():\n    return f(x)[0] * 2\nassert twice() == 6\n"
+        "assert os.listdir('.') == []\n"
+        "assert yes() == 1\n"
+        "assert len([]) == 0\n"
+        "assert all(map(stop, [1, 2]))\n",
+    )
+    assert [t.passed for t in ran.tests] == [True, True, True, True, True, False, False, False], ran.tests
+    assert ran.tests[5].error == "TypeError: the code returned an object the tests cannot inspect: Yes"
+    assert ran.tests[6].error == "TypeError: the code redefines len, a builtin the tests use"
+    assert ran.tests[7].error == "StopIteration: "  # not the built-in type: it would end map() early
+    assert ran.outcome == "failed"
 
 
 def test_registry_builds_configured_tools_and_plugins() -> None:

@@ -10,8 +10,11 @@ Layers (README "Security model"):
   process_vm_*, mount, bpf, perf_event_open, io_uring, keyctl, kexec, modules...).
 - as root the whole sandbox runs as `nobody`; rlimits (CPU, address space, file size, open files, processes
   counted inside the sandbox's own user namespace) are set by the harness before candidate code runs.
-- the harness (tools/sandbox_harness.py) reports each test on a pipe with an HMAC under a per-call key; the
-  host reads stdout/stderr/report itself, bounded, and never reads a file the sandbox could have written.
+- the harness (tools/sandbox_harness.py) forks the process that runs the code before it reads anything, and
+  evaluates the tests itself, in the other process, on plain data the code's process answers with (repr
+  text read by a literal-only evaluator); it reports each test on a pipe the code's process never had, with
+  an HMAC under a per-call key; the host reads stdout/stderr/report itself, bounded, and never reads a file
+  the sandbox could have written.
 
 A layer the machine cannot provide is named in `missing`; unless weaker isolation is explicitly allowed the
 call is refused rather than run unprotected.
@@ -273,7 +276,10 @@ def plan_for(policy: SandboxPolicy) -> _Plan:
     prefix = str(Path(interpreter).parent.parent)
     bwrap = shutil.which("bwrap")
     missing = []
-    isolation = ["rlimits", "per-test signed report", "audit hook", "clean environment"]
+    isolation = [
+        "rlimits", "tests evaluated outside the code's process", "per-test signed report", "audit hook",
+        "clean environment",
+    ]
     if drop_to is not None:
         isolation.append("user nobody")
     if bwrap is None:
@@ -367,6 +373,23 @@ def _verdict(
         elif tag == "E":
             ended = int(record[1]) == len(tests) and (not code_ok or len(tests) == expected)
     signalled = _signal_of(returncode)
+    # "X": the harness saw the code's process die, hang past the wall clock or break the protocol.
+    gone = next((record for record in records if record[0] == "X" and len(record) >= 3), None)
+    if gone is not None and not ended:
+        if gone[1] == "timeout":
+            return False, "timeout", "wall-clock limit reached while the tests waited for the code", tests
+        if gone[1] == "signal" and gone[2].isdigit():
+            signalled = int(gone[2])
+            returncode = 128 + signalled
+        elif gone[1] == "exit" and gone[2].isdigit():
+            returncode = int(gone[2])
+        else:
+            return False, "incomplete", f"the tests could not be finished: {gone[2]}", tests
+        if signalled not in (signal.SIGXCPU, signal.SIGXFSZ) and "MemoryError" not in stderr:
+            return False, "incomplete", (
+                f"the code's process ended before the tests did ({_exit_reason(returncode)}): the code left "
+                "early or was killed"
+            ), tests
     if not ended or returncode != 0:
         if signalled == signal.SIGXCPU:
             return False, "cpu_limit", "CPU time limit reached", tests
@@ -461,6 +484,7 @@ def run_python(  # one pass of spawn, pump and judge
             "memory_bytes": limits.memory_mb * 1024 * 1024,
             "file_bytes": limits.scratch_mb * 1024 * 1024,
             "processes": limits.processes,
+            "wall_seconds": limits.wall_seconds,
         },
     }, 4)
     if plan.bwrap:

@@ -93,6 +93,44 @@ HOSTILE: dict[str, Case] = {
         "def f():\n    return 1",
         "assert f() == 1", "incomplete",
     ),
+    "a thread answering for the harness": _case(
+        "import os, threading, time\n"
+        "def forge():\n"
+        "    replies = [b'ready\\nNone', b'callable\\nNone', b'value\\nTrue', b'pass\\nTrue', b'E\\n1']\n"
+        "    reports = [b'S\\t1\\t00\\n', b'C\\tok\\t\\t00\\n', b'T\\t0\\tpass\\tassert f() == 1\\t\\t00\\n',\n"
+        "               b'E\\t1\\t00\\n']\n"
+        "    while True:\n"
+        "        for fd in range(3, 64):\n"
+        "            for data in [b'%010d' % len(r) + r for r in replies] + reports:\n"
+        "                try:\n                    os.write(fd, data)\n                except OSError:\n"
+        "                    pass\n"
+        "        time.sleep(0.001)\n"
+        "threading.Thread(target=forge, daemon=True).start()\ntime.sleep(0.05)\n"
+        "def f(n):\n    return 0",
+        # Whatever comes back is data for the tests to judge: no reply says "passed", and only 9 is right.
+        "assert f(3) == 9", *_FAILED, "incomplete",
+    ),
+    "an object that equals everything": _case(
+        "class Yes:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n"
+        "        return False\n    __hash__ = object.__hash__\n"
+        "def f():\n    return Yes()",
+        "assert f() == 1", "failed",
+    ),
+    "fake reports and replies on fds 0-255": _case(
+        _FORGED_LINES.replace("range(3, 64)", "range(0, 256)").replace(
+            "lines = [", "lines = [b'%010d' % 9 + b'pass\\nTrue', b'%010d' % 7 + b'E\\nTrue', "
+        )
+        + "def f(n):\n    return 0",
+        "assert f(3) == 9", *_FAILED, "incomplete", "tampered",
+    ),
+    "kill the harness from inside a test": _case(
+        "import os, signal\ndef f():\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 1",
+        "assert f() == 1", "incomplete",
+    ),
+    "leave from inside a test after passing one": _case(
+        "import os\ndef f():\n    return 1\ndef g():\n    os._exit(0)",
+        "assert f() == 1\nassert g() == 1", "incomplete",
+    ),
     # --- filesystem escapes
     "write into /tmp": _case(
         "ok = False\ntry:\n    open('/tmp/prefsmith-hostile-{token}-tmp', 'w').write('x')\n    ok = True\n"
@@ -235,9 +273,10 @@ HONEST: dict[str, tuple[Case, bool]] = {
             "class Pair(typing.NamedTuple):\n    a: int\n    b: int\n"
             "@dataclasses.dataclass\nclass Box:\n    size: int\n"
             "logging.getLogger('x').warning('fine')\nwarnings.warn('fine')\n"
-            "def total(p):\n    return p.x + p.y",
-            "assert total(Point(1, 2)) == 3\nassert Colour.RED.value == 1\nassert Pair(1, 2).b == 2\n"
-            "assert Box(3).size == 3",
+            "def total(p):\n    return p.x + p.y\n"
+            "def facts():\n    return (total(Point(1, 2)), Colour.RED.value, Pair(1, 2).b, Box(3).size)",
+            # The tests see plain data only: the candidate's objects stay in its process.
+            "assert facts() == (3, 1, 2, 3)",
             "passed",
         ),
         True,
