@@ -108,9 +108,10 @@ def config_show(
     import yaml
 
     from configs.loading import config_hash, load_config
+    from configs.secrets import masked
 
     loaded: SynthesisConfig = load_config(config, set_ or [])
-    console.print(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False), end="", markup=False)
+    console.print(yaml.safe_dump(masked(loaded.model_dump(mode="json")), sort_keys=False), end="", markup=False)
     console.print(f"# config_hash: {config_hash(loaded)}", markup=False)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.errors import ConfigError, PrefsmithError
+from configs.secrets import mask_secrets
 from storage.folders import prefsmith_home
 
 
@@ -119,7 +120,7 @@ def run_schedule(
                 report.outcomes.append(current.outcome(client))
             current = _start(command, client, working_dir)
             report.started += 1
-            log(f"schedule: {fire_at:%H:%M:%S} started prefsmith {shlex.join(command)} ({current.kind})")
+            log(f"schedule: {fire_at:%H:%M:%S} started prefsmith {mask_secrets(shlex.join(command))} ({current.kind})")
         if current is not None:
             while current.running(client):
                 time.sleep(0.5)
@@ -134,7 +135,26 @@ def _start(command: list[str], client: Any, working_dir: str | None) -> Schedule
     if client is None:
         proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *command], cwd=working_dir)
         return ScheduledRun(datetime.now(), proc, "local")
+    command, env_vars = _database_url_to_env(command)
     entrypoint = "python -m pipelines.cli " + shlex.join(command)
-    runtime_env = {"working_dir": str(Path(working_dir or ".").resolve())}
+    runtime_env: dict[str, Any] = {"working_dir": str(Path(working_dir or ".").resolve())}
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
     return ScheduledRun(datetime.now(), job_id, "ray job")
+
+
+def _database_url_to_env(command: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`command` without its `--db URL`, and that URL as PREFSMITH_DB for the job's environment: a job's
+    entrypoint is shown by the Ray dashboard and its logs, so it must not carry a password."""
+    kept: list[str] = []
+    env: dict[str, str] = {}
+    args = iter(command)
+    for arg in args:
+        if arg == "--db":
+            env["PREFSMITH_DB"] = next(args, "")
+        elif arg.startswith("--db="):
+            env["PREFSMITH_DB"] = arg.removeprefix("--db=")
+        else:
+            kept.append(arg)
+    return kept, env

@@ -33,12 +33,14 @@ from agents.backends import (
 from agents.game import EpisodePrompt
 from configs.loading import config_hash
 from configs.schema import ModelConfig, SynthesisConfig
+from configs.secrets import masked
 from pipelines.episode import EpisodeRecord, PlayedRound, Players, PromptBook, PromptRef, play_episode
 from pipelines.game_setup import build_players, game_settings, model_ids, new_prompt_book, used_model_keys
 from pipelines.prompt_sources import load_prompts
 from pipelines.recording import store_played_round
 from storage import records as rows
 from storage.db import session_scope
+from storage.folders import check_slug
 from storage.migrate import open_database
 from storage.records import PromptRecord
 from storage.vocabulary import EpisodeStatus, RunStatus
@@ -384,12 +386,13 @@ def prepare_run(
 ) -> PreparedRun:
     """Store the run, its prompts and their episodes (once each) and mark it running; pick at most `limit`
     pending episodes. `only_unplayed` leaves out prompts that any run with the same config hash finished."""
+    check_slug(run_id, "--run-name")
     digest = config_hash(config)
     engine = open_database(db_url or config.storage.url, migrate=True)
     prompts = {p.id: p for p in load_prompts(config.prompts)}
     with session_scope(engine) as session:
         skip = rows.played_prompt_ids(session, digest) if only_unplayed else set()
-        run = rows.ensure_run(session, run_id, digest, config.model_dump(mode="json"))
+        run = rows.ensure_run(session, run_id, digest, masked(config.model_dump(mode="json")))
         earlier_metrics = dict(run.metrics or {})
         rows.add_prompts(session, list(prompts.values()))
         rows.ensure_episodes(session, run_id, [pid for pid in prompts if pid not in skip])

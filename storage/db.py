@@ -17,6 +17,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, S
 from sqlalchemy.orm import Session, sessionmaker
 
 from configs.errors import StorageError
+from configs.secrets import mask_secrets
 from storage.folders import prefsmith_home
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -43,10 +44,7 @@ def resolve_db_url(url: str | None = None) -> str:
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ***; safe to print and log."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
+    return mask_secrets(url)
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:

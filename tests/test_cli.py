@@ -144,3 +144,19 @@ def test_console_script_is_the_same_program() -> None:
     assert done.returncode == 0
     for command in ("quickstart", "export", "runs", "models", "db", "config"):
         assert command in done.stdout
+
+
+def test_unsafe_run_name_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    assert_user_error(
+        prefsmith("synthesize", "--config", "quickstart", "--run-name", "../../etc", "--db", f"sqlite:///{db}"),
+        "--run-name '../../etc'",
+    )
+    assert not db.exists()
+
+
+def test_passwords_in_urls_are_never_shown(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://bob:hunter2@127.0.0.1:5432/test"
+    shown = prefsmith("config", "show", "--set", f"storage.url={url}")
+    assert shown.returncode == 0, shown.stderr
+    assert "hunter2" not in shown.stdout and "bob:***@127.0.0.1:5432/test" in shown.stdout

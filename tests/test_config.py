@@ -79,3 +79,20 @@ def test_builtin_arithmetic_limit_gives_that_many_distinct_prompts() -> None:
     assert arithmetic_prompts(1000, seed=1) == rows
     with pytest.raises(ConfigError, match="ran out of distinct problems"):
         arithmetic_prompts(10**6, seed=0)
+
+
+def test_one_masking_function_hides_url_passwords_everywhere() -> None:
+    from configs.secrets import mask_secrets, masked
+    from pipelines.schedule import _database_url_to_env
+    from storage.db import redact_url
+
+    assert mask_secrets("postgresql://u:p@ss@h/db") == "postgresql://u:***@h/db"
+    assert mask_secrets("--db postgresql://u:pw@h/db --to a@b http://h:8265") == "--db postgresql://u:***@h/db --to a@b http://h:8265"
+    assert redact_url("postgresql://bob:hunter2@h/db") == "postgresql://bob:***@h/db"
+    assert masked({"storage": {"url": "mysql://r:s3cret@h/d"}, "n": [1, "x://a:b@c"]}) == {
+        "storage": {"url": "mysql://r:***@h/d"},
+        "n": [1, "x://a:***@c"],
+    }
+    command, env = _database_url_to_env(["refresh", "--db", "postgresql://u:pw@h/db", "--config", "c.yaml"])
+    assert command == ["refresh", "--config", "c.yaml"] and env == {"PREFSMITH_DB": "postgresql://u:pw@h/db"}
+    assert _database_url_to_env(["export", "--db=sqlite:///x.db"]) == (["export"], {"PREFSMITH_DB": "sqlite:///x.db"})
