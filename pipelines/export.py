@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from configs.errors import ExportError
 from storage.db import session_scope
-from storage.folders import folder_written_whole, prefsmith_home
+from storage.folders import check_slug, folder_written_whole, prefsmith_home
 from storage.models import Export
-from storage.preference_sets import DATA_FILES, FORMATS, MANIFEST, REQUIRED_COLUMNS, ExportFormat
+from storage.preference_sets import DATA_FILES, FORMATS, MANIFEST, REQUIRED_COLUMNS, ExportFormat, read_manifest
 from storage.queries import accepted_pairs, get_run, next_export_version
 
 if TYPE_CHECKING:
@@ -122,8 +123,12 @@ def _arrow_schema() -> pa.Schema:
 def _check_destination(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out} already exists and is not empty; pass --force to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ExportError(f"{out} already exists and is not empty; pass --force to replace it")
+        if not (out / MANIFEST).is_file():
+            raise ExportError(f"{out} is not a prefsmith export (no {MANIFEST}); --force replaces only an export")
+        read_manifest(out)  # a manifest that is not ours is refused the same way, with its reason
     if not out.parent.exists():
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist")
 
@@ -131,11 +136,15 @@ def _check_destination(out: Path, force: bool) -> None:
 def default_export_dir(run_id: str, version: int) -> Path:
     """Where an export without a destination (`quickstart`, `refresh`) goes: under $PREFSMITH_HOME/exports,
     never over an existing folder (another database may have used the same run id and version)."""
-    folder = prefsmith_home() / "exports" / f"{run_id}-v{version}"
+    folder = prefsmith_home() / "exports" / f"{check_slug(run_id, 'run id')}-v{version}"
     if folder.exists() and any(folder.iterdir()):
         folder = folder.with_name(f"{folder.name}-{datetime.now(UTC):%Y%m%dT%H%M%S%f}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+# How often an export retries with the next version when concurrent exports of the same run took its own.
+_VERSION_ATTEMPTS = 8
 
 
 def export_run(
@@ -148,18 +157,42 @@ def export_run(
     force: bool = False,
 ) -> ExportResult:
     """Write run `run_id`'s accepted pairs (reward ≥ `min_score`) as its next export version and record an
-    `exports` row; to `out`, or with no `out` to a new folder named after the run and version."""
+    `exports` row; to `out`, or with no `out` to a new folder named after the run and version. Exports of
+    one run made at the same time get distinct versions."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
     with session_scope(engine) as session:
-        run = get_run(session, run_id)
-        config_hash = run.config_hash
+        config_hash = get_run(session, run_id).config_hash
         pairs = accepted_pairs(session, run_id, min_score)
-        version = next_export_version(session, run_id)
-    out = Path(default_export_dir(run_id, version) if out is None else out).expanduser().resolve()
-    _check_destination(out, force)
-
     rows = [to_trl_row(p, run_id, config_hash) for p in pairs]
+    for _ in range(_VERSION_ATTEMPTS):
+        with session_scope(engine) as session:
+            version = next_export_version(session, run_id)
+        destination = Path(default_export_dir(run_id, version) if out is None else out).expanduser().resolve()
+        _check_destination(destination, force)
+        try:
+            return _write_export(engine, run_id, config_hash, version, rows, destination, fmt, min_score, force)
+        except IntegrityError:
+            continue  # another export of this run took this version meanwhile: take the next one
+        except FileExistsError as exc:
+            if out is not None:
+                raise ExportError(f"{destination} was written by another export meanwhile") from exc
+            # two exports picked the same default folder at the same moment: the next version gets a new one
+    raise ExportError(f"run {run_id!r}: other exports kept taking the next version; try again")
+
+
+def _write_export(
+    engine: Engine,
+    run_id: str,
+    config_hash: str,
+    version: int,
+    rows: list[dict[str, Any]],
+    out: Path,
+    fmt: ExportFormat,
+    min_score: float | None,
+    force: bool,
+) -> ExportResult:
+    """One export version: the data and its manifest in `out`, and its `exports` row."""
     digest = content_hash(rows)
     export_id = export_id_for(run_id, version)
     manifest = {
@@ -183,7 +216,7 @@ def export_run(
 
     # The folder is swapped in only once the row is accepted (flushed), and the row is committed only once the
     # folder is in place: a failure of either leaves neither behind.
-    with session_scope(engine) as session, folder_written_whole(out) as staging:
+    with session_scope(engine) as session, folder_written_whole(out, replace=force) as staging:
         _write_data(rows, staging, fmt)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         session.add(

@@ -122,3 +122,52 @@ def test_a_failed_write_leaves_the_old_folder_and_no_staging(tmp_path: Path) -> 
         (staging / "new").write_text("2")
     assert [p.name for p in tmp_path.iterdir()] == ["set"]
     assert [p.name for p in target.iterdir()] == ["new"]
+
+
+def test_force_replaces_only_an_export_and_keeps_a_users_folder(sample_db, tmp_path: Path) -> None:
+    engine, _ = sample_db
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(ExportError, match="is not a prefsmith export"):
+        export_run(engine, "sample", mine, force=True)
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    (mine / "manifest.json").write_text("{not json")
+    with pytest.raises(ExportError, match=r"manifest.json:1: invalid JSON"):
+        export_run(engine, "sample", mine, force=True)
+    with session_scope(engine) as session:
+        assert session.execute(select(Export)).first() is None, "a refused export stores no row"
+
+    first = export_run(engine, "sample", tmp_path / "set")
+    again = export_run(engine, "sample", tmp_path / "set", force=True)
+    assert again.version == first.version + 1 and len(load_preference_set(tmp_path / "set")) == 5
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "no staging left behind"
+
+
+def test_concurrent_exports_get_distinct_versions(sample_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine, _ = sample_db
+    monkeypatch.setenv("PREFSMITH_HOME", str(tmp_path / "home"))
+    with ThreadPoolExecutor(4) as pool:
+        named = list(pool.map(lambda i: export_run(engine, "sample", tmp_path / f"out{i}"), range(4)))
+        default = list(pool.map(lambda _: export_run(engine, "sample"), range(4)))
+    results = named + default
+    assert sorted(r.version for r in results) == list(range(1, 9))
+    assert len({r.path for r in results}) == 8
+    for result in results:
+        assert json.loads((result.path / "manifest.json").read_text())["version"] == result.version
+    with session_scope(engine) as session:
+        assert len(session.execute(select(Export)).all()) == 8
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", "run name", "", "x" * 129, "/abs"])
+def test_run_ids_that_are_not_one_folder_name_are_refused(name: str) -> None:
+    from configs.errors import ConfigError
+    from storage.folders import check_slug
+
+    with pytest.raises(ConfigError, match="use letters, digits"):
+        check_slug(name, "--run-name")
+    with pytest.raises(ConfigError):
+        default_export_dir(name, 1)
+    assert check_slug("run-2026.12_a", "--run-name") == "run-2026.12_a"
