@@ -67,6 +67,19 @@ def plain(text):
     return value(tree.body)  # type: ignore[attr-defined]  # an Expression, for "eval"
 
 
+def set_limits(limits, processes):
+    """The per-process rlimits of the sandbox's processes; `processes` caps this sandbox's process count."""
+    for name, pair in (
+        ("RLIMIT_CPU", (limits["cpu_seconds"], limits["cpu_seconds"] + 1)),
+        ("RLIMIT_AS", (limits["memory_bytes"], limits["memory_bytes"])),
+        ("RLIMIT_FSIZE", (limits["file_bytes"], limits["file_bytes"])),
+        ("RLIMIT_NOFILE", (64, 64)),
+        ("RLIMIT_CORE", (0, 0)),
+        ("RLIMIT_NPROC", (processes, processes)),
+    ):
+        resource.setrlimit(getattr(resource, name), pair)
+
+
 def candidate(requests, replies):  # C: never returns
     low, high = sorted((requests, replies))  # close everything but the two pipes: the report pipe above all
     os.closerange(3, low)
@@ -133,17 +146,9 @@ def candidate(requests, replies):  # C: never returns
 
     setup = receive()
     limits = setup["limits"]
-    for name, pair in (
-        ("RLIMIT_CPU", (limits["cpu_seconds"], limits["cpu_seconds"] + 1)),
-        ("RLIMIT_AS", (limits["memory_bytes"], limits["memory_bytes"])),
-        ("RLIMIT_FSIZE", (limits["file_bytes"], limits["file_bytes"])),
-        ("RLIMIT_NOFILE", (64, 64)),
-        ("RLIMIT_CORE", (0, 0)),
-        # Counted in the sandbox's own user namespace: this sandbox's processes, not every `nobody`'s. T and
-        # C are two of them; the code may start `processes` more.
-        ("RLIMIT_NPROC", (limits["processes"] + 2, limits["processes"] + 2)),
-    ):
-        resource.setrlimit(getattr(resource, name), pair)
+    # RLIMIT_NPROC counts in the sandbox's own user namespace: this sandbox's processes, not every `nobody`'s.
+    # T and C are two of them; the code may start `processes` more.
+    set_limits(limits, limits["processes"] + 2)
     code = loads(setup["code"])
     confine = setup["confine"]
     del setup
@@ -406,15 +411,7 @@ def main():  # T, the trusted process: one straight-line sequence
                 fail(payload)
             raise TypeError(str(payload))
 
-    for name, value in (
-        ("RLIMIT_CPU", (limits["cpu_seconds"], limits["cpu_seconds"] + 1)),
-        ("RLIMIT_AS", (limits["memory_bytes"], limits["memory_bytes"])),
-        ("RLIMIT_FSIZE", (limits["file_bytes"], limits["file_bytes"])),
-        ("RLIMIT_NOFILE", (64, 64)),
-        ("RLIMIT_CORE", (0, 0)),
-        ("RLIMIT_NPROC", (0, 0)),  # T starts nothing more
-    ):
-        resource.setrlimit(getattr(resource, name), value)
+    set_limits(limits, 0)  # T starts nothing more
     _signal.signal(_signal.SIGALRM, expired)
     _signal.setitimer(_signal.ITIMER_REAL, max(0.01, limits["wall_seconds"] - 0.1 - (time.monotonic() - started)))
 
