@@ -42,11 +42,12 @@ def build_players(
     config: SynthesisConfig,
     backends: Mapping[str, Backend],
     wrap_tool: Callable[[JudgeTool], JudgeTool] | None = None,
+    tools: Mapping[str, JudgeTool] | None = None,
 ) -> Players:
     """The four players on `backends` (by model key); `wrap_tool` wraps each of the judge's tools (the Ray
-    orchestration runs them as tasks on CPU workers)."""
+    orchestration runs them as tasks on CPU workers). `tools` are the judge's tools if already built."""
     roles, models, retries = config.roles, config.models, config.game.parse_retries
-    tools = build_tools(config.tools)
+    tools = build_tools(config.tools) if tools is None else dict(tools)
     if wrap_tool is not None:
         tools = {name: wrap_tool(tool) for name, tool in tools.items()}
     return Players(

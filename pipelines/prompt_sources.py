@@ -7,7 +7,9 @@ Rows become `PromptRecord`s (id = sha256 of the messages); bad rows fail with th
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -137,8 +139,25 @@ BUILTIN_SETS: dict[str, Callable[[PromptSourceConfig], list[dict[str, Any]]]] = 
 }
 
 
+def _check_storable(value: Any, where: str, field: str) -> None:
+    """Refuse what one database stores and another refuses (PostgreSQL has no NUL in text and no NaN in
+    JSON), so a prompt file behaves the same on SQLite and PostgreSQL."""
+    if isinstance(value, str) and "\x00" in value:
+        raise PromptSourceError(f"{where}: field {field!r} contains a NUL character")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PromptSourceError(f"{where}: field {field!r} is {value}, not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(item, where, f"{field}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_storable(item, where, f"{field}[{i}]")
+
+
 def row_to_record(row: dict[str, Any], where: str) -> PromptRecord:
     """A row with `prompt` (text) or `messages` (a chat), optional `system`; other fields go to `meta`."""
+    for field, value in row.items():
+        _check_storable(value, where, str(field))
     meta = {k: v for k, v in row.items() if k not in ("prompt", "messages", "system") and v is not None}
     if row.get("messages") is not None:
         messages = row["messages"]
@@ -163,6 +182,19 @@ def row_to_record(row: dict[str, Any], where: str) -> PromptRecord:
     return PromptRecord(messages=messages, source=where.rsplit(":", 1)[0], meta=meta)
 
 
+def _text(path: Path) -> str:
+    """The file as UTF-8 text (a leading byte-order mark dropped); bytes that are not UTF-8 are refused with
+    the line they are on."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PromptSourceError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
 def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if path.is_dir():
         from datasets import load_from_disk
@@ -174,20 +206,26 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
         return [(f"{path}:row {i}", dict(row)) for i, row in enumerate(dataset)]
     if path.suffix == ".jsonl":
         rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise PromptSourceError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            except ValueError as exc:  # e.g. an integer of more digits than Python converts
+                raise PromptSourceError(f"{path}:{lineno}: invalid JSON ({exc})") from None
             if not isinstance(row, dict):
                 raise PromptSourceError(f"{path}:{lineno}: expected a JSON object")
             rows.append((f"{path}:{lineno}", row))
         return rows
     if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            return [(f"{path}:{i}", dict(row)) for i, row in enumerate(csv.DictReader(fh), 2)]
+        reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+        try:
+            return [(f"{path}:{reader.line_num}", dict(row)) for row in reader]
+        except csv.Error as exc:  # a field over csv's size limit, a NUL byte, a broken quote
+            # line_num counts the lines of the records read whole; the broken one is the next
+            raise PromptSourceError(f"{path}:{reader.line_num + 1}: unreadable CSV ({exc})") from None
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -214,6 +252,8 @@ def load_prompts(sources: list[PromptSourceConfig]) -> list[PromptRecord]:
             if not path.exists():
                 raise PromptSourceError(f"{path}: prompt file not found")
             rows = _read_rows(path)
+            if not rows:
+                raise PromptSourceError(f"{path}: no prompts in the file")
         if source.limit is not None:
             rows = rows[: source.limit]
         for where, row in rows:

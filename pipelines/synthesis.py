@@ -45,6 +45,7 @@ from storage.migrate import open_database
 from storage.records import PromptRecord
 from storage.vocabulary import EpisodeStatus, RunStatus
 from tools.base import Evidence, JudgeTool
+from tools.registry import build_tools
 
 ENGINE_RESTARTS = 3
 ENGINE_CALL_TIMEOUT_S = 900.0
@@ -388,8 +389,8 @@ def prepare_run(
     pending episodes. `only_unplayed` leaves out prompts that any run with the same config hash finished."""
     check_slug(run_id, "--run-name")
     digest = config_hash(config)
+    prompts = {p.id: p for p in load_prompts(config.prompts)}  # bad prompt files fail before the database is touched
     engine = open_database(db_url or config.storage.url, migrate=True)
-    prompts = {p.id: p for p in load_prompts(config.prompts)}
     with session_scope(engine) as session:
         skip = rows.played_prompt_ids(session, digest) if only_unplayed else set()
         run = rows.ensure_run(session, run_id, digest, masked(config.model_dump(mode="json")))
@@ -529,6 +530,7 @@ def synthesize(
     `only_unplayed` (refresh) also skips prompts that any earlier run with the same config hash finished.
     `backend_factory` builds each engine actor's backend (benchmarks: a simulated or a recording engine).
     """
+    tools = build_tools(config.tools)  # a tool that cannot be built is a config error before anything is stored
     run = prepare_run(config, run_id or default_run_id(config), db_url, limit=limit, only_unplayed=only_unplayed)
     if not run.pending:
         with session_scope(run.engine) as session:
@@ -540,7 +542,7 @@ def synthesize(
     with ray_session(config, address), StopRequest() as stop:
         groups = start_engines(config, run.run_id, backend_factory)
         backends = {key: ActorBackend(g, config.models[key].max_batch_size) for key, g in groups.items()}
-        players = build_players(config, backends, wrap_tool=RayToolProxy.wrap)
+        players = build_players(config, backends, wrap_tool=RayToolProxy.wrap, tools=tools)
         runner = EpisodeRunner(run, config, players, book, stop)
         schedule_episodes(runner, config.ray.episodes_in_flight, progress)
         shut_down(groups, run.report)

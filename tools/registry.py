@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 
 from configs.errors import ConfigError
 from configs.schema import ToolsConfig
@@ -55,6 +56,8 @@ def _labor_statistics(config: ToolsConfig) -> JudgeTool:
 
     if not config.labor_table:
         raise ConfigError("tool 'labor_statistics' needs tools.labor_table (a BLS CPS table 11 file)")
+    if not Path(config.labor_table).expanduser().is_file():
+        raise ConfigError(f"tools.labor_table: {config.labor_table} is not a file (a BLS CPS table 11 file)")
     return LaborStatisticsTool(table_path=config.labor_table)
 
 

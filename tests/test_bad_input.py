@@ -1,0 +1,130 @@
+"""Bad input corpus: every malformed prompt file, unsafe name and out-of-range setting is one typed error that
+names the file, line or field, before anything is stored; the rows already in the database are untouched.
+
+Runs on SQLite and PostgreSQL (the `db_url` fixture): text one of them stores and the other refuses (NUL,
+NaN) is refused the same way on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from configs.errors import PrefsmithError
+from configs.loading import load_config
+from pipelines.synthesis import synthesize
+from storage.migrate import open_database
+from storage.models import Base
+from tests.sample_run import store_sample_run
+
+BadFile = Callable[[Path], Path]
+
+
+def _write(name: str, data: bytes) -> BadFile:
+    def make(folder: Path) -> Path:
+        path = folder / name
+        path.write_bytes(data)
+        return path
+
+    return make
+
+
+PROMPT_FILES: dict[str, tuple[BadFile, str]] = {
+    "not UTF-8": (_write("p.jsonl", b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n'), "p.jsonl:2: not UTF-8 text"),
+    "not UTF-8 CSV": (_write("p.csv", b"prompt\nfine\n\xff\xfe\n"), "p.csv:3: not UTF-8 text"),
+    "empty JSONL": (_write("p.jsonl", b""), "p.jsonl: no prompts in the file"),
+    "blank lines only": (_write("p.jsonl", b"\n\n  \n"), "p.jsonl: no prompts in the file"),
+    "header-only CSV": (_write("p.csv", b"prompt,answer\n"), "p.csv: no prompts in the file"),
+    "CSV field over the csv limit": (
+        _write("p.csv", b'prompt\n"' + b"x" * 200_000 + b'"\n'), "p.csv:2: unreadable CSV (field larger than"
+    ),
+    "5,000-digit JSON integer": (
+        _write("p.jsonl", b'{"prompt": "p", "answer": ' + b"9" * 5000 + b"}\n"), "p.jsonl:1: invalid JSON"
+    ),
+    "truncated JSON": (_write("p.jsonl", b'{"prompt": "a"}\n{"prompt": \n'), "p.jsonl:2: invalid JSON"),
+    "NUL in a prompt": (_write("p.jsonl", b'{"prompt": "a\\u0000b"}\n'), "p.jsonl:1: field 'prompt' contains a NUL"),
+    "NUL in a CSV column": (_write("p.csv", b"prompt,answer\nq,4\x002\n"), "p.csv:2"),
+    "NaN in a column": (_write("p.jsonl", b'{"prompt": "q", "answer": NaN}\n'), "field 'answer' is nan"),
+    "Infinity nested": (
+        _write("p.jsonl", b'{"prompt": "q", "meta": {"w": [1, Infinity]}}\n'), "field 'meta.w[1]' is inf"
+    ),
+    "no prompt field": (_write("p.jsonl", b'{"question": "q"}\n'), "p.jsonl:1: no prompt"),
+    "not a JSON object": (_write("p.jsonl", b'["q"]\n'), "p.jsonl:1: expected a JSON object"),
+    "missing file": (lambda folder: folder / "absent.jsonl", "absent.jsonl: prompt file not found"),
+    "unsupported suffix": (_write("p.txt", b"q\n"), "p.txt: unsupported prompt file"),
+}
+
+SETTINGS: dict[str, tuple[list[str], str]] = {
+    "sandbox timeout over the tool's limit": (
+        ["tools.enabled=[python_sandbox]", "tools.sandbox_timeout_s=600"], "tools.sandbox_timeout_s"
+    ),
+    "sandbox memory under the tool's limit": (["tools.sandbox_memory_mb=1"], "tools.sandbox_memory_mb"),
+    "labor table that is not a file": (
+        ["tools.enabled=[labor_statistics]", "tools.labor_table=/nonexistent/table.csv"], "tools.labor_table"
+    ),
+    "unknown tool": (["tools.enabled=[web_search]"], "unknown tool 'web_search'"),
+    "candidates below two": (["game.candidates=1"], "game.candidates"),
+    "temperature out of range": (["sampling.temperature=-1"], "sampling.temperature"),
+    "unknown role model": (["roles.judge=nope"], "nope"),
+    "unknown built-in set": (["prompts=[{builtin: poems}]"], "unknown built-in set 'poems'"),
+    "both builtin and path": (["prompts=[{builtin: arithmetic, path: x.jsonl}]"], "exactly one of"),
+    "unknown key": (["game.max_roundz=3"], "game.max_roundz"),
+}
+
+
+def _counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {
+            table.name: connection.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in Base.metadata.sorted_tables
+        }
+
+
+@pytest.fixture
+def stored(db_url: str):
+    engine = open_database(db_url)
+    store_sample_run(engine, "earlier", n_prompts=3)
+    yield engine, db_url
+    engine.dispose()
+
+
+def _synthesize_with(overrides: list[str], db_url: str, run_name: str = "bad-input") -> None:
+    config = load_config("quickstart", overrides)
+    synthesize(config, run_id=run_name, db_url=db_url)
+
+
+@pytest.mark.parametrize("case", list(PROMPT_FILES))
+def test_bad_prompt_file_is_one_error_and_stores_nothing(case: str, stored, tmp_path: Path) -> None:
+    engine, db_url = stored
+    make, fragment = PROMPT_FILES[case]
+    path = make(tmp_path)
+    before = _counts(engine)
+    with pytest.raises(PrefsmithError) as raised:
+        _synthesize_with([f"prompts=[{{path: '{path}'}}]"], db_url)
+    message = str(raised.value)
+    assert fragment in message and "\n" not in message, message
+    assert _counts(engine) == before
+
+
+@pytest.mark.parametrize("case", list(SETTINGS))
+def test_each_wrong_setting_is_one_error_and_stores_nothing(case: str, stored) -> None:
+    engine, db_url = stored
+    overrides, fragment = SETTINGS[case]
+    before = _counts(engine)
+    with pytest.raises(PrefsmithError) as raised:
+        _synthesize_with(overrides, db_url)
+    message = str(raised.value)
+    assert fragment in message and "\n" not in message, message
+    assert _counts(engine) == before
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden"])
+def test_unsafe_run_name_stores_nothing(name: str, stored) -> None:
+    engine, db_url = stored
+    before = _counts(engine)
+    with pytest.raises(PrefsmithError, match="--run-name"):
+        _synthesize_with([], db_url, run_name=name)
+    assert _counts(engine) == before
