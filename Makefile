@@ -23,7 +23,7 @@ install: $(STAMP)
 PIP_NOISE := is ignored: it is neither a file nor a directory|^WARNING: Skipping .* as it is not installed
 QUIET := 2>&1 | { grep -Ev "$(PIP_NOISE)" || true; }
 $(STAMP): pyproject.toml
-	@if command -v bwrap >/dev/null && test -x /usr/bin/python3 && command -v runuser >/dev/null; then :; elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then (apt-get install -y -q bubblewrap python3 util-linux >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap python3 util-linux >/dev/null; }) && echo "prefsmith: installed bubblewrap and python3 for the judge's sandbox"; else echo "prefsmith: the judge's sandbox needs bubblewrap (bwrap) and /usr/bin/python3; install them as root (apt-get install bubblewrap python3), or set tools.sandbox_allow_weaker_isolation" >&2; fi
+	@if command -v bwrap >/dev/null && test -x /usr/bin/python3 && command -v runuser >/dev/null; then :; elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then (export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q bubblewrap python3 util-linux >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap python3 util-linux >/dev/null; }) && echo "prefsmith: installed bubblewrap and python3 for the judge's sandbox"; else echo "prefsmith: the judge's sandbox needs bubblewrap (bwrap) and /usr/bin/python3; install them as root (apt-get install bubblewrap python3), or set tools.sandbox_allow_weaker_isolation" >&2; fi
 	@echo "prefsmith: installing into $(VENV) (a few minutes the first time)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@set -o pipefail; $(PIP) install -q --upgrade pip $(QUIET)

@@ -169,7 +169,12 @@ def export_run(
         with session_scope(engine) as session:
             version = next_export_version(session, run_id)
         destination = Path(default_export_dir(run_id, version) if out is None else out).expanduser().resolve()
-        _check_destination(destination, force)
+        try:
+            _check_destination(destination, force)
+        except ExportError:
+            if out is not None:
+                raise
+            continue  # another export took this default folder after it was chosen: choose again
         try:
             return _write_export(engine, run_id, config_hash, version, rows, destination, fmt, min_score, force)
         except IntegrityError:
