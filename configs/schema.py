@@ -55,9 +55,7 @@ class ModelConfig(Strict):
     max_batch_size: int = execution(32, "Most requests one engine call batches together.", ge=1)
     kv_cache_gb: int = execution(1, "vLLM CPU build: KV cache GiB, unless VLLM_CPU_KVCACHE_SPACE is set.", ge=1)
     request_timeout_s: float = execution(120.0, "backend=openai: timeout of one HTTP request.", gt=0)
-    max_retries: int = execution(
-        3, "backend=openai: retries (with backoff) after 429/5xx/connection errors.", ge=0
-    )
+    max_retries: int = execution(3, "backend=openai: retries (with backoff) after 429/5xx/connection errors.", ge=0)
     max_concurrency: int = execution(8, "backend=openai: HTTP requests in flight at once.", ge=1)
 
 
@@ -96,9 +94,7 @@ class ToolsConfig(Strict):
         description="'configured': the judge uses every enabled tool that applies to the input (small models); "
         "'model': the judge model picks among them from their schemas.",
     )
-    retrieval_corpus: str | None = Field(
-        None, description="Folder or JSONL file the retrieval tool searches."
-    )
+    retrieval_corpus: str | None = Field(None, description="Folder or JSONL file the retrieval tool searches.")
     labor_table: str | None = Field(None, description="BLS CPS table 11 file for the labor statistics tool.")
     # Bounds are the sandbox's own (tools/jail.py MAX_*/MIN_*): a setting outside them is refused at load time.
     sandbox_timeout_s: float = Field(
@@ -119,6 +115,21 @@ class ToolsConfig(Strict):
         "Run sandboxed code even where the machine lacks a kernel layer (bubblewrap, namespaces, seccomp); "
         "the evidence lists what was missing. Off: the sandbox refuses to run code unprotected.",
     )
+    call_timeout_s: float = execution(
+        120.0,
+        "Bound on one tool call, waiting for a Ray worker included; a call that takes longer is cancelled and "
+        "its evidence says so.",
+        gt=0,
+    )
+
+    @model_validator(mode="after")
+    def _call_outlasts_sandbox(self) -> ToolsConfig:
+        if self.call_timeout_s <= self.sandbox_timeout_s:
+            raise ValueError(
+                f"tools.call_timeout_s ({self.call_timeout_s:g}) must exceed tools.sandbox_timeout_s "
+                f"({self.sandbox_timeout_s:g}): a sandboxed call would be cut off before its own limit"
+            )
+        return self
 
 
 class PromptSourceConfig(Strict):
@@ -137,8 +148,18 @@ class PromptSourceConfig(Strict):
 
 
 class StorageConfig(Strict):
-    url: str | None = execution(
-        None, "SQLAlchemy URL; None = $PREFSMITH_DB, else a SQLite file under $PREFSMITH_HOME."
+    url: str | None = execution(None, "SQLAlchemy URL; None = $PREFSMITH_DB, else a SQLite file under $PREFSMITH_HOME.")
+    retry_s: float = execution(
+        120.0,
+        "How long a write that fails for a passing reason (a dropped connection, a restarting server) is retried "
+        "before the run stops as interrupted.",
+        gt=0,
+    )
+    lease_ttl_s: float = execution(
+        60.0,
+        "A run's lease lasts this long after its synthesizer's last renewal (renewed every third of it): a "
+        "synthesizer that vanished is taken over this long after.",
+        ge=2,
     )
 
 
@@ -146,6 +167,10 @@ class RayConfig(Strict):
     address: str | None = execution(None, "Ray cluster address; None = $RAY_ADDRESS, else a local Ray.")
     num_cpus: int | None = execution(None, "CPUs of a local Ray; None = all.", ge=1)
     episodes_in_flight: int = execution(16, "K: episodes played concurrently.", ge=1)
+    engine_restarts: int = execution(
+        3, "Restarts of a dead or hung engine allowed per engine_restart_window_s; beyond, the run stops.", ge=0
+    )
+    engine_restart_window_s: float = execution(600.0, "The window engine_restarts counts in.", gt=0)
 
 
 class TrainingConfig(Strict):
@@ -175,9 +200,7 @@ class SynthesisConfig(Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     game: GameConfig = Field(default_factory=GameConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
-    prompts: list[PromptSourceConfig] = Field(
-        default_factory=lambda: [PromptSourceConfig(builtin="arithmetic")]
-    )
+    prompts: list[PromptSourceConfig] = Field(default_factory=lambda: [PromptSourceConfig(builtin="arithmetic")])
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -186,7 +209,5 @@ class SynthesisConfig(Strict):
         for role, key in self.roles.model_dump().items():
             if key not in self.models:
                 known = ", ".join(sorted(self.models)) or "none"
-                raise ValueError(
-                    f"roles.{role} names model {key!r}, which is not under 'models' (have: {known})"
-                )
+                raise ValueError(f"roles.{role} names model {key!r}, which is not under 'models' (have: {known})")
         return self

@@ -186,6 +186,7 @@ def _print_summary(summary: dict) -> None:
         "failures",
         "exports",
         "current_prompt_versions",
+        "played_by",
     ):
         table.add_row(key, str(summary[key]))
     for key, value in summary.get("metrics", {}).items():
@@ -235,6 +236,7 @@ def runs_show(
 ) -> None:
     """Show one run: counts of prompts, episodes, rounds, accepted pairs, failures; its config hash."""
     from storage.db import session_scope
+    from storage.leases import holder_of
     from storage.migrate import open_database
     from storage.queries import run_summary
 
@@ -242,6 +244,13 @@ def runs_show(
     try:
         with session_scope(engine) as session:
             summary = run_summary(session, run).as_dict()
+            holder = holder_of(session, run)
+            if holder is not None:
+                summary["played_by"] = f"{holder[0]}, lease renewed until {holder[1]:%Y-%m-%d %H:%M:%S} UTC"
+            elif summary["status"] == "running":
+                summary["played_by"] = "nobody: its synthesizer stopped without finishing; rerun to resume"
+            else:
+                summary["played_by"] = "nobody"
     finally:
         engine.dispose()
     if as_json:
@@ -316,10 +325,17 @@ def _say(line: str) -> None:
     console.print(line, markup=False)
 
 
+# A run stopped by a fault it could not play through (database down, lease taken over, engine dying): "try
+# again later" (sysexits EX_TEMPFAIL); a rerun resumes it.
+EXIT_STOPPED_BY_FAULT = 75
+
+
 def _exit_if_interrupted(report: SynthesisReport) -> None:
-    """A run stopped by a signal exits as the shell reports it: 128 + SIGINT (2) or SIGTERM (15)."""
+    """A run stopped by a signal exits as the shell reports it: 128 + SIGINT (2) or SIGTERM (15); one
+    stopped by a fault exits 75."""
     if report.interrupted:
-        raise typer.Exit(130 if report.interrupted == "SIGINT" else 143)
+        codes = {"SIGINT": 130, "SIGTERM": 143}
+        raise typer.Exit(codes.get(report.interrupted, EXIT_STOPPED_BY_FAULT))
 
 
 ConfigOption = Annotated[str, typer.Option("--config", "-c", help="YAML config file or preset name.")]
@@ -334,7 +350,15 @@ def synthesize_command(
     set_: SetOption = None,
     db: DbOption = None,
     run_name: Annotated[str | None, typer.Option("--run-name", help="Run id (default: run-<config hash>).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Play at most N pending prompts.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=1,
+            help="The run plays at most N prompts of its sources in all (the first N, fixed when first played: a "
+            "rerun of the same command picks no new ones; a larger N adds more).",
+        ),
+    ] = None,
     address: AddressOption = None,
 ) -> None:
     """Play every pending prompt of a run on Ray and store the result; a rerun resumes."""

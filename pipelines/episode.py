@@ -135,6 +135,11 @@ class PromptBook:
     def _ref(self, role: str, version: int) -> PromptRef:
         return next(v for v in self._versions[role] if v.version == version)
 
+    def get(self, role: str, version: int) -> PromptRef:
+        """Version `version` of `role`'s prompt (a resumed episode continues with the versions it had)."""
+        with self._lock:
+            return self._ref(role, version)
+
     def propose(self, parent: PromptRef, text: str, critique: str) -> PromptRef:
         with self._lock:
             versions = self._versions[parent.role]
@@ -171,8 +176,15 @@ class PlayedRound:
     reward: RewardVerdict | None = None
     reward_raw: str | None = None
     rewrite: PromptRewrite | None = None
+    # The optimizer's rewrites the next round plays with (versions proposed by this round), if any.
+    next_prompts: tuple[PromptRef, PromptRef] | None = None
     failures: list[PlayerFailure] = field(default_factory=list)
     failure_reason: str | None = None
+
+    @property
+    def prompts_after(self) -> tuple[PromptRef, PromptRef]:
+        """The target and judge prompts the episode's next round plays with."""
+        return self.next_prompts or (self.target_prompt, self.judge_prompt)
 
 
 @dataclass
@@ -244,6 +256,7 @@ def play_episode(
     settings: GameSettings,
     *,
     first_round: int = 0,
+    prompts: tuple[PromptRef, PromptRef] | None = None,
     on_round: RoundCallback | None = None,
 ) -> EpisodeRecord:
     """Play `prompt` until a pair is accepted or `settings.max_rounds` rounds are spent.
@@ -252,12 +265,13 @@ def play_episode(
     the next round plays with; ties and failed rounds simply retry with a new seed. When the accepted pair
     was made with rewritten prompts, they are promoted to the run's current prompts (see `PromptBook`).
 
-    `first_round` continues an episode whose earlier rounds were played before (a resumed run); `on_round`
-    is called after every round with the episode as it stands — `episode.finished` tells whether that round
+    `first_round` continues an episode whose earlier rounds were played before (a resumed run), with the
+    target and judge `prompts` its last played round left for the next (default: the run's current ones);
+    `on_round` is called after every round with the episode as it stands — `episode.finished` tells whether that round
     ended it — so a caller can store each round as it finishes.
     """
     episode = EpisodeRecord(prompt=prompt, settings=settings)
-    target_prompt, judge_prompt = book.current()
+    target_prompt, judge_prompt = prompts or book.current()
     for index in range(first_round, settings.max_rounds):
         seed = derived_seed(settings.seed, prompt.id, index)
         record = play_round(prompt, players, settings, PlayedRound(index, target_prompt, judge_prompt, seed))
@@ -290,6 +304,7 @@ def play_episode(
                 record.rewrite = rewrite.value
                 target_prompt = book.propose(target_prompt, rewrite.value.target_prompt, rewrite.value.target_critique)
                 judge_prompt = book.propose(judge_prompt, rewrite.value.judge_prompt, rewrite.value.judge_critique)
+                record.next_prompts = (target_prompt, judge_prompt)
         if on_round is not None:
             on_round(episode, record)
         if episode.finished:

@@ -53,8 +53,11 @@ def build_players(
     return Players(
         target=Target(backends[roles.target], models[roles.target].name, config.sampling),
         judge=Judge(
-            backends[roles.judge], models[roles.judge].name, tools,
-            select_with_model=config.tools.selection == "model", parse_retries=retries,
+            backends[roles.judge],
+            models[roles.judge].name,
+            tools,
+            select_with_model=config.tools.selection == "model",
+            parse_retries=retries,
         ),
         reward=RewardModel(backends[roles.reward], models[roles.reward].name, parse_retries=retries),
         optimizer=PromptOptimizer(backends[roles.optimizer], models[roles.optimizer].name, parse_retries=retries),

@@ -7,9 +7,11 @@ Idempotent: storing the same record twice stores it once (see `storage.records`)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from pipelines.episode import EpisodeRecord, PlayedRound, PromptRef
 from storage import records as rows
@@ -55,6 +57,8 @@ def round_row(record: PlayedRound, model_ids: dict[str, str]) -> rows.RoundRecor
         "final_scores": [s.final_score for s in ranking.scored] if ranking else None,
         "reward_raw": record.reward_raw,
         "rewrite": record.rewrite.model_dump() if record.rewrite else None,
+        # what a resumed episode plays its next round with: the rewrites this round proposed, or the same prompts
+        "next_prompt_versions": {ref.role: ref.version for ref in record.prompts_after},
         "failures": [dataclasses.asdict(f) for f in record.failures],
     }
     return rows.RoundRecord(
@@ -82,14 +86,28 @@ def round_row(record: PlayedRound, model_ids: dict[str, str]) -> rows.RoundRecor
 
 
 def store_played_round(
-    engine: Engine, run_id: str, episode: EpisodeRecord, record: PlayedRound, model_ids: dict[str, str]
+    engine: Engine,
+    run_id: str,
+    episode: EpisodeRecord,
+    record: PlayedRound,
+    model_ids: dict[str, str],
+    *,
+    fence: Callable[[Session], None] | None = None,
 ) -> None:
-    """One transaction: the round, the prompt versions it played with, and — when the round ended the
-    episode — the episode's final status and reason."""
+    """One transaction: the round, the prompt versions it played with and those it proposed, and — when the
+    round ended the episode — the episode's final status and reason, and the rewrites it promoted as the
+    run's current prompts. `fence(session)` runs first and may refuse the write (a synthesizer whose run
+    lease was taken over)."""
     closes = episode.finished and record is episode.rounds[-1]
     with session_scope(engine) as session:
-        played = [record.target_prompt, record.judge_prompt]
+        if fence is not None:
+            fence(session)
+        played = dict.fromkeys([record.target_prompt, record.judge_prompt, *(record.next_prompts or ())])
         rows.store_prompt_versions(session, run_id, [_version_row(ref) for ref in played])
+        if closes and episode.promoted:
+            rows.update_run(
+                session, run_id, current_prompt_versions={ref.role: ref.version for ref in episode.promoted}
+            )
         rows.store_round(
             session,
             run_id,

@@ -7,11 +7,13 @@ runs; it joins a cluster when given an address and starts a local Ray otherwise.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -38,17 +40,22 @@ from pipelines.episode import EpisodeRecord, PlayedRound, Players, PromptBook, P
 from pipelines.game_setup import build_players, game_settings, model_ids, new_prompt_book, used_model_keys
 from pipelines.prompt_sources import load_prompts
 from pipelines.recording import store_played_round
+from storage import leases
 from storage import records as rows
 from storage.db import session_scope
 from storage.folders import check_slug
+from storage.leases import Lease, LeaseLostError
 from storage.migrate import open_database
 from storage.records import PromptRecord
+from storage.retries import StorageUnavailableError, with_retries
 from storage.vocabulary import EpisodeStatus, RunStatus
 from tools.base import Evidence, JudgeTool
 from tools.registry import build_tools
 
-ENGINE_RESTARTS = 3
 ENGINE_CALL_TIMEOUT_S = 900.0
+RAY_WAIT_S = 60.0  # bound on Ray calls that should answer at once (usage, kill)
+PLACEMENT_WAIT_S = 600.0  # bound on waiting for GPUs of a placement group
+POLL_S = 0.5  # how often a long Ray wait looks whether the run is being abandoned
 PASSED_ENV = (
     "PREFSMITH_HOME",
     "HF_HUB_OFFLINE",
@@ -103,20 +110,27 @@ class EngineActor:
 
 class EngineGroup:
     """Owns the engine actor of one configured model: creates it with the resources the config asks for
-    (a placement group for tensor parallelism), and replaces it — a bounded number of times — when it dies
-    or hangs. Everything else asks it for the current handle."""
+    (a placement group for tensor parallelism), and replaces it when it dies or hangs — at most
+    `max_restarts` times in any `window_s` seconds; past that, `on_unavailable` is told and the run stops.
+    Everything else asks it for the current handle."""
 
     def __init__(
         self,
         key: str,
         model: ModelConfig,
-        run_id: str,
+        name: str,
         max_concurrency: int,
         factory: BackendFactory = create_backend,
+        *,
+        max_restarts: int = 3,
+        window_s: float = 600.0,
+        on_unavailable: Callable[[str], None] | None = None,
     ) -> None:
         self.key, self.model, self.max_concurrency, self.factory = key, model, max_concurrency, factory
-        self.name = f"prefsmith-engine-{run_id}-{key}"[:120]
+        self.name = name[:120]
+        self.max_restarts, self.window_s, self.on_unavailable = max_restarts, window_s, on_unavailable
         self.restarts = 0
+        self._recent: deque[float] = deque()  # when the restarts inside the window happened
         self._lock = threading.Lock()
         self._placement_group: Any = None  # a PlacementGroup, made the first time a sharded engine starts
         self.handle = self._create()
@@ -139,7 +153,13 @@ class EngineGroup:
             if self._placement_group is None:
                 bundles = [{"GPU": 1, "CPU": 1}] * self.model.tensor_parallel_size
                 self._placement_group = placement_group(bundles, strategy="PACK")
-                ray.get(self._placement_group.ready())
+                try:
+                    ray.get(self._placement_group.ready(), timeout=PLACEMENT_WAIT_S)
+                except ray.exceptions.GetTimeoutError:
+                    raise BackendUnavailableError(
+                        f"engine {self.key}: the cluster did not provide {len(bundles)} GPU bundles within "
+                        f"{PLACEMENT_WAIT_S:.0f} s"
+                    ) from None
             options |= {
                 "num_gpus": 0,
                 "scheduling_strategy": PlacementGroupSchedulingStrategy(
@@ -150,15 +170,27 @@ class EngineGroup:
 
     def replace(self, dead: Any, reason: str) -> Any | None:
         """A fresh actor in place of `dead` (unless another caller already replaced it); None once the
-        restart budget is spent."""
+        restarts inside the window are spent."""
         with self._lock:
             if self.handle is not dead:
                 return self.handle
-            if self.restarts >= ENGINE_RESTARTS:
+            if self.handle is None:
                 return None
+            now = time.monotonic()
+            while self._recent and now - self._recent[0] > self.window_s:
+                self._recent.popleft()
+            if len(self._recent) >= self.max_restarts:
+                self.handle = None
+                if self.on_unavailable is not None:
+                    self.on_unavailable(
+                        f"engine {self.key} {reason}, after {len(self._recent)} restarts in {self.window_s:.0f} s"
+                    )
+                return None
+            self._recent.append(now)
             self.restarts += 1
             print(
-                f"prefsmith: engine {self.key} {reason}; restarting it ({self.restarts}/{ENGINE_RESTARTS})",
+                f"prefsmith: engine {self.key} {reason}; restarting it ({len(self._recent)}/{self.max_restarts} "
+                f"in {self.window_s:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -176,21 +208,60 @@ class ActorBackend(Backend):
 
     supports_json_schema = True
 
-    def __init__(self, group: EngineGroup, max_batch_size: int, call_timeout_s: float = ENGINE_CALL_TIMEOUT_S):
+    def __init__(
+        self,
+        group: EngineGroup,
+        max_batch_size: int,
+        call_timeout_s: float = ENGINE_CALL_TIMEOUT_S,
+        abandon: threading.Event | None = None,
+    ):
         super().__init__(max_batch_size)
         self.group, self.call_timeout_s = group, call_timeout_s
+        self.abandon = abandon or threading.Event()
 
     def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         handle = self.group.handle
-        while handle is not None:
+        while handle is not None and not self.abandon.is_set():
             try:
-                return ray.get(handle.generate.remote(requests), timeout=self.call_timeout_s)
+                return bounded_get(handle.generate.remote(requests), self.call_timeout_s, self.abandon)
             except ray.exceptions.GetTimeoutError:
                 handle = self.group.replace(handle, f"did not answer within {self.call_timeout_s:.0f} s")
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
                 handle = self.group.replace(handle, f"died ({type(exc).__name__})")
-        error = BackendUnavailableError(f"engine {self.group.key} failed {ENGINE_RESTARTS + 1} times; giving up")
+            except AbandonedWait:
+                break
+        reason = "the run is stopping" if self.abandon.is_set() else "it failed too often"
+        error = BackendUnavailableError(f"engine {self.group.key} unavailable: {reason}")
         return [ChatResult.failed(error) for _ in requests]
+
+
+class AbandonedWait(Exception):
+    """A Ray wait given up because the run is being abandoned."""
+
+
+def bounded_get(ref: Any, timeout_s: float, abandon: threading.Event) -> Any:
+    """`ray.get(ref)`, waiting at most `timeout_s` (GetTimeoutError) and giving up at once when `abandon` is
+    set (AbandonedWait; the task is cancelled)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            _cancel(ref)
+            raise ray.exceptions.GetTimeoutError(f"no answer within {timeout_s:.0f} s")
+        ready, _ = ray.wait([ref], timeout=min(POLL_S, left))
+        if ready:
+            return ray.get(ref)
+        if abandon.is_set():
+            _cancel(ref)
+            raise AbandonedWait()
+
+
+def _cancel(ref: Any) -> None:
+    """Stop a task's worker (a hung tool); an actor call cannot be forced and is simply dropped."""
+    try:
+        ray.cancel(ref, force=True)
+    except Exception:  # actor calls refuse force=True; an already finished task cannot be cancelled
+        pass
 
 
 @ray.remote(num_cpus=0.25)
@@ -199,17 +270,27 @@ def _run_tool(tool: JudgeTool, arguments: dict[str, Any]) -> Evidence:
 
 
 class RayToolProxy(JudgeTool):
-    """A judge tool whose calls run as Ray tasks on CPU workers (sandboxes and retrieval off the driver)."""
+    """A judge tool whose calls run as Ray tasks on CPU workers (sandboxes and retrieval off the driver),
+    each bounded by `timeout_s` and dropped when the run is abandoned."""
 
     inner: Any
+    timeout_s: float = 120.0
+    abandon: Any = None  # a threading.Event set when the run stops now
 
     @property
     def per_candidate(self) -> bool:  # type: ignore[override]
         return self.inner.per_candidate
 
     @classmethod
-    def wrap(cls, tool: JudgeTool) -> RayToolProxy:
-        return cls(name=tool.name, description=tool.description, args_schema=tool.args_schema, inner=tool)
+    def wrap(cls, tool: JudgeTool, timeout_s: float = 120.0, abandon: threading.Event | None = None) -> RayToolProxy:
+        return cls(
+            name=tool.name,
+            description=tool.description,
+            args_schema=tool.args_schema,
+            inner=tool,
+            timeout_s=timeout_s,
+            abandon=abandon or threading.Event(),
+        )
 
     def _run(self, **arguments: Any) -> dict[str, Any]:
         return self.evidence(arguments).model_dump()
@@ -219,7 +300,11 @@ class RayToolProxy(JudgeTool):
 
     def evidence(self, arguments: dict[str, Any]) -> Evidence:
         try:
-            return ray.get(_run_tool.remote(self.inner, arguments))
+            return bounded_get(_run_tool.remote(self.inner, arguments), self.timeout_s, self.abandon)
+        except ray.exceptions.GetTimeoutError:
+            return Evidence(tool=self.name, ok=False, error=f"tool call timed out after {self.timeout_s:g} s")
+        except AbandonedWait:
+            return Evidence(tool=self.name, ok=False, error="tool call abandoned: the run is stopping")
         except ray.exceptions.RayError as exc:
             return Evidence(tool=self.name, ok=False, error=f"tool worker failed: {type(exc).__name__}")
 
@@ -264,7 +349,8 @@ class SynthesisReport:
     run_id: str
     config_hash: str
     metrics: RunMetrics
-    interrupted: str | None = None
+    interrupted: str | None = None  # why the run stopped early: a signal's name or the fault that stopped it
+    status_not_stored: str | None = None  # why the final status could not be stored, if it could not
     prompts_total: int = 0
     engine_restarts: dict[str, int] = field(default_factory=dict)
     engine_usage: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -275,11 +361,16 @@ class SynthesisReport:
             f"run {self.run_id}: " if not self.interrupted else f"run {self.run_id} interrupted ({self.interrupted}): "
         )
         left = f"{m.not_selected} not selected (--limit); " if m.not_selected else ""
+        unstored = (
+            f"; its status could not be stored ({self.status_not_stored}): it shows as running until its lease expires"
+            if self.status_not_stored
+            else ""
+        )
         return (
             f"{head}{m.episodes_done}/{m.episodes_total} episodes played this time, {m.accepted} accepted "
             f"({m.accept_rate:.0%}), {m.failed} failed, {m.rounds} rounds; {m.already_played} already played in "
             f"earlier runs; {left}{m.pairs_per_min:.2f} pairs/min, {m.tokens_per_s:.1f} target tokens/s over "
-            f"{m.seconds:.0f} s"
+            f"{m.seconds:.0f} s{unstored}"
         )
 
 
@@ -306,31 +397,44 @@ def ray_session(config: SynthesisConfig, address: str | None) -> Iterator[None]:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM: the first stops new episodes and lets in-flight ones finish their rounds; the second
-    abandons in-flight episodes after the round they are in (what was stored stays stored)."""
+    """Why the run stops early, if it does. SIGINT/SIGTERM: the first starts no new episode and stops each
+    in-flight one after the round it is playing (stored); the second abandons in-flight rounds at once (they
+    are played again on rerun). A fault the run cannot play through (the database stays down, the lease was
+    taken over, an engine keeps dying) abandons at once too. What was stored stays stored."""
 
     def __init__(self) -> None:
-        self.signal_name: str | None = None
+        self.reason: str | None = None
         self.abandon = threading.Event()
         self._previous: dict[int, Any] = {}
+        self._lock = threading.Lock()
 
     @property
     def requested(self) -> bool:
-        return self.signal_name is not None
+        return self.reason is not None
+
+    def stop_now(self, reason: str) -> None:
+        """Stop for `reason` without finishing in-flight rounds (from any thread)."""
+        with self._lock:
+            first = not self.abandon.is_set()
+            self.reason = self.reason or reason
+            self.abandon.set()
+        if first:
+            print(f"prefsmith: stopping: {reason}", file=sys.stderr, flush=True)
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
+        if self.reason is None:
+            self.reason = signal.Signals(signum).name
             print(
-                f"\nprefsmith: {self.signal_name}: finishing in-flight episodes (again to abandon them)",
+                f"\nprefsmith: {self.reason}: stopping each in-flight episode after its current round (again to "
+                "stop at once)",
                 file=sys.stderr,
                 flush=True,
             )
         elif not self.abandon.is_set():
             self.abandon.set()
             print(
-                f"\nprefsmith: {signal.Signals(signum).name} again: abandoning in-flight episodes after their "
-                "current round (stored rounds stay stored)",
+                f"\nprefsmith: {signal.Signals(signum).name} again: abandoning in-flight rounds (stored rounds stay "
+                "stored; a rerun plays the rest)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -347,7 +451,7 @@ class StopRequest:
 
 
 class Abandoned(Exception):
-    """Raised inside an episode thread after a stored round, when a second signal asks to stop now."""
+    """Raised inside an episode thread to leave it unfinished (a rerun continues it)."""
 
 
 def restore_book(engine: Engine, run_id: str) -> PromptBook:
@@ -363,14 +467,16 @@ def restore_book(engine: Engine, run_id: str) -> PromptBook:
 
 @dataclass
 class PreparedRun:
-    """A run as `prepare_run` leaves it: stored with its prompts and one episode per prompt, and the pending
-    episodes picked to play now as (prompt id, rounds already played)."""
+    """A run as `prepare_run` leaves it: stored with its prompts and one episode per selected prompt, its
+    lease held by this process, and the pending episodes to play now."""
 
     engine: Engine
     prompts: dict[str, PromptRecord]
-    pending: list[tuple[str, int]]
+    pending: list[PendingEpisode]
     report: SynthesisReport
     earlier_metrics: dict[str, Any]  # what the run's earlier invocations stored; this one's are merged in
+    lease: Lease
+    retry_s: float
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -381,37 +487,80 @@ class PreparedRun:
     def metrics(self) -> RunMetrics:
         return self.report.metrics
 
+    def store(self, what: str, action: Callable[[], Any]) -> Any:
+        """`action()` (a database write), retried while the database fails for a passing reason."""
+        return with_retries(action, what, budget_s=self.retry_s)
+
+
+@dataclass(frozen=True)
+class PendingEpisode:
+    """An episode to play: its prompt, the rounds it already played, and the prompt versions (by role) its
+    next round plays with when it is resumed mid-way (None: the run's current ones)."""
+
+    prompt_id: str
+    rounds_played: int = 0
+    resume_versions: dict[str, int] | None = None
+
 
 def prepare_run(
     config: SynthesisConfig, run_id: str, db_url: str | None, *, limit: int | None, only_unplayed: bool
 ) -> PreparedRun:
-    """Store the run, its prompts and their episodes (once each) and mark it running; pick at most `limit`
-    pending episodes. `only_unplayed` leaves out prompts that any run with the same config hash finished."""
+    """Store the run and its prompts, take the run's lease (RunLeaseHeldError if another synthesizer plays
+    it), give the run one episode per selected prompt and mark it running.
+
+    The run's prompt set is fixed by its episodes: `limit` gives the run episodes for at most that many
+    prompts of its sources in total (the first ones, in source order), so rerunning the same command never
+    picks new prompts; a larger `limit` or none adds more. `only_unplayed` leaves out prompts that any run
+    with the same config hash finished."""
     check_slug(run_id, "--run-name")
     digest = config_hash(config)
     prompts = {p.id: p for p in load_prompts(config.prompts)}  # bad prompt files fail before the database is touched
     engine = open_database(db_url or config.storage.url, migrate=True)
     with session_scope(engine) as session:
-        skip = rows.played_prompt_ids(session, digest) if only_unplayed else set()
         run = rows.ensure_run(session, run_id, digest, masked(config.model_dump(mode="json")))
         earlier_metrics = dict(run.metrics or {})
         rows.add_prompts(session, list(prompts.values()))
-        rows.ensure_episodes(session, run_id, [pid for pid in prompts if pid not in skip])
-        pending = [(pid, played) for pid, played in rows.pending_episodes(session, run_id) if pid in prompts]
-        rows.update_run(session, run_id, status=RunStatus.RUNNING)
-    selected = pending if limit is None else pending[:limit]
+    lease = leases.acquire(engine, run_id, config.storage.lease_ttl_s)
+    if lease.took_over_from is not None:
+        print(
+            f"prefsmith: run {run_id!r}: taking over from {leases.shown(lease.took_over_from)}, which stopped "
+            "without finishing",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        with session_scope(engine) as session:
+            leases.renew(session, lease)
+            skip = rows.played_prompt_ids(session, digest) if only_unplayed else set()
+            existing = rows.run_prompt_ids(session, run_id)
+            unplayed = [pid for pid in prompts if pid not in existing and pid not in skip]
+            room = len(unplayed) if limit is None else max(0, limit - sum(pid in existing for pid in prompts))
+            rows.ensure_episodes(session, run_id, unplayed[:room])
+            resume = rows.resume_prompt_versions(session, run_id)
+            pending = [
+                PendingEpisode(pid, played, resume.get(pid))
+                for pid, played in rows.pending_episodes(session, run_id)
+                if pid in prompts
+            ]
+            rows.update_run(session, run_id, status=RunStatus.RUNNING)
+    except BaseException:
+        leases.release(engine, lease)
+        raise
+    not_selected = len(unplayed) - room
     metrics = RunMetrics(
-        episodes_total=len(selected),
-        already_played=len(prompts) - len(pending),
-        not_selected=len(pending) - len(selected),
+        episodes_total=len(pending),
+        already_played=len(prompts) - len(pending) - not_selected,
+        not_selected=not_selected,
     )
     report = SynthesisReport(run_id, digest, metrics, prompts_total=len(prompts))
-    return PreparedRun(engine, prompts, selected, report, earlier_metrics)
+    return PreparedRun(engine, prompts, pending, report, earlier_metrics, lease, config.storage.retry_s)
 
 
 class EpisodeRunner:
     """Plays the run's episodes, one call of `play` each (from many threads at once): stores every round as
-    it finishes and counts it into the run's metrics; one broken episode is stored as failed, not raised."""
+    it finishes — only while the run's lease is this process's — and counts it into the run's metrics. One
+    broken episode is stored as failed, not raised; a database that stays down or a lost lease stops the run
+    and leaves in-flight episodes to a rerun."""
 
     def __init__(
         self, run: PreparedRun, config: SynthesisConfig, players: Players, book: PromptBook, stop: StopRequest
@@ -421,30 +570,73 @@ class EpisodeRunner:
         self.model_ids = model_ids(config)
         self._lock = threading.Lock()
 
+    def fence(self, session: Any) -> None:
+        leases.renew(session, self.run.lease)
+
     def _on_round(self, episode: EpisodeRecord, record: PlayedRound) -> None:
-        store_played_round(self.run.engine, self.run.run_id, episode, record, self.model_ids)
+        if self.stop.abandon.is_set():
+            raise Abandoned()  # a round finished after "stop now" may be cut short: a rerun plays it again
+        what = f"storing round {record.index} of prompt {episode.prompt.id[:12]}"
+        try:
+            self.run.store(
+                what,
+                lambda: store_played_round(
+                    self.run.engine,
+                    self.run.run_id,
+                    episode,
+                    record,
+                    self.model_ids,
+                    fence=self.fence,
+                ),
+            )
+        except (StorageUnavailableError, LeaseLostError) as exc:
+            self.stop.stop_now(str(exc))
+            raise Abandoned() from exc
         with self._lock:
             self.run.metrics.rounds += 1
             self.run.metrics.completion_tokens += sum(c.completion_tokens or 0 for c in record.candidates)
-        if self.stop.abandon.is_set() and not episode.finished:
-            raise Abandoned()
+        if self.stop.requested and not episode.finished:
+            raise Abandoned()  # stopping: the stored round is where a rerun continues
 
-    def play(self, prompt_id: str, rounds_played: int) -> EpisodeRecord | None:
-        p = self.run.prompts[prompt_id]
+    def play(self, item: PendingEpisode) -> EpisodeRecord | None:
+        p = self.run.prompts[item.prompt_id]
         prompt = EpisodePrompt(p.id, p.messages, p.meta)
+        resume = item.resume_versions
+        prompts = (
+            None
+            if resume is None
+            else (self.book.get("target", resume["target"]), self.book.get("judge", resume["judge"]))
+        )
         try:
             episode = play_episode(
-                prompt, self.players, self.book, self.settings, first_round=rounds_played, on_round=self._on_round
+                prompt,
+                self.players,
+                self.book,
+                self.settings,
+                first_round=item.rounds_played,
+                prompts=prompts,
+                on_round=self._on_round,
             )
         except Abandoned:
             return None
         except Exception as exc:  # one broken episode must not stop the run
-            with session_scope(self.run.engine) as session:
-                rows.fail_episode(session, self.run.run_id, prompt_id, f"{type(exc).__name__}: {exc}")
+            if self.stop.abandon.is_set():
+                return None
+            reason = f"{type(exc).__name__}: {exc}"
+            try:
+                self.run.store(f"failing episode of prompt {p.id[:12]}", lambda: self._fail(p.id, reason))
+            except (StorageUnavailableError, LeaseLostError) as store_exc:
+                self.stop.stop_now(str(store_exc))
+                return None
             self._count(EpisodeStatus.FAILED)
             return None
         self._count(episode.status)
         return episode
+
+    def _fail(self, prompt_id: str, reason: str) -> None:
+        with session_scope(self.run.engine) as session:
+            self.fence(session)
+            rows.fail_episode(session, self.run.run_id, prompt_id, reason)
 
     def _count(self, status: EpisodeStatus) -> None:
         with self._lock:
@@ -457,21 +649,72 @@ class EpisodeRunner:
         metrics = self.run.metrics
         metrics.seconds = time.perf_counter() - self.run.started
         target, judge = self.book.current()
+
+        def write() -> None:
+            with session_scope(self.run.engine) as session:
+                self.fence(session)
+                rows.update_run(
+                    session,
+                    self.run.run_id,
+                    status=status,
+                    metrics=self.run.earlier_metrics | metrics.stored(),
+                    current_prompt_versions={"target": target.version, "judge": judge.version},
+                )
+
+        self.run.store(f"storing the progress of run {self.run.run_id}", write)
+
+
+class LeaseKeeper:
+    """Renews the run's lease every third of its lifetime while the run plays; a lease taken over or a
+    database that stays down stops the run."""
+
+    def __init__(self, run: PreparedRun, stop: StopRequest) -> None:
+        self.run, self.stop = run, stop
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="prefsmith-lease", daemon=True)
+
+    def _renew(self) -> None:
         with session_scope(self.run.engine) as session:
-            rows.update_run(
-                session,
-                self.run.run_id,
-                status=status,
-                metrics=self.run.earlier_metrics | metrics.stored(),
-                current_prompt_versions={"target": target.version, "judge": judge.version},
-            )
+            leases.renew(session, self.run.lease)
+
+    def _loop(self) -> None:
+        period = self.run.lease.ttl_s / 3
+        while not self._done.wait(period):
+            try:
+                with_retries(self._renew, f"renewing the lease of run {self.run.run_id}", budget_s=self.run.retry_s)
+            except (StorageUnavailableError, LeaseLostError) as exc:
+                self.stop.stop_now(str(exc))
+                return
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=RAY_WAIT_S)
 
 
-def start_engines(config: SynthesisConfig, run_id: str, factory: BackendFactory) -> dict[str, EngineGroup]:
+def start_engines(
+    config: SynthesisConfig, run: PreparedRun, factory: BackendFactory, stop: StopRequest
+) -> dict[str, EngineGroup]:
     """One engine actor per model that some role uses, each taking as many concurrent calls as K episodes
-    can make of it."""
+    can make of it; named after the run and its lease, so a synthesizer that took a run over never meets
+    its predecessor's actors."""
     calls = max(8, 4 * config.ray.episodes_in_flight)
-    return {key: EngineGroup(key, config.models[key], run_id, calls, factory) for key in used_model_keys(config)}
+    return {
+        key: EngineGroup(
+            key,
+            config.models[key],
+            f"prefsmith-engine-{run.run_id}-{key}-{run.lease.lease_id[:8]}",
+            calls,
+            factory,
+            max_restarts=config.ray.engine_restarts,
+            window_s=config.ray.engine_restart_window_s,
+            on_unavailable=stop.stop_now,
+        )
+        for key in used_model_keys(config)
+    }
 
 
 def schedule_episodes(
@@ -490,7 +733,7 @@ def schedule_episodes(
                 item = next(queue, None)
                 if item is None:
                     break
-                in_flight.add(pool.submit(runner.play, *item))
+                in_flight.add(pool.submit(runner.play, item))
             if not in_flight:
                 break
             done, in_flight = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -498,20 +741,52 @@ def schedule_episodes(
                 future.result()
             if progress is not None:
                 progress(metrics)
-            if time.perf_counter() - last_stored > 10:
-                runner.store_progress()
+            if time.perf_counter() - last_stored > 10 and not runner.stop.abandon.is_set():
+                try:
+                    runner.store_progress()
+                except (StorageUnavailableError, LeaseLostError) as exc:
+                    runner.stop.stop_now(str(exc))
                 last_stored = time.perf_counter()
 
 
 def shut_down(groups: dict[str, EngineGroup], report: SynthesisReport) -> None:
-    """Put each engine's restarts and usage in the report, then stop its actor."""
+    """Put each engine's restarts and usage in the report (as far as the engine still answers), then stop
+    its actor."""
     report.engine_restarts = {key: g.restarts for key, g in groups.items()}
-    report.engine_usage = {key: ray.get(g.handle.usage.remote()) for key, g in groups.items()}
-    for g in groups.values():
+    for key, g in groups.items():
+        if g.handle is None:
+            continue
+        try:
+            report.engine_usage[key] = ray.get(g.handle.usage.remote(), timeout=RAY_WAIT_S)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+            print(f"prefsmith: engine {key} gave no usage ({type(exc).__name__})", file=sys.stderr, flush=True)
         try:
             ray.kill(g.handle, no_restart=True)
         except Exception:  # already gone
             pass
+
+
+def finish(run: PreparedRun, runner: EpisodeRunner | None, interrupted: str | None) -> None:
+    """Store the run's final status and metrics and give its lease up. A database that stays down leaves the
+    run `running` until its lease expires; the report says so, and a rerun resumes it either way."""
+    status = RunStatus.INTERRUPTED if interrupted else RunStatus.COMPLETED
+    try:
+        if runner is not None:
+            runner.store_progress(status)
+        else:
+            run.store(f"closing run {run.run_id}", lambda: _set_status(run, status))
+        run.store(f"releasing the lease of run {run.run_id}", lambda: leases.release(run.engine, run.lease))
+    except (StorageUnavailableError, LeaseLostError) as exc:
+        run.report.interrupted = run.report.interrupted or str(exc)
+        run.report.status_not_stored = str(exc)
+    finally:
+        run.engine.dispose()
+
+
+def _set_status(run: PreparedRun, status: RunStatus) -> None:
+    with session_scope(run.engine) as session:
+        leases.renew(session, run.lease)
+        rows.update_run(session, run.run_id, status=status)
 
 
 def synthesize(
@@ -525,7 +800,8 @@ def synthesize(
     progress: Callable[[RunMetrics], None] | None = None,
     backend_factory: BackendFactory = create_backend,
 ) -> SynthesisReport:
-    """Play every pending prompt of the run (at most `limit`), storing each round as it finishes.
+    """Play every pending prompt of the run (of at most `limit` prompts in all), storing each round as it
+    finishes.
 
     `only_unplayed` (refresh) also skips prompts that any earlier run with the same config hash finished.
     `backend_factory` builds each engine actor's backend (benchmarks: a simulated or a recording engine).
@@ -533,22 +809,34 @@ def synthesize(
     tools = build_tools(config.tools)  # a tool that cannot be built is a config error before anything is stored
     run = prepare_run(config, run_id or default_run_id(config), db_url, limit=limit, only_unplayed=only_unplayed)
     if not run.pending:
-        with session_scope(run.engine) as session:
-            rows.update_run(session, run.run_id, status=RunStatus.COMPLETED)
-        run.engine.dispose()
+        finish(run, None, None)
         return run.report
 
-    book = restore_book(run.engine, run.run_id)
-    with ray_session(config, address), StopRequest() as stop:
-        groups = start_engines(config, run.run_id, backend_factory)
-        backends = {key: ActorBackend(g, config.models[key].max_batch_size) for key, g in groups.items()}
-        players = build_players(config, backends, wrap_tool=RayToolProxy.wrap, tools=tools)
-        runner = EpisodeRunner(run, config, players, book, stop)
-        schedule_episodes(runner, config.ray.episodes_in_flight, progress)
-        shut_down(groups, run.report)
-        run.report.interrupted = stop.signal_name
-    runner.store_progress(RunStatus.INTERRUPTED if run.report.interrupted else RunStatus.COMPLETED)
+    runner: EpisodeRunner | None = None
+    stop = StopRequest()
+    try:
+        book = run.store(
+            f"loading the prompt versions of run {run.run_id}", lambda: restore_book(run.engine, run.run_id)
+        )
+        with ray_session(config, address), stop, LeaseKeeper(run, stop):
+            groups = start_engines(config, run, backend_factory, stop)
+            backends = {
+                key: ActorBackend(g, config.models[key].max_batch_size, abandon=stop.abandon)
+                for key, g in groups.items()
+            }
+            wrap = functools.partial(RayToolProxy.wrap, timeout_s=config.tools.call_timeout_s, abandon=stop.abandon)
+            players = build_players(config, backends, wrap_tool=wrap, tools=tools)
+            runner = EpisodeRunner(run, config, players, book, stop)
+            try:
+                schedule_episodes(runner, config.ray.episodes_in_flight, progress)
+            finally:
+                shut_down(groups, run.report)
+    except BaseException as exc:
+        stop.reason = stop.reason or f"{type(exc).__name__}: {exc}"
+        finish(run, runner, stop.reason)
+        raise
+    run.report.interrupted = stop.reason
+    finish(run, runner, stop.reason)
     if progress is not None:
         progress(run.metrics)
-    run.engine.dispose()
     return run.report

@@ -247,3 +247,16 @@ class Export(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RunLease(Base):
+    """Who plays a run now: one live synthesizer per run. The holder renews `expires_at` while it plays;
+    another synthesizer may take the run over once the lease has expired (or its holder is known dead)."""
+
+    __tablename__ = "run_leases"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    lease_id: Mapped[str] = mapped_column(String(32))  # changes with every holder: the fencing token
+    holder: Mapped[str] = mapped_column(String(256))  # host, pid and process start, for people and liveness
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -408,6 +408,27 @@ def pending_episodes(session: Session, run_id: str) -> list[tuple[str, int]]:
     return [(prompt_id, rounds) for prompt_id, rounds in result.all()]
 
 
+def run_prompt_ids(session: Session, run_id: str) -> set[str]:
+    """Prompts run `run_id` has an episode for (played or not): the run's prompt set so far."""
+    return set(session.execute(select(Episode.prompt_id).where(Episode.run_id == run_id)).scalars())
+
+
+def resume_prompt_versions(session: Session, run_id: str) -> dict[str, dict[str, int]]:
+    """For each unfinished episode of the run that has stored rounds: the target and judge prompt versions
+    its next round plays with — the rewrites its last round proposed, else the versions that round played."""
+    result = session.execute(
+        select(Episode.prompt_id, Round.target_prompt_version, Round.judge_prompt_version, Round.details)
+        .join(Round, Round.episode_id == Episode.id)
+        .where(Episode.run_id == run_id, Episode.status.not_in(EPISODE_FINISHED))
+        .order_by(Episode.prompt_id, Round.index)
+    )
+    resume: dict[str, dict[str, int]] = {}
+    for prompt_id, target, judge, details in result.all():  # the last round of each episode wins
+        after = (details or {}).get("next_prompt_versions") or {}
+        resume[prompt_id] = {"target": int(after.get("target", target)), "judge": int(after.get("judge", judge))}
+    return resume
+
+
 def played_prompt_ids(session: Session, config_hash: str) -> set[str]:
     """Prompts some run with this config hash has finished playing (what a refresh skips)."""
     result = session.execute(
@@ -448,9 +469,8 @@ def update_run(
         values["status"] = status
     if metrics is not None:
         values["metrics"] = metrics
-    if current_prompt_versions is not None:
-        values["current_target_prompt_version"] = current_prompt_versions["target"]
-        values["current_judge_prompt_version"] = current_prompt_versions["judge"]
+    for role, version in (current_prompt_versions or {}).items():  # the roles given
+        values[f"current_{role}_prompt_version"] = version
     session.execute(update(Run).where(Run.id == run_id).values(**values))
 
 

@@ -25,6 +25,7 @@ from configs import load_config
 from configs.errors import PrefsmithError
 from pipelines.schedule import run_schedule
 from pipelines.synthesis import prepare_run, restore_book, synthesize
+from storage import leases
 from storage import records as rows
 from storage.db import session_scope
 from storage.migrate import open_database
@@ -74,17 +75,27 @@ def counts(url: str, run_id: str) -> dict[str, int]:
     return result
 
 
-def test_limit_leaves_prompts_not_selected_and_says_so(tmp_path: Path) -> None:
+def test_limit_fixes_the_runs_prompts_the_first_time_and_says_what_it_left(tmp_path: Path) -> None:
     config = load_config("quickstart", ["prompts=[{builtin: arithmetic, limit: 8, seed: 1}]"])
     url = f"sqlite:///{tmp_path / 'limit.db'}"
     first = prepare_run(config, "limited", url, limit=2, only_unplayed=False)
     assert (first.metrics.episodes_total, first.metrics.already_played, first.metrics.not_selected) == (2, 0, 6)
     assert "0 already played in earlier runs; 6 not selected (--limit)" in first.report.summary()
-    with session_scope(first.engine) as session:  # the two selected episodes end, as a played run's would
-        for prompt_id, _ in first.pending:
-            rows.fail_episode(session, "limited", prompt_id, "ended by the test")
+    selected = [item.prompt_id for item in first.pending]
+    with session_scope(first.engine) as session:  # one selected episode ends, as a played run's would
+        rows.fail_episode(session, "limited", selected[0], "ended by the test")
+    leases.release(first.engine, first.lease)
     first.engine.dispose()
+    # the same command again (as after kill -9): the same prompts, none new
+    again = prepare_run(config, "limited", url, limit=2, only_unplayed=False)
+    assert [item.prompt_id for item in again.pending] == selected[1:]
+    assert (again.metrics.episodes_total, again.metrics.already_played, again.metrics.not_selected) == (1, 1, 6)
+    with session_scope(again.engine) as session:
+        rows.fail_episode(session, "limited", selected[1], "ended by the test")
+    leases.release(again.engine, again.lease)
+    again.engine.dispose()
     second = prepare_run(config, "limited", url, limit=None, only_unplayed=False)
+    leases.release(second.engine, second.lease)
     second.engine.dispose()
     assert (second.metrics.episodes_total, second.metrics.already_played, second.metrics.not_selected) == (6, 2, 0)
     assert "2 already played in earlier runs;" in second.report.summary()
