@@ -72,6 +72,12 @@ SETTINGS: dict[str, tuple[list[str], str]] = {
     "unknown built-in set": (["prompts=[{builtin: poems}]"], "unknown built-in set 'poems'"),
     "both builtin and path": (["prompts=[{builtin: arithmetic, path: x.jsonl}]"], "exactly one of"),
     "unknown key": (["game.max_roundz=3"], "game.max_roundz"),
+    "tool call bound under the sandbox's": (
+        ["tools.sandbox_timeout_s=30", "tools.call_timeout_s=10"], "tools.call_timeout_s (10) must exceed"
+    ),
+    "lease shorter than its renewal can keep": (["storage.lease_ttl_s=1"], "storage.lease_ttl_s"),
+    "no storage retry time": (["storage.retry_s=0"], "storage.retry_s"),
+    "negative engine restarts": (["ray.engine_restarts=-1"], "ray.engine_restarts"),
 }
 
 

@@ -1,6 +1,7 @@
 """Synthesis on the real stack: local Ray, SmolLM2 engine actors, SQLite and PostgreSQL. A run completes,
-survives kill -9 and a killed engine actor, refresh plays only new prompts, schedule fires and refuses overlap,
-and `ray job submit` runs it on a Ray head started here (stopped by its PIDs)."""
+survives its engine actor killed twice, refresh plays only new prompts, schedule fires and refuses overlap,
+and `ray job submit` runs it on a Ray head started here (stopped by its PIDs). kill -9 and other faults:
+tests/test_faults.py."""
 
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def test_run_completes_and_stores_everything(local_ray, workspace, kind: str, re
 
 @pytest.mark.model
 @pytest.mark.ray
-def test_engine_actor_killed_mid_run(local_ray, tmp_path: Path) -> None:
+def test_engine_actor_killed_twice_mid_run(local_ray, tmp_path: Path) -> None:
     prompts = tmp_path / "kill.jsonl"
     write_prompts(prompts, EASY[:4])
     url = f"sqlite:///{tmp_path / 'kill.db'}"
@@ -169,20 +170,29 @@ def test_engine_actor_killed_mid_run(local_ray, tmp_path: Path) -> None:
     outcome: dict = {}
     runner = threading.Thread(target=lambda: outcome.update(report=synthesize(config, run_id="victim", db_url=url)))
     runner.start()
-    name = "prefsmith-engine-victim-default"
-    deadline = time.time() + 300
-    while time.time() < deadline:
+
+    def serving_engine():
+        """The run's engine actor (its name carries the run's lease) once it has answered a call."""
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith("prefsmith-engine-victim-default-")]
+        if not names:
+            return None
         try:
-            actor = ray.get_actor(name, namespace="prefsmith")
-            if ray.get(actor.engine_calls.remote(), timeout=60) >= 1:
-                break
-        except ValueError:
-            pass
-        time.sleep(0.5)
-    ray.kill(actor)
+            actor = ray.get_actor(names[0], namespace="prefsmith")
+            return actor if ray.get(actor.engine_calls.remote(), timeout=60) >= 1 else None
+        except (ValueError, ray.exceptions.RayError):
+            return None
+
+    for _ in range(2):
+        deadline, actor = time.time() + 300, None
+        while actor is None and time.time() < deadline and runner.is_alive():
+            actor = serving_engine()
+            time.sleep(0.5)
+        assert actor is not None, "the engine never served a call"
+        ray.kill(actor)
     runner.join(timeout=600)
     report = outcome["report"]
-    assert report.engine_restarts == {"default": 1}
+    assert report.engine_restarts == {"default": 2} and not report.interrupted
     assert report.metrics.episodes_done == 4
     stored = counts(url, "victim")
     assert stored["episodes"] == stored["done"] == 4
@@ -208,57 +218,6 @@ def _stop_pids(pids: list[int]) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(1)
-
-
-@pytest.mark.model
-@pytest.mark.ray
-def test_kill_minus_nine_then_rerun_plays_each_prompt_once(tmp_path: Path, small_model_path: Path) -> None:
-    prompts = tmp_path / "k9.jsonl"
-    write_prompts(prompts, EASY[:4])
-    config_file = write_config(tmp_path, prompts, in_flight=1)
-    url = f"sqlite:///{tmp_path / 'k9.db'}"
-    ray_tmp = Path(tempfile.mkdtemp(prefix="psk9-", dir="/tmp"))
-    env = dict(os.environ, RAY_TMPDIR=str(ray_tmp))
-    command = [sys.executable, "-m", "pipelines.cli", "synthesize", "--config", str(config_file), "--db", url,
-               "--run-name", "k9"]
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(1)
-            try:
-                if counts(url, "k9")["rounds"] >= 1:
-                    break
-            except PrefsmithError:
-                continue
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        _stop_pids(_ray_pids(str(ray_tmp)))
-    before = counts(url, "k9")
-    assert 1 <= before["rounds"] and before["done"] < 4
-    engine = open_database(url)
-    with session_scope(engine) as session:
-        accepted_before = set(session.execute(select(PreferencePair.id).where(PreferencePair.accepted)).scalars())
-    engine.dispose()
-
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    _stop_pids(_ray_pids(str(ray_tmp)))
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    after = counts(url, "k9")
-    assert after["episodes"] == after["done"] == 4
-    engine = open_database(url)
-    with session_scope(engine) as session:
-        pairs = session.execute(select(PreferencePair.episode_id, PreferencePair.round_index)).all()
-        accepted_after = set(session.execute(select(PreferencePair.id).where(PreferencePair.accepted)).scalars())
-        per_episode = session.execute(select(Episode.prompt_id, func.count()).group_by(Episode.prompt_id)).all()
-    engine.dispose()
-    assert len(pairs) == len(set(pairs)), "a pair was stored twice"
-    assert accepted_before <= accepted_after, "an accepted pair was lost"
-    assert all(n == 1 for _, n in per_episode) and len(per_episode) == 4
 
 
 def free_port() -> int:
@@ -304,7 +263,7 @@ def test_ray_job_submit_on_a_head_started_here(workspace, tmp_path: Path, small_
         _stop_pids(_ray_pids(str(ray_tmp)))
         shutil.rmtree(ray_tmp, ignore_errors=True)
     stored = counts(url, "job")
-    assert stored["episodes"] == 8 and stored["done"] == 2 and stored["rounds"] >= 2
+    assert stored["episodes"] == stored["done"] == 2 and stored["rounds"] >= 2, "--limit 2: the run holds 2 prompts"
 
 
 @pytest.mark.model  # `models prepare --force` converts the model in a subprocess

@@ -1,0 +1,271 @@
+"""Fault injection on the real stack: `prefsmith synthesize` processes (each with its own local Ray), the
+SmolLM2 engine, PostgreSQL. Episodes of two rounds, so a run is cut inside episodes as well as between them.
+
+- kill -9 at five seeded moments, then the same command again → the same episodes, rounds, candidates,
+  pairs and prompt versions as an uninterrupted run of it, nothing twice;
+- PostgreSQL connections terminated mid-run → the run completes (or stops `interrupted`), and with a rerun
+  it holds what the uninterrupted run holds;
+- a second synthesizer on the same run is refused, naming the first, and takes over once the first is killed;
+- a tool that hangs: SIGTERM once, and twice, → the process exits within a bound, the run `interrupted`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from storage.db import session_scope
+from storage.migrate import open_database
+from storage.models import Episode, Generation, PreferencePair, PromptVersion, Round, Run, RunLease
+from tests.conftest import REPO
+from tests.test_synthesis import EASY, _ray_pids, _stop_pids, write_prompts
+
+pytestmark = [pytest.mark.model, pytest.mark.ray, pytest.mark.postgres]
+
+ROUNDS = 2
+TOOL_TIMEOUT_S = 6
+
+
+def _config(folder: Path, *, tools: str = "[reference_answer, calculator]") -> Path:
+    prompts = folder / "prompts.jsonl"
+    write_prompts(prompts, EASY[:3])
+    config = folder / "faults.yaml"
+    # τ = 10 makes most rounds rejected, so episodes play both rounds and the optimizer's rewrites are in use.
+    config.write_text(f"""
+models:
+  default: {{name: smollm2-135m-instruct, backend: transformers, dtype: float32, threads: 1}}
+sampling: {{temperature: 1.0, top_p: 0.95, max_tokens: 10, seed: 1}}
+game: {{candidates: 2, max_rounds: {ROUNDS}, accept_threshold: 10}}
+tools: {{enabled: {tools}, call_timeout_s: {TOOL_TIMEOUT_S}}}
+prompts: [{{path: {prompts}}}]
+storage: {{lease_ttl_s: 6, retry_s: 30}}
+ray: {{num_cpus: 2, episodes_in_flight: 1}}
+""")
+    return config
+
+
+class Synthesizer:
+    """One `prefsmith synthesize` process with a local Ray of its own, cleaned up by its PIDs."""
+
+    def __init__(self, config: Path, url: str, run: str) -> None:
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="psfault-", dir="/tmp"))
+        self.command = [sys.executable, "-m", "pipelines.cli", "synthesize", "--config", str(config), "--db", url,
+                        "--run-name", run]
+        self.env = dict(os.environ, RAY_TMPDIR=str(self.ray_tmp), PYTHONPATH=str(REPO))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Synthesizer:
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr, start_new_session=True)
+        return self
+
+    def wait(self, timeout: float = 600) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.clean()
+
+    def run(self, timeout: float = 600) -> int:
+        return self.start().wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.clean()
+
+    def err(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()
+
+    def clean(self) -> None:
+        _stop_pids(_ray_pids(str(self.ray_tmp)))
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+def _count(url: str, query) -> int:
+    engine = open_database(url)
+    try:
+        with session_scope(engine) as session:
+            return len(session.execute(query).all())
+    except Exception:  # not created yet
+        return 0
+    finally:
+        engine.dispose()
+
+
+def _rounds(url: str, run: str) -> int:
+    return _count(url, select(Round.id).join(Episode).where(Episode.run_id == run))
+
+
+def _wait_for(condition, timeout: float, proc: Synthesizer | None = None, poll: float = 0.3) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc is not None and proc.proc is not None and proc.proc.poll() is not None:
+            return False
+        time.sleep(poll)
+    return False
+
+
+def snapshot(url: str, run: str) -> dict:
+    """What a run holds, in terms that do not depend on its name or on when it was stored."""
+    engine = open_database(url)
+    with session_scope(engine) as session:
+        episodes = session.execute(select(Episode).where(Episode.run_id == run)).scalars().all()
+        held: dict = {"status": session.get(Run, run).status, "episodes": {}}
+        for episode in episodes:
+            query = select(Round).where(Round.episode_id == episode.id).order_by(Round.index)
+            rounds = session.execute(query).scalars()
+            played = []
+            for r in rounds:
+                texts = session.execute(
+                    select(Generation.text).where(Generation.round_id == r.id).order_by(Generation.index)
+                ).scalars().all()
+                pair = session.execute(
+                    select(PreferencePair.chosen, PreferencePair.rejected, PreferencePair.reward_score,
+                           PreferencePair.accepted).where(PreferencePair.round_id == r.id)
+                ).one_or_none()
+                played.append((r.index, r.outcome, r.target_prompt_version, r.judge_prompt_version, tuple(texts),
+                               tuple(pair) if pair else None))
+            held["episodes"][episode.prompt_id] = (episode.status, episode.rounds_played, played)
+        held["prompt_versions"] = sorted(session.execute(
+            select(PromptVersion.role, PromptVersion.version, PromptVersion.text).where(PromptVersion.run_id == run)
+        ).all())
+    engine.dispose()
+    return held
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, small_model_path: Path, postgres_server_url: str
+          ) -> Iterator[tuple[Path, str, dict]]:
+    """A PostgreSQL database, the fault config, and what an uninterrupted run of it holds."""
+    import uuid
+
+    folder = tmp_path_factory.mktemp("faults")
+    config = _config(folder)
+    name = f"prefsmith_f_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        whole = Synthesizer(config, url, "whole")
+        assert whole.run() == 0, whole.err()[-3000:]
+        reference = snapshot(url, "whole")
+        assert reference["status"] == "completed" and len(reference["episodes"]) == 3
+        assert any(len(rounds) == ROUNDS for _, _, rounds in reference["episodes"].values()), (
+            "no episode played a second round: the test would not cut inside an episode"
+        )
+        yield config, url, reference
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_kill_minus_nine_at_five_seeded_moments_equals_an_uninterrupted_run(stack) -> None:
+    config, url, reference = stack
+    total = sum(len(rounds) for _, _, rounds in reference["episodes"].values())
+    rng = random.Random(20261201)
+    # the i-th kill comes a seeded 0-4 s after the run has stored i/5 of the rounds: at start-up, inside
+    # episodes (between their rounds and in the middle of one) and near the end
+    moments = [(i * total // 5, round(rng.uniform(0, 4), 1)) for i in range(5)]
+    cut_at = []
+    for rounds_stored, extra_s in moments:
+        synth = Synthesizer(config, url, "cut").start()
+        reached = _wait_for(lambda k=rounds_stored: _rounds(url, "cut") >= k, 400, synth)
+        time.sleep(extra_s)
+        if not reached or synth.proc.poll() is not None:
+            synth.wait()
+            break  # the run finished before this moment came
+        cut_at.append(_rounds(url, "cut"))
+        synth.kill()
+    assert len(cut_at) >= 3, f"killed only at {cut_at}: the moments came too late"
+    final = Synthesizer(config, url, "cut")
+    assert final.run() == 0, final.err()[-3000:]
+    assert snapshot(url, "cut") == reference, f"kills after {cut_at} stored rounds changed what the run holds"
+    print(json.dumps({"killed_after_rounds": cut_at, "moments": moments, "rounds": total}))
+
+
+def test_terminated_postgresql_connections_lose_nothing(stack, postgres_server_url: str) -> None:
+    config, url, reference = stack
+    database = make_url(url).database
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    synth = Synthesizer(config, url, "pgkill").start()
+    terminated = 0
+    try:
+        assert _wait_for(lambda: _rounds(url, "pgkill") >= 1, 400, synth), synth.err()[-2000:]
+        for _ in range(4):  # the run's connections are dropped under it, between and inside transactions
+            with admin.connect() as conn:
+                terminated += conn.execute(text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database}).scalar_one()
+            time.sleep(1.5)
+        code = synth.wait()
+    finally:
+        admin.dispose()
+    assert terminated >= 1
+    assert code in (0, 75), synth.err()[-3000:]
+    if code == 75:
+        assert snapshot(url, "pgkill")["status"] == "interrupted"
+        rerun = Synthesizer(config, url, "pgkill")
+        assert rerun.run() == 0, rerun.err()[-3000:]
+    assert snapshot(url, "pgkill") == reference
+
+
+def test_a_second_synthesizer_is_refused_and_takes_over_after_the_first_is_killed(stack) -> None:
+    config, url, reference = stack
+    first = Synthesizer(config, url, "twice").start()
+    assert _wait_for(lambda: _count(url, select(RunLease.run_id).where(RunLease.run_id == "twice")) == 1, 300, first)
+    second = Synthesizer(config, url, "twice")
+    assert second.run(timeout=120) == 2
+    assert "run 'twice' is being played by" in second.err() and f"(pid {first.proc.pid})" in second.err()
+    assert "Traceback" not in second.err()
+    first.kill()
+    takeover = Synthesizer(config, url, "twice")
+    assert takeover.run() == 0, takeover.err()[-3000:]
+    assert "taking over from" in takeover.err()
+    assert snapshot(url, "twice") == reference
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_with_a_hung_tool_exits_within_a_bound(tmp_path: Path, stack, signals: int) -> None:
+    _, url, _ = stack
+    config = _config(tmp_path, tools="[reference_answer, 'tests.hung_tool:HungTool']")
+    run = f"hung{signals}"
+    synth = Synthesizer(config, url, run).start()
+    # the engine is up and the first round is at the judge's tools, where it hangs
+    assert _wait_for(lambda: _count(url, select(RunLease.run_id).where(RunLease.run_id == run)) == 1, 300, synth)
+    time.sleep(20)
+    assert synth.proc.poll() is None, synth.err()[-3000:]
+    sent = time.monotonic()
+    synth.proc.send_signal(signal.SIGTERM)
+    if signals == 2:
+        time.sleep(1)
+        synth.proc.send_signal(signal.SIGTERM)
+    code = synth.wait(timeout=300)
+    took = time.monotonic() - sent
+    # once: the round in progress finishes (each hung call is cut at the tool timeout); twice: at once
+    bound = 120 if signals == 1 else 30
+    assert took < bound, f"exited {took:.0f} s after SIGTERM"
+    assert code == 143, synth.err()[-3000:]
+    assert snapshot(url, run)["status"] == "interrupted"
+    print(json.dumps({"signals": signals, "exit_s": round(took, 1)}))
