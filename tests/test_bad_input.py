@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import Engine, func, select
 
 from configs.errors import PrefsmithError
 from configs.loading import load_config
+from configs.schema import SynthesisConfig
 from pipelines.synthesis import synthesize
 from storage.migrate import open_database
 from storage.models import Base
@@ -133,4 +136,41 @@ def test_unsafe_run_name_stores_nothing(name: str, stored) -> None:
     before = _counts(engine)
     with pytest.raises(PrefsmithError, match="--run-name"):
         _synthesize_with([], db_url, run_name=name)
+    assert _counts(engine) == before
+
+
+def _leaf_fields(model: type[BaseModel], prefix: str) -> list[tuple[str, Any]]:
+    """(dotted path, annotation) of every setting under `model`; a model's entry in `models` stands for all."""
+    leaves: list[tuple[str, Any]] = []
+    for name, field in model.model_fields.items():
+        path, annotation = f"{prefix}{name}", field.annotation
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if nested is not None:
+            leaves += _leaf_fields(nested, f"{path}.")
+        elif get_origin(annotation) is dict and args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
+            leaves += _leaf_fields(args[-1], f"{path}.default.")
+        elif get_origin(annotation) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            leaves.append((path, annotation))  # set as a whole (prompts=[...])
+        else:
+            leaves.append((path, annotation))
+    return leaves
+
+
+SYNTHESIS_FIELDS = _leaf_fields(SynthesisConfig, "")
+
+
+def test_every_synthesis_setting_given_a_wrong_value_is_one_error_naming_it(stored) -> None:
+    engine, db_url = stored
+    before = _counts(engine)
+    unnamed = []
+    for path, annotation in SYNTHESIS_FIELDS:
+        wrong = "lots" if get_origin(annotation) is dict else "{wrong: [1, 2]}"
+        with pytest.raises(PrefsmithError) as raised:
+            _synthesize_with([f"{path}={wrong}"], db_url)
+        message = str(raised.value)
+        if path not in message or "\n" in message:
+            unnamed.append((path, message))
+    assert not unnamed, unnamed
+    assert len(SYNTHESIS_FIELDS) > 40, "the walk missed the schema"
     assert _counts(engine) == before
