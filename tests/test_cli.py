@@ -29,7 +29,7 @@ def prefsmith(*args: str, home: Path | None = None, timeout: float = 300) -> sub
 
 
 def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode != 0, result
+    assert result.returncode == 2, result  # every error a user can cause exits 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("prefsmith: error: ")
