@@ -22,6 +22,7 @@ from tools.base import JudgeTool
 
 VERIFIED_WEIGHT = 10.0
 RANKING_METHOD = "tool verdicts first (verified pass +10, fail -10), then the judge's 1-10 score"
+VERDICTS_DECIDE_METHOD = "tool verdicts decide (every candidate verified; the judge model was not asked)"
 
 
 @cache
@@ -98,6 +99,7 @@ class Judge:
     select_with_model: bool = False
     parse_retries: int = 2
     tokens_per_candidate: int = 60
+    verdicts_decide: bool = False
 
     def choose_tools(self, prompt: EpisodePrompt) -> list[str]:
         """The configured tools that apply to this input; with `select_with_model`, the subset the judge
@@ -134,6 +136,12 @@ class Judge:
     def rank(
         self, prompt: EpisodePrompt, candidates: list[Candidate], calls: list[ToolCall], system_prompt: str
     ) -> Ranking | PlayerFailure:
+        verified = [_verified(calls, i) for i in range(len(candidates))]
+        if self.verdicts_decide and all(v is not None for v in verified) and not all(verified):
+            # Scores from the judge model could not overturn a verdict: rank on the verdicts (all wrong is a
+            # tie) and spend no tokens. When every candidate passes, the judge still tells them apart.
+            scored = [ScoredCandidate(i, None, "", v, _bonus(v)) for i, v in enumerate(verified)]
+            return Ranking(scored, VERDICTS_DECIDE_METHOD, attempts=0)
         listing = "\n\n".join(f"Candidate {i + 1}:\n{c.text.strip()}" for i, c in enumerate(candidates))
         user = template("judge_rank").substitute(
             question=prompt.text, candidates=listing, evidence=_evidence_lines(calls)
@@ -146,7 +154,6 @@ class Judge:
         (answer,) = generate_structured(
             self.backend, [request], ranking_schema(len(candidates)), retries=self.parse_retries
         )
-        verified = [_verified(calls, i) for i in range(len(candidates))]
         if isinstance(answer, ParseFailure):
             if all(v is None for v in verified):
                 return _structured_failure("judge", answer)

@@ -82,6 +82,12 @@ class GameConfig(Strict):
     max_rounds: int = Field(3, ge=1, description="R: rounds before an episode gives up.")
     accept_threshold: int = Field(8, ge=1, le=10, description="τ: reward score that accepts a pair.")
     parse_retries: int = Field(2, ge=0, description="Retries of an unparseable structured answer.")
+    verdicts_decide: bool = Field(
+        True,
+        description="When every candidate has a tool verdict, the verdicts rank them (the judge model is not "
+        "asked for scores it cannot overturn; all wrong is a tie), and a verified pair (chosen passes, rejected "
+        "fails) is accepted without the reward model. Off: the judge and the reward model see every pair.",
+    )
 
 
 class ToolsConfig(Strict):

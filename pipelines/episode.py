@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 from agents.game import Candidate, EpisodePrompt, Graded, PlayerFailure, Ranking, ToolCall, derived_seed
 from agents.verdicts import PromptRewrite, RewardVerdict
-from storage.vocabulary import EpisodeStatus, RoundOutcome
+from storage.vocabulary import AcceptedBy, EpisodeStatus, RoundOutcome
 
 
 class TargetPlayer(Protocol):
@@ -84,6 +84,7 @@ class GameSettings:
     max_rounds: int = 3
     accept_threshold: int = 8
     seed: int = 0
+    verdicts_decide: bool = False  # a verified pair is accepted without the reward model
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class PlayedRound:
     reward: RewardVerdict | None = None
     reward_raw: str | None = None
     rewrite: PromptRewrite | None = None
+    accepted_by: AcceptedBy | None = None  # why the round's pair was accepted
     # The optimizer's rewrites the next round plays with (versions proposed by this round), if any.
     next_prompts: tuple[PromptRef, PromptRef] | None = None
     failures: list[PlayerFailure] = field(default_factory=list)
@@ -234,6 +236,10 @@ def play_round(prompt: EpisodePrompt, players: Players, settings: GameSettings, 
         record.failure_reason = f"best and worst candidates tie (score {best.final_score:g})"
         return record
     record.chosen_index, record.rejected_index = best.index, worst.index
+    if settings.verdicts_decide and best.verified is True and worst.verified is False:
+        # Correct over wrong by the tools' own checks: no grade of the reward model can make it better data.
+        record.outcome, record.accepted_by = RoundOutcome.ACCEPTED, AcceptedBy.VERIFIED
+        return record
 
     graded = players.reward.grade(
         prompt, candidates[best.index], candidates[worst.index], ranking, best.index, worst.index, record.tool_calls
@@ -243,6 +249,7 @@ def play_round(prompt: EpisodePrompt, players: Players, settings: GameSettings, 
     record.reward, record.reward_raw = graded.value, graded.raw
     accepted = graded.value.score >= settings.accept_threshold
     record.outcome = RoundOutcome.ACCEPTED if accepted else RoundOutcome.REJECTED
+    record.accepted_by = AcceptedBy.REWARD if accepted else None
     return record
 
 

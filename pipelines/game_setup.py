@@ -20,6 +20,7 @@ def game_settings(config: SynthesisConfig) -> GameSettings:
         max_rounds=config.game.max_rounds,
         accept_threshold=config.game.accept_threshold,
         seed=config.sampling.seed,
+        verdicts_decide=config.game.verdicts_decide,
     )
 
 
@@ -58,6 +59,7 @@ def build_players(
             tools,
             select_with_model=config.tools.selection == "model",
             parse_retries=retries,
+            verdicts_decide=config.game.verdicts_decide,
         ),
         reward=RewardModel(backends[roles.reward], models[roles.reward].name, parse_retries=retries),
         optimizer=PromptOptimizer(backends[roles.optimizer], models[roles.optimizer].name, parse_retries=retries),

@@ -35,19 +35,21 @@ def round_row(record: PlayedRound, model_ids: dict[str, str]) -> rows.RoundRecor
         ]
     )
     pair = None
-    if record.chosen_index is not None and record.rejected_index is not None and record.reward is not None:
+    decided = record.reward is not None or record.accepted_by is not None  # graded, or accepted on verdicts
+    if record.chosen_index is not None and record.rejected_index is not None and decided:
         scores = {s.index: s.judge_score for s in ranking.scored} if ranking else {}
         pair = rows.PairRecord(
             chosen_index=record.chosen_index,
             rejected_index=record.rejected_index,
             chosen_score=scores.get(record.chosen_index),
             rejected_score=scores.get(record.rejected_index),
-            reward_score=float(record.reward.score),
-            reward_analysis=record.reward.analysis,
+            reward_score=None if record.reward is None else float(record.reward.score),
+            reward_analysis="" if record.reward is None else record.reward.analysis,
             accepted=record.outcome == RoundOutcome.ACCEPTED,
             target_model=model_ids["target"],
             judge_model=model_ids["judge"],
             reward_model=model_ids["reward"],
+            accepted_by=record.accepted_by,
         )
     details: dict[str, Any] = {
         "seed": record.seed,

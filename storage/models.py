@@ -220,6 +220,8 @@ class PreferencePair(Base):
     reward_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     reward_analysis: Mapped[str] = mapped_column(Text, default="")
     accepted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Why it was accepted (storage.vocabulary.AcceptedBy): "verified" or "reward"; None when not accepted.
+    accepted_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
     round_index: Mapped[int] = mapped_column(Integer)
     target_prompt_version: Mapped[int] = mapped_column(Integer)
     judge_prompt_version: Mapped[int] = mapped_column(Integer)

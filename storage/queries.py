@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from configs.errors import NotFoundError
 from storage.models import Episode, Export, PreferencePair, Prompt, Round, Run
-from storage.vocabulary import EPISODE_FINISHED, EpisodeStatus
+from storage.vocabulary import EPISODE_FINISHED, AcceptedBy, EpisodeStatus
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,9 @@ def get_run(session: Session, run_id: str) -> Run:
 
 
 def accepted_pairs(session: Session, run_id: str, min_score: float | None = None) -> list[dict[str, Any]]:
-    """The run's accepted pairs joined with their prompts, ordered by pair id (a stable export order)."""
+    """The run's accepted pairs joined with their prompts, ordered by pair id (a stable export order).
+    `min_score` keeps pairs the reward model graded at least that high, and verified pairs (which it did not
+    grade: their tools' checks accepted them)."""
     query = (
         select(PreferencePair, Prompt.messages)
         .join(Prompt, Prompt.id == PreferencePair.prompt_id)
@@ -130,7 +132,9 @@ def accepted_pairs(session: Session, run_id: str, min_score: float | None = None
         .order_by(PreferencePair.id)
     )
     if min_score is not None:
-        query = query.where(PreferencePair.reward_score >= min_score)
+        query = query.where(
+            or_(PreferencePair.reward_score >= min_score, PreferencePair.accepted_by == AcceptedBy.VERIFIED)
+        )
     rows = []
     for pair, messages in session.execute(query).all():
         rows.append(
@@ -145,6 +149,7 @@ def accepted_pairs(session: Session, run_id: str, min_score: float | None = None
                 "chosen_score": pair.chosen_score,
                 "rejected_score": pair.rejected_score,
                 "reward_analysis": pair.reward_analysis,
+                "accepted_by": pair.accepted_by,
                 "round_index": pair.round_index,
                 "target_prompt_version": pair.target_prompt_version,
                 "judge_prompt_version": pair.judge_prompt_version,

@@ -115,6 +115,7 @@ class PairRecord:
     target_model: str
     judge_model: str
     reward_model: str
+    accepted_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -361,6 +362,7 @@ def _insert_pair(
                 "reward_score": p.reward_score,
                 "reward_analysis": p.reward_analysis,
                 "accepted": p.accepted,
+                "accepted_by": p.accepted_by,
                 "round_index": record.index,
                 "target_prompt_version": record.target_prompt_version,
                 "judge_prompt_version": record.judge_prompt_version,

@@ -39,6 +39,13 @@ class RoundOutcome(StrEnum):
     FAILED = "failed"  # a player produced nothing usable
 
 
+class AcceptedBy(StrEnum):
+    """Why a pair was accepted."""
+
+    VERIFIED = "verified"  # the chosen answer passed its tools' checks and the rejected one failed them
+    REWARD = "reward"  # the reward model graded the pair at or above the threshold
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One answer of the target to the prompt, with the model and sampling that produced it."""

@@ -258,3 +258,61 @@ def test_tool_call_targets_and_evidence_shape() -> None:
     call = ToolCall("reference_answer", 1, {"candidate": "4", "gold": "4"},
                     Evidence.model_validate(ReferenceAnswerTool().invoke({"candidate": "4", "gold": "4"})))
     assert call.evidence.verdict is True and call.evidence.data == {"expected": 4.0, "claimed": 4.0}
+
+
+class CountingBackend(CannedBackend):
+    """CannedBackend that counts the requests it is asked (how many judge or reward calls a round spends)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.requests = 0
+
+    def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        self.requests += len(requests)
+        return super()._generate_batch(requests)
+
+
+OPINION = json.dumps({"candidate_1": {"rationale": "fine", "score": 7}, "candidate_2": {"rationale": "ok", "score": 6}})
+DECIDING = GameSettings(candidates=2, max_rounds=2, accept_threshold=8, seed=7, verdicts_decide=True)
+
+
+def _real_judge_and_reward(verdicts_decide: bool = True):
+    from agents.players import RewardModel
+
+    judge_engine, reward_engine = CountingBackend(OPINION), CountingBackend('{"analysis": "good", "score": 9}')
+    judge = Judge(judge_engine, "judge", {"reference_answer": ReferenceAnswerTool()}, verdicts_decide=verdicts_decide)
+    return judge, RewardModel(reward_engine, "reward"), judge_engine, reward_engine
+
+
+def test_a_verified_pair_is_accepted_without_judge_scores_or_a_reward_call() -> None:
+    from agents.players import VERDICTS_DECIDE_METHOD
+
+    judge, reward, judge_engine, reward_engine = _real_judge_and_reward()
+    target = ScriptedTarget([["The answer is 5.", "2 + 2 = 4"]])
+    episode = play_episode(PROMPT, players(target, judge, reward), book(), DECIDING)
+    (round_,) = episode.rounds
+    assert episode.status == "accepted" and round_.accepted_by == "verified"
+    assert (round_.chosen_index, round_.rejected_index, round_.reward) == (1, 0, None)
+    assert round_.ranking.method == VERDICTS_DECIDE_METHOD and round_.ranking.raw is None
+    assert judge_engine.requests == 0 and reward_engine.requests == 0, "verdicts decided: no model was asked"
+
+
+def test_all_wrong_is_a_tie_that_spends_no_tokens_and_all_right_asks_the_judge() -> None:
+    judge, reward, judge_engine, reward_engine = _real_judge_and_reward()
+    wrong = ScriptedTarget([["5", "six"], ["4", "four is 4"]])
+    spent: list[tuple[int, int]] = []
+    episode = play_episode(PROMPT, players(wrong, judge, reward), book(), DECIDING,
+                           on_round=lambda *_: spent.append((judge_engine.requests, reward_engine.requests)))
+    assert [r.outcome for r in episode.rounds] == ["tie", "accepted"]
+    assert spent[0] == (0, 0), "round 1: every candidate wrong, nothing to ask a model"
+    assert episode.rounds[1].accepted_by == "reward", "both right: the judge and the reward model decide"
+    assert spent[1] == (1, 1)
+
+
+def test_with_verdicts_not_deciding_every_pair_is_judged_and_graded() -> None:
+    judge, reward, judge_engine, reward_engine = _real_judge_and_reward(verdicts_decide=False)
+    target = ScriptedTarget([["The answer is 5.", "2 + 2 = 4"]])
+    settings = GameSettings(candidates=2, max_rounds=2, accept_threshold=8, seed=7, verdicts_decide=False)
+    episode = play_episode(PROMPT, players(target, judge, reward), book(), settings)
+    assert episode.rounds[0].accepted_by == "reward" and episode.rounds[0].reward.score == 9
+    assert judge_engine.requests == 1 and reward_engine.requests == 1

@@ -171,3 +171,28 @@ def test_run_ids_that_are_not_one_folder_name_are_refused(name: str) -> None:
     with pytest.raises(ConfigError):
         default_export_dir(name, 1)
     assert check_slug("run-2026.12_a", "--run-name") == "run-2026.12_a"
+
+
+def test_a_verified_pair_is_stored_and_exported_with_why_it_was_accepted(db_url: str, tmp_path: Path) -> None:
+    from agents.game import EpisodePrompt
+    from pipelines.episode import GameSettings, play_episode
+    from pipelines.recording import store_episode
+    from storage import records as rows
+    from storage.records import PromptRecord
+    from tests.test_episode import PROMPT, ScriptedTarget, _real_judge_and_reward, book, players
+
+    prompt = EpisodePrompt(PromptRecord(PROMPT.messages).id, PROMPT.messages, PROMPT.meta)
+    engine = open_database(db_url)
+    with session_scope(engine) as session:
+        rows.ensure_run(session, "verified", "v" * 64, {})
+        rows.add_prompts(session, [PromptRecord(PROMPT.messages)])
+        rows.ensure_episodes(session, "verified", [prompt.id])
+    judge, reward, _, _ = _real_judge_and_reward()
+    settings = GameSettings(candidates=2, max_rounds=1, accept_threshold=8, seed=7, verdicts_decide=True)
+    episode = play_episode(prompt, players(ScriptedTarget([["5", "2 + 2 = 4"]]), judge, reward), book(), settings)
+    store_episode(engine, "verified", episode, {"target": "t", "judge": "j", "reward": "r"})
+    result = export_run(engine, "verified", tmp_path / "out", fmt="jsonl", min_score=9)
+    engine.dispose()
+    (row,) = load_preference_set(result.path)
+    assert (row["accepted_by"], row["score"]) == ("verified", None), "min_score keeps pairs the reward did not grade"
+    assert row["chosen"][0]["content"] == "2 + 2 = 4" and row["rejected"][0]["content"] == "5"
