@@ -24,7 +24,9 @@ def correct(text: str, answer: int) -> bool:
     return bool(ReferenceAnswerTool().invoke({"candidate": text, "gold": str(answer)})["verdict"])
 
 
-def play(args: argparse.Namespace, with_tools: bool) -> dict:
+def play(args: argparse.Namespace, with_tools: bool, extra: tuple[str, ...] = ()) -> dict:
+    """Play `args.n` arithmetic problems in process (no Ray, no database) and check the accepted pairs
+    against the gold answers; `extra` overrides more settings."""
     from agents.game import EpisodePrompt
     from configs import load_config
     from pipelines.episode import play_episode
@@ -40,6 +42,7 @@ def play(args: argparse.Namespace, with_tools: bool) -> dict:
         "sampling.seed=0",
         f"prompts=[{{builtin: arithmetic, limit: {args.n}, seed: 0}}]",
         "tools.enabled=[reference_answer, calculator]" if with_tools else "tools.enabled=[]",
+        *extra,
     ]
     config = load_config("quickstart", overrides)
     backends = open_backends(config)
@@ -50,6 +53,7 @@ def play(args: argparse.Namespace, with_tools: bool) -> dict:
     with ThreadPoolExecutor(args.in_flight) as pool:
         episodes = list(pool.map(lambda p: play_episode(p, players, book, game_settings(config)), prompts))
     seconds = time.perf_counter() - started
+    engine_calls = sum(backend.engine_calls for backend in backends.values())
     for backend in backends.values():
         backend.close()
     accepted = [(e, e.accepted_round) for e in episodes if e.accepted_round is not None]
@@ -80,6 +84,10 @@ def play(args: argparse.Namespace, with_tools: bool) -> dict:
             3,
         ),
         "seconds": round(seconds, 1),
+        "engine_calls": engine_calls,
+        "verified_pairs": sum(r.accepted_by == "verified" for _, r in accepted),
+        "pairs_per_min": round(60 * len(accepted) / seconds, 2),
+        "correct_over_wrong_per_min": round(60 * right_over_wrong / seconds, 2),
     }
 
 

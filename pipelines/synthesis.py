@@ -269,11 +269,17 @@ def _run_tool(tool: JudgeTool, arguments: dict[str, Any]) -> Evidence:
     return tool.evidence(arguments)
 
 
+def wrap_tool(tool: JudgeTool, timeout_s: float, abandon: threading.Event) -> JudgeTool:
+    """How a run calls `tool`: in the episode's process when it is cheap and safe, else as Ray tasks."""
+    return tool if tool.runs_in_process else RayToolProxy.wrap(tool, timeout_s=timeout_s, abandon=abandon)
+
+
 class RayToolProxy(JudgeTool):
     """A judge tool whose calls run as Ray tasks on CPU workers (sandboxes and retrieval off the driver),
     each bounded by `timeout_s` and dropped when the run is abandoned."""
 
     inner: Any
+    shipped: Any = None  # the tool in Ray's object store: sent to workers once, not with every call
     timeout_s: float = 120.0
     abandon: Any = None  # a threading.Event set when the run stops now
 
@@ -288,6 +294,7 @@ class RayToolProxy(JudgeTool):
             description=tool.description,
             args_schema=tool.args_schema,
             inner=tool,
+            shipped=ray.put(tool),
             timeout_s=timeout_s,
             abandon=abandon or threading.Event(),
         )
@@ -300,7 +307,7 @@ class RayToolProxy(JudgeTool):
 
     def evidence(self, arguments: dict[str, Any]) -> Evidence:
         try:
-            return bounded_get(_run_tool.remote(self.inner, arguments), self.timeout_s, self.abandon)
+            return bounded_get(_run_tool.remote(self.shipped, arguments), self.timeout_s, self.abandon)
         except ray.exceptions.GetTimeoutError:
             return Evidence(tool=self.name, ok=False, error=f"tool call timed out after {self.timeout_s:g} s")
         except AbandonedWait:
@@ -824,7 +831,7 @@ def synthesize(
                 key: ActorBackend(g, config.models[key].max_batch_size, abandon=stop.abandon)
                 for key, g in groups.items()
             }
-            wrap = functools.partial(RayToolProxy.wrap, timeout_s=config.tools.call_timeout_s, abandon=stop.abandon)
+            wrap = functools.partial(wrap_tool, timeout_s=config.tools.call_timeout_s, abandon=stop.abandon)
             players = build_players(config, backends, wrap_tool=wrap, tools=tools)
             runner = EpisodeRunner(run, config, players, book, stop)
             try:

@@ -242,3 +242,19 @@ def test_tools_cli() -> None:
         prefsmith("tools", "run", "calculator", "--args", '{"expr": "1"}'), "'expression': Field required"
     )
     assert_user_error(prefsmith("tools", "run", "calculator", "--args", "{oops"), "--args: invalid JSON")
+
+
+def test_cheap_tools_run_in_the_episodes_process_and_untrusted_code_does_not() -> None:
+    import threading
+
+    from pipelines.synthesis import wrap_tool
+    from tools.calculator import CalculatorTool
+    from tools.reference_answer import ReferenceAnswerTool
+    from tools.sandbox import PythonSandboxTool
+
+    for tool in (ReferenceAnswerTool(), CalculatorTool()):
+        assert wrap_tool(tool, timeout_s=5, abandon=threading.Event()) is tool
+    assert not PythonSandboxTool.runs_in_process, "sandboxed code runs as a Ray task, off the driver"
+    from tests.hung_tool import HungTool
+
+    assert not HungTool.runs_in_process, "a plug-in's cost is unknown: it runs as a Ray task, with a timeout"

@@ -39,6 +39,9 @@ class JudgeTool(BaseTool):
 
     # Whether the tool looks at each candidate (True) or only at the input (False, e.g. retrieval).
     per_candidate: ClassVar[bool] = True
+    # Whether a synthesis run calls it in the episode's own process: tools that take microseconds to
+    # milliseconds and run no untrusted code. Others (the sandbox, plug-ins) run as Ray tasks on CPU workers.
+    runs_in_process: ClassVar[bool] = False
 
     def arguments_for(self, prompt: PromptContext, candidate: str | None) -> dict[str, Any] | None:
         """Arguments to call this tool with on `prompt` and `candidate`, or None when it does not apply."""

@@ -13,7 +13,7 @@ import math
 import operator
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -158,6 +158,7 @@ class CalculatorArgs(BaseModel):
 
 
 class CalculatorTool(JudgeTool):
+    runs_in_process: ClassVar[bool] = True  # inputs and results are bounded before computing
     name: str = "calculator"
     description: str = "Evaluate an arithmetic expression exactly; optionally check a candidate's final number."
     args_schema: type[BaseModel] = CalculatorArgs

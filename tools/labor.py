@@ -126,6 +126,7 @@ class LaborStatisticsTool(JudgeTool):
     )
     args_schema: type[BaseModel] = LaborStatisticsArgs
     per_candidate: ClassVar[bool] = True
+    runs_in_process: ClassVar[bool] = True  # the table is read once and kept
 
     table_path: str
     tolerance_points: float = Field(5.0, description="A stated share within this many points of BLS is true.")

@@ -6,7 +6,7 @@ Numeric (tolerance), multiple-choice (letter) and exact (normalised text) matchi
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -38,6 +38,7 @@ def _numeric_match(candidate: str, gold: str, tolerance: float) -> tuple[bool | 
 
 
 class ReferenceAnswerTool(JudgeTool):
+    runs_in_process: ClassVar[bool] = True
     name: str = "reference_answer"
     description: str = (
         "Compare a candidate answer with the gold answer (numeric, multiple-choice letter, or exact text)."

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -106,6 +106,7 @@ class RetrievalTool(JudgeTool):
     args_schema: type[BaseModel] = RetrievalArgs
     corpus: str
     per_candidate = False
+    runs_in_process: ClassVar[bool] = True  # the BM25 index is built once and kept
 
     @cached_property
     def index(self) -> BM25Index:
