@@ -65,7 +65,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("forward_cost", "Cost of a forward pass of the local model, by batch size"),
     Benchmark("tools_effect", "Do the judge's tools change the data?",
               ("--n", "50", "--candidates", "2", "--rounds", "1", "--max-tokens", "24", "--in-flight", "25")),
-    Benchmark("verdicts_decide", "Verdicts decide: pairs per minute when tool verdicts spare the judge and reward model",
+    Benchmark("verdicts_decide", "Verdicts decide: pairs per minute when tools spare the judge and reward model",
               ("--n", "16")),
     Benchmark("sparsepo_vs_dpo", "SparsePO vs. TRL DPO: step time and peak memory", ("--steps", "3")),
     Benchmark("debias_smollm2", "Occupational bias of SmolLM2-135M-Instruct before and after debiasing",
