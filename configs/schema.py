@@ -53,6 +53,9 @@ class ModelConfig(Strict):
     num_cpus: float = execution(1, "CPUs the engine actor reserves.", ge=0)
     threads: int = execution(1, "torch intra-op threads for the transformers backend.", ge=1)
     max_batch_size: int = execution(32, "Most requests one engine call batches together.", ge=1)
+    replicas: int = execution(
+        1, "Engine actors serving this model in a synthesis run; each call goes to the least loaded.", ge=1
+    )
     kv_cache_gb: int = execution(1, "vLLM CPU build: KV cache GiB, unless VLLM_CPU_KVCACHE_SPACE is set.", ge=1)
     request_timeout_s: float = execution(120.0, "backend=openai: timeout of one HTTP request.", gt=0)
     max_retries: int = execution(3, "backend=openai: retries (with backoff) after 429/5xx/connection errors.", ge=0)

@@ -168,6 +168,13 @@ class EngineGroup:
             }
         return ray.remote(EngineActor).options(**options).remote(self.model, self.factory)
 
+    def remove_placement_group(self) -> None:
+        if self._placement_group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self._placement_group)
+            self._placement_group = None
+
     def replace(self, dead: Any, reason: str) -> Any | None:
         """A fresh actor in place of `dead` (unless another caller already replaced it); None once the
         restarts inside the window are spent."""
@@ -203,35 +210,55 @@ class EngineGroup:
 
 
 class ActorBackend(Backend):
-    """The backend protocol on the driver side of an engine actor: concurrent episodes' requests are
-    gathered into one actor call; a dead or hung actor is replaced and the call retried."""
+    """The backend protocol on the driver side of a model's engine actors (its replicas). Each caller's
+    requests go straight to the least loaded replica as one actor call; the actor's own backend batches the
+    calls that arrive together, so the driver never holds requests back while an engine call runs. A dead or
+    hung actor is replaced and the call retried."""
 
     supports_json_schema = True
 
     def __init__(
         self,
-        group: EngineGroup,
+        groups: list[EngineGroup],
         max_batch_size: int,
         call_timeout_s: float = ENGINE_CALL_TIMEOUT_S,
         abandon: threading.Event | None = None,
     ):
         super().__init__(max_batch_size)
-        self.group, self.call_timeout_s = group, call_timeout_s
+        self.groups, self.call_timeout_s = groups, call_timeout_s
         self.abandon = abandon or threading.Event()
+        self.load = [0] * len(groups)  # calls in flight per replica
+        self._load_lock = threading.Lock()
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        if not requests:
+            return []
+        with self._load_lock:
+            self.engine_calls += 1
+            replica = min(range(len(self.groups)), key=lambda i: (self.load[i], i))
+            self.load[replica] += 1
+        try:
+            return self._call(self.groups[replica], requests)
+        finally:
+            with self._load_lock:
+                self.load[replica] -= 1
 
     def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        handle = self.group.handle
+        return self.generate(requests)
+
+    def _call(self, group: EngineGroup, requests: list[ChatRequest]) -> list[ChatResult]:
+        handle = group.handle
         while handle is not None and not self.abandon.is_set():
             try:
                 return bounded_get(handle.generate.remote(requests), self.call_timeout_s, self.abandon)
             except ray.exceptions.GetTimeoutError:
-                handle = self.group.replace(handle, f"did not answer within {self.call_timeout_s:.0f} s")
+                handle = group.replace(handle, f"did not answer within {self.call_timeout_s:.0f} s")
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-                handle = self.group.replace(handle, f"died ({type(exc).__name__})")
+                handle = group.replace(handle, f"died ({type(exc).__name__})")
             except AbandonedWait:
                 break
         reason = "the run is stopping" if self.abandon.is_set() else "it failed too often"
-        error = BackendUnavailableError(f"engine {self.group.key} unavailable: {reason}")
+        error = BackendUnavailableError(f"engine {group.key} unavailable: {reason}")
         return [ChatResult.failed(error) for _ in requests]
 
 
@@ -704,24 +731,29 @@ class LeaseKeeper:
 
 def start_engines(
     config: SynthesisConfig, run: PreparedRun, factory: BackendFactory, stop: StopRequest
-) -> dict[str, EngineGroup]:
-    """One engine actor per model that some role uses, each taking as many concurrent calls as K episodes
-    can make of it; named after the run and its lease, so a synthesizer that took a run over never meets
-    its predecessor's actors."""
+) -> dict[str, list[EngineGroup]]:
+    """`replicas` engine actors per model that some role uses, each taking as many concurrent calls as K
+    episodes can make of it; named after the run and its lease, so a synthesizer that took a run over never
+    meets its predecessor's actors."""
     calls = max(8, 4 * config.ray.episodes_in_flight)
-    return {
-        key: EngineGroup(
-            key,
-            config.models[key],
-            f"prefsmith-engine-{run.run_id}-{key}-{run.lease.lease_id[:8]}",
-            calls,
-            factory,
-            max_restarts=config.ray.engine_restarts,
-            window_s=config.ray.engine_restart_window_s,
-            on_unavailable=stop.stop_now,
-        )
-        for key in used_model_keys(config)
-    }
+    engines: dict[str, list[EngineGroup]] = {}
+    for key in used_model_keys(config):
+        model = config.models[key]
+        base = f"prefsmith-engine-{run.run_id}-{key}-{run.lease.lease_id[:8]}"
+        engines[key] = [
+            EngineGroup(
+                key,
+                model,
+                base if model.replicas == 1 else f"{base}-r{replica}",
+                calls,
+                factory,
+                max_restarts=config.ray.engine_restarts,
+                window_s=config.ray.engine_restart_window_s,
+                on_unavailable=stop.stop_now,
+            )
+            for replica in range(model.replicas)
+        ]
+    return engines
 
 
 def schedule_episodes(
@@ -756,21 +788,33 @@ def schedule_episodes(
                 last_stored = time.perf_counter()
 
 
-def shut_down(groups: dict[str, EngineGroup], report: SynthesisReport) -> None:
-    """Put each engine's restarts and usage in the report (as far as the engine still answers), then stop
-    its actor."""
-    report.engine_restarts = {key: g.restarts for key, g in groups.items()}
-    for key, g in groups.items():
-        if g.handle is None:
-            continue
-        try:
-            report.engine_usage[key] = ray.get(g.handle.usage.remote(), timeout=RAY_WAIT_S)
-        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
-            print(f"prefsmith: engine {key} gave no usage ({type(exc).__name__})", file=sys.stderr, flush=True)
-        try:
-            ray.kill(g.handle, no_restart=True)
-        except Exception:  # already gone
-            pass
+def shut_down(engines: dict[str, list[EngineGroup]], report: SynthesisReport) -> None:
+    """Put each model's restarts and usage (summed over its replicas, as far as they still answer) in the
+    report, then stop its actors and remove their placement groups."""
+    report.engine_restarts = {key: sum(g.restarts for g in groups) for key, groups in engines.items()}
+    for key, groups in engines.items():
+        usages = []
+        for g in groups:
+            if g.handle is None:
+                continue
+            try:
+                usages.append(ray.get(g.handle.usage.remote(), timeout=RAY_WAIT_S))
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+                print(f"prefsmith: engine {key} gave no usage ({type(exc).__name__})", file=sys.stderr, flush=True)
+            try:
+                ray.kill(g.handle, no_restart=True)
+            except Exception:  # already gone
+                pass
+            g.remove_placement_group()
+        if usages:
+            report.engine_usage[key] = {
+                "completion_tokens": sum(u["completion_tokens"] for u in usages),
+                "busy_s": sum(u["busy_s"] for u in usages),
+                "wall_s": max(u["wall_s"] for u in usages),
+                "engine_calls": sum(u["engine_calls"] for u in usages),
+                "replicas": len(groups),
+                "per_replica_completion_tokens": [u["completion_tokens"] for u in usages],
+            }
 
 
 def finish(run: PreparedRun, runner: EpisodeRunner | None, interrupted: str | None) -> None:
@@ -826,10 +870,10 @@ def synthesize(
             f"loading the prompt versions of run {run.run_id}", lambda: restore_book(run.engine, run.run_id)
         )
         with ray_session(config, address), stop, LeaseKeeper(run, stop):
-            groups = start_engines(config, run, backend_factory, stop)
+            engines = start_engines(config, run, backend_factory, stop)
             backends = {
-                key: ActorBackend(g, config.models[key].max_batch_size, abandon=stop.abandon)
-                for key, g in groups.items()
+                key: ActorBackend(groups, config.models[key].max_batch_size, abandon=stop.abandon)
+                for key, groups in engines.items()
             }
             wrap = functools.partial(wrap_tool, timeout_s=config.tools.call_timeout_s, abandon=stop.abandon)
             players = build_players(config, backends, wrap_tool=wrap, tools=tools)
@@ -837,7 +881,7 @@ def synthesize(
             try:
                 schedule_episodes(runner, config.ray.episodes_in_flight, progress)
             finally:
-                shut_down(groups, run.report)
+                shut_down(engines, run.report)
     except BaseException as exc:
         stop.reason = stop.reason or f"{type(exc).__name__}: {exc}"
         finish(run, runner, stop.reason)

@@ -4,7 +4,8 @@ SmolLM2 engine, PostgreSQL. Episodes of two rounds, so a run is cut inside episo
 - kill -9 at five seeded moments, then the same command again → the same episodes, rounds, candidates,
   pairs and prompt versions as an uninterrupted run of it, nothing twice;
 - PostgreSQL connections terminated mid-run → the run completes (or stops `interrupted`), and with a rerun
-  it holds what the uninterrupted run holds;
+  it holds what the uninterrupted run holds; the database away for longer than `storage.retry_s` → the run
+  stops (exit 75, no episode failed for it), and a rerun completes it;
 - a second synthesizer on the same run is refused, naming the first, and takes over once the first is killed;
 - a tool that hangs: SIGTERM once, and twice, → the process exits within a bound, the run `interrupted`.
 """
@@ -68,9 +69,11 @@ class Synthesizer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Synthesizer:
-        self.stderr = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=self.stderr, start_new_session=True)
+        fd, self.log = tempfile.mkstemp(prefix="psfault-", suffix=".log")
+        os.close(fd)
+        with open(self.log, "a") as out:  # the summary (stdout) and the narration (stderr), read while it runs
+            self.proc = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=out, stderr=out,
+                                         start_new_session=True)
         return self
 
     def wait(self, timeout: float = 600) -> int:
@@ -91,8 +94,7 @@ class Synthesizer:
         self.clean()
 
     def err(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read()
+        return Path(self.log).read_text(errors="replace")
 
     def clean(self) -> None:
         _stop_pids(_ray_pids(str(self.ray_tmp)))
@@ -229,6 +231,40 @@ def test_terminated_postgresql_connections_lose_nothing(stack, postgres_server_u
         rerun = Synthesizer(config, url, "pgkill")
         assert rerun.run() == 0, rerun.err()[-3000:]
     assert snapshot(url, "pgkill") == reference
+
+
+def test_a_database_that_stays_away_stops_the_run_cleanly_and_a_rerun_completes(
+    stack, tmp_path: Path, postgres_server_url: str
+) -> None:
+    _, url, reference = stack
+    config = _config(tmp_path)
+    config.write_text(config.read_text().replace("retry_s: 30", "retry_s: 3"))
+    database = make_url(url).database
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    synth = Synthesizer(config, url, "outage").start()
+    try:
+        assert _wait_for(lambda: _rounds(url, "outage") >= 1, 400, synth), synth.err()[-2000:]
+        with admin.connect() as conn:  # no new connections, and the open ones dropped: the server is "down"
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database})
+            # the run gives up after retry_s; then it stores its status (retrying) when the server is back
+            assert _wait_for(lambda: "prefsmith: stopping:" in synth.err(), 60, synth), synth.err()[-3000:]
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        code = synth.wait(timeout=120)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+    err = synth.err()
+    assert code == 75, err[-3000:]
+    assert "the database kept failing for 3 s" in err and "run outage interrupted (" in err and "Traceback" not in err
+    stopped = snapshot(url, "outage")
+    assert stopped["status"] == "interrupted"
+    assert all(status != "failed" for status, _, _ in stopped["episodes"].values()), "an outage failed an episode"
+    rerun = Synthesizer(config, url, "outage")
+    assert rerun.run() == 0, rerun.err()[-3000:]
+    assert snapshot(url, "outage") == reference
 
 
 def test_a_second_synthesizer_is_refused_and_takes_over_after_the_first_is_killed(stack) -> None:

@@ -198,6 +198,23 @@ def test_engine_actor_killed_twice_mid_run(local_ray, tmp_path: Path) -> None:
     assert stored["episodes"] == stored["done"] == 4
 
 
+@pytest.mark.model
+@pytest.mark.ray
+def test_two_replicas_serve_one_run(local_ray, tmp_path: Path) -> None:
+    prompts = tmp_path / "replicas.jsonl"
+    write_prompts(prompts, EASY[:4])
+    config = load_config(write_config(tmp_path, prompts, in_flight=4), ["models.default.replicas=2"])
+    report = synthesize(config, run_id="replicas", db_url=f"sqlite:///{tmp_path / 'replicas.db'}")
+    usage = report.engine_usage["default"]
+    assert report.metrics.episodes_done == 4 and not report.interrupted
+    assert usage["replicas"] == 2 and all(tokens > 0 for tokens in usage["per_replica_completion_tokens"]), usage
+    assert sum(usage["per_replica_completion_tokens"]) == usage["completion_tokens"]
+    deadline = time.time() + 30
+    while [a for a in ray.util.list_named_actors(all_namespaces=True) if "replicas" in a["name"]]:
+        assert time.time() < deadline, "the run's engine actors outlived it"
+        time.sleep(0.5)
+
+
 def _ray_pids(marker: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
