@@ -183,6 +183,7 @@ def _print_summary(summary: dict) -> None:
         "rounds",
         "pairs",
         "accepted_pairs",
+        "verified_pairs",
         "failures",
         "exports",
         "current_prompt_versions",

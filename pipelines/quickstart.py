@@ -57,7 +57,8 @@ def quickstart(
     log(f"[4/4] export {result.id}: {result.num_pairs} accepted pairs → {result.path}")
     log(
         f"run {summary.id}: {summary.prompts} prompts, {summary.episodes_done} episodes done, {summary.rounds} "
-        f"rounds, {summary.pairs} pairs graded, {summary.accepted_pairs} accepted, {summary.failures} failed. "
+        f"rounds, {summary.pairs} pairs decided, {summary.accepted_pairs} accepted ({summary.verified_pairs} verified "
+        f"correct over wrong by the tools), {summary.failures} failed. "
         f"Next: `prefsmith runs show {summary.id}`, `prefsmith train sparsepo --data {result.id} --out OUT`."
     )
     return QuickstartResult(report, result)

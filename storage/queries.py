@@ -28,6 +28,7 @@ class RunSummary:
     rounds: int
     pairs: int
     accepted_pairs: int
+    verified_pairs: int  # accepted because the chosen answer passed its tools' checks and the rejected failed
     failures: int
     exports: int
     metrics: dict[str, Any]
@@ -68,12 +69,13 @@ def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSu
         ).all()
     )
     pairs = {
-        row[0]: (row[1], row[2])
+        row[0]: (row[1], row[2], row[3])
         for row in session.execute(
             select(
                 PreferencePair.run_id,
                 func.count(),
                 func.sum(case((PreferencePair.accepted.is_(True), 1), else_=0)),
+                func.sum(case((PreferencePair.accepted_by == AcceptedBy.VERIFIED, 1), else_=0)),
             )
             .where(PreferencePair.run_id.in_(ids))
             .group_by(PreferencePair.run_id)
@@ -92,8 +94,9 @@ def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSu
             episodes=sum(by_status.get(r.id, {}).values()),
             episodes_done=sum(by_status.get(r.id, {}).get(s, 0) for s in EPISODE_FINISHED),
             rounds=rounds.get(r.id, 0),
-            pairs=pairs.get(r.id, (0, 0))[0],
-            accepted_pairs=int(pairs.get(r.id, (0, 0))[1] or 0),
+            pairs=pairs.get(r.id, (0, 0, 0))[0],
+            accepted_pairs=int(pairs.get(r.id, (0, 0, 0))[1] or 0),
+            verified_pairs=int(pairs.get(r.id, (0, 0, 0))[2] or 0),
             failures=by_status.get(r.id, {}).get(EpisodeStatus.FAILED, 0),
             exports=exports.get(r.id, 0),
             metrics=dict(r.metrics or {}),
