@@ -58,7 +58,7 @@ def test_episodes_play_and_explain_themselves(played) -> None:
     episodes, _, _ = played
     rounds = [r for e in episodes for r in e.rounds]
     assert all(e.status in EPISODE_FINISHED for e in episodes)
-    assert any(r.reward is not None for r in rounds), "no round got as far as a graded pair"
+    assert any(r.reward is not None or r.accepted_by for r in rounds), "no round got as far as a decided pair"
     for r in rounds:
         if r.outcome == RoundOutcome.FAILED:
             assert r.failure_reason and r.failures
@@ -75,8 +75,11 @@ def test_episodes_play_and_explain_themselves(played) -> None:
             best, worst = r.ranking.best_and_worst()
             assert (r.chosen_index, r.rejected_index) == (best.index, worst.index)
             assert best.final_score > worst.final_score
-            assert 1 <= r.reward.score <= 10 and r.reward_raw
-            assert r.outcome == (RoundOutcome.ACCEPTED if r.reward.score >= 8 else RoundOutcome.REJECTED)
+            if r.accepted_by == "verified":  # the tools' checks decided: no reward model was asked
+                assert (best.verified, worst.verified, r.reward, r.outcome) == (True, False, None, "accepted")
+            else:
+                assert 1 <= r.reward.score <= 10 and r.reward_raw
+                assert r.outcome == (RoundOutcome.ACCEPTED if r.reward.score >= 8 else RoundOutcome.REJECTED)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
@@ -106,7 +109,8 @@ def test_stored_rounds_match_the_records(played, kind: str, tmp_path: Path, requ
             if round_.outcome == RoundOutcome.TIE:
                 assert pair is None
             else:
-                assert pair is not None and pair.reward_score is not None and pair.reward_analysis is not None
+                assert pair is not None and pair.reward_analysis is not None
+                assert (pair.reward_score is None) == (pair.accepted_by == "verified")
                 assert pair.accepted == (round_.outcome == RoundOutcome.ACCEPTED)
                 assert pair.chosen == gens[pair.chosen_index].text and pair.rejected == gens[pair.rejected_index].text
             for role, version in (("target", round_.target_prompt_version), ("judge", round_.judge_prompt_version)):
