@@ -92,12 +92,35 @@ def _counts(engine: Engine) -> dict[str, int]:
         }
 
 
-@pytest.fixture
-def stored(db_url: str):
-    engine = open_database(db_url)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A database of each kind holding an earlier run, shared by the module's cases: each case checks that it
+    wrote nothing, so the next case starts from the same rows."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from storage.migrate import upgrade
+
+    admin, name = None, f"prefsmith_bad_{uuid.uuid4().hex[:12]}"
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('bad') / 'prefsmith.db'}"
+    else:
+        server = request.getfixturevalue("postgres_server_url")
+        admin = create_engine(server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    engine = open_database(url)
     store_sample_run(engine, "earlier", n_prompts=3)
-    yield engine, db_url
+    yield engine, url
     engine.dispose()
+    if admin is not None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def _synthesize_with(overrides: list[str], db_url: str, run_name: str = "bad-input") -> None:
