@@ -53,6 +53,11 @@ class ModelConfig(Strict):
     num_cpus: float = execution(1, "CPUs the engine actor reserves.", ge=0)
     threads: int = execution(1, "torch intra-op threads for the transformers backend.", ge=1)
     max_batch_size: int = execution(32, "Most requests one engine call batches together.", ge=1)
+    vllm_engine: Literal["async", "sync"] = execution(
+        "async",
+        "backend=vllm: 'async' adds each request to the running engine as it arrives (continuous batching); "
+        "'sync' runs each batch as one LLM.generate call.",
+    )
     replicas: int = execution(
         1, "Engine actors serving this model in a synthesis run; each call goes to the least loaded.", ge=1
     )

