@@ -215,6 +215,51 @@ def test_two_replicas_serve_one_run(local_ray, tmp_path: Path) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.model
+@pytest.mark.ray
+@pytest.mark.vllm
+def test_vllm_engine_actor_synthesizes_on_sqlite_and_postgresql_and_survives_being_killed(
+    local_ray, tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    prompts = tmp_path / "vllm.jsonl"
+    write_prompts(prompts, EASY[:4])
+    config = load_config(write_config(tmp_path, prompts, in_flight=4), [
+        "models.default.backend=vllm", "models.default.max_model_len=2048", "models.default.kv_cache_gb=1"])
+    sqlite_url = f"sqlite:///{tmp_path / 'vllm.db'}"
+    report = synthesize(config, run_id="vllm", db_url=sqlite_url)
+    assert report.metrics.episodes_done == 4 and not report.interrupted
+    stored = counts(sqlite_url, "vllm")
+    assert stored["episodes"] == stored["done"] == 4 and stored["rounds"] == 4 and stored["pairs"] >= 1, stored
+    assert report.engine_usage["default"]["completion_tokens"] > 0
+
+    # PostgreSQL, and the vLLM engine actor killed once it has served a call: replaced, the run completes
+    outcome: dict = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(report=synthesize(config, run_id="vllm", db_url=fresh_postgres_url)))
+    runner.start()
+    deadline, killed = time.time() + 300, False
+    while not killed and time.time() < deadline and runner.is_alive():
+        for named in ray.util.list_named_actors(all_namespaces=True):
+            if named["name"].startswith("prefsmith-engine-vllm-default-"):
+                try:
+                    actor = ray.get_actor(named["name"], namespace="prefsmith")
+                    if ray.get(actor.engine_calls.remote(), timeout=60) >= 1:
+                        ray.kill(actor)
+                        killed = True
+                except (ValueError, ray.exceptions.RayError):
+                    pass
+        time.sleep(0.5)
+    runner.join(timeout=900)
+    assert killed and outcome["report"].engine_restarts == {"default": 1}
+    again = counts(fresh_postgres_url, "vllm")
+    assert again["episodes"] == again["done"] == 4 and again["rounds"] == 4, again
+    engine = open_database(fresh_postgres_url)
+    with session_scope(engine) as session:
+        rounds = session.execute(select(Round.episode_id, Round.index)).all()
+    engine.dispose()
+    assert len(rounds) == len(set(rounds)) == 4, "a round was stored twice"
+
+
 def _ray_pids(marker: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
