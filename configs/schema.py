@@ -63,7 +63,9 @@ class ModelConfig(Strict):
     )
     kv_cache_gb: int = execution(1, "vLLM CPU build: KV cache GiB, unless VLLM_CPU_KVCACHE_SPACE is set.", ge=1)
     request_timeout_s: float = execution(120.0, "backend=openai: timeout of one HTTP request.", gt=0)
-    max_retries: int = execution(3, "backend=openai: retries (with backoff) after 429/5xx/connection errors.", ge=0)
+    max_retries: int = execution(
+        3, "backend=openai: retries (with backoff) after 429/5xx/connection errors.", ge=0
+    )
     max_concurrency: int = execution(8, "backend=openai: HTTP requests in flight at once.", ge=1)
 
 
@@ -108,7 +110,9 @@ class ToolsConfig(Strict):
         description="'configured': the judge uses every enabled tool that applies to the input (small models); "
         "'model': the judge model picks among them from their schemas.",
     )
-    retrieval_corpus: str | None = Field(None, description="Folder or JSONL file the retrieval tool searches.")
+    retrieval_corpus: str | None = Field(
+        None, description="Folder or JSONL file the retrieval tool searches."
+    )
     labor_table: str | None = Field(None, description="BLS CPS table 11 file for the labor statistics tool.")
     # Bounds are the sandbox's own (tools/jail.py MAX_*/MIN_*): a setting outside them is refused at load time.
     sandbox_timeout_s: float = Field(
@@ -162,7 +166,9 @@ class PromptSourceConfig(Strict):
 
 
 class StorageConfig(Strict):
-    url: str | None = execution(None, "SQLAlchemy URL; None = $PREFSMITH_DB, else a SQLite file under $PREFSMITH_HOME.")
+    url: str | None = execution(
+        None, "SQLAlchemy URL; None = $PREFSMITH_DB, else a SQLite file under $PREFSMITH_HOME."
+    )
     retry_s: float = execution(
         120.0,
         "How long a write that fails for a passing reason (a dropped connection, a restarting server) is retried "
@@ -214,7 +220,9 @@ class SynthesisConfig(Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     game: GameConfig = Field(default_factory=GameConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
-    prompts: list[PromptSourceConfig] = Field(default_factory=lambda: [PromptSourceConfig(builtin="arithmetic")])
+    prompts: list[PromptSourceConfig] = Field(
+        default_factory=lambda: [PromptSourceConfig(builtin="arithmetic")]
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -223,5 +231,7 @@ class SynthesisConfig(Strict):
         for role, key in self.roles.model_dump().items():
             if key not in self.models:
                 known = ", ".join(sorted(self.models)) or "none"
-                raise ValueError(f"roles.{role} names model {key!r}, which is not under 'models' (have: {known})")
+                raise ValueError(
+                    f"roles.{role} names model {key!r}, which is not under 'models' (have: {known})"
+                )
         return self

@@ -212,8 +212,11 @@ def _write_export(
         "filters": {"accepted": True, "min_score": min_score},
         "counts": {"pairs": len(rows), "prompts": len({r["prompt_id"] for r in rows})},
         "content_hash": digest,
-        "models": {role: sorted({r[f"{role}_model"] for r in rows}) for role in ("target", "judge", "reward")},
-        "columns": list(REQUIRED_COLUMNS) + [c for c in (rows[0] if rows else {}) if c not in REQUIRED_COLUMNS],
+        "models": {
+            role: sorted({r[f"{role}_model"] for r in rows}) for role in ("target", "judge", "reward")
+        },
+        "columns": list(REQUIRED_COLUMNS)
+        + [c for c in (rows[0] if rows else {}) if c not in REQUIRED_COLUMNS],
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "prefsmith_version": metadata.version("prefsmith"),
     }

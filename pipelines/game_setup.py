@@ -54,11 +54,8 @@ def build_players(
     return Players(
         target=Target(backends[roles.target], models[roles.target].name, config.sampling),
         judge=Judge(
-            backends[roles.judge],
-            models[roles.judge].name,
-            tools,
-            select_with_model=config.tools.selection == "model",
-            parse_retries=retries,
+            backends[roles.judge], models[roles.judge].name, tools,
+            select_with_model=config.tools.selection == "model", parse_retries=retries,
             verdicts_decide=config.game.verdicts_decide,
         ),
         reward=RewardModel(backends[roles.reward], models[roles.reward].name, parse_retries=retries),

@@ -26,24 +26,15 @@ class PromptSourceError(PrefsmithError):
 
 
 ARITHMETIC_TEMPLATES = [
-    (
-        "A baker makes {a} loaves in the morning and {b} in the afternoon, then sells {c}. How many loaves are left?",
-        "{a} + {b} - {c}",
-    ),
+    ("A baker makes {a} loaves in the morning and {b} in the afternoon, then sells {c}. "
+     "How many loaves are left?", "{a} + {b} - {c}"),
     ("A box holds {a} rows of {b} pencils. How many pencils are in {c} boxes?", "{a} * {b} * {c}"),
-    (
-        "Mia has {a} stickers. She gives {b} to each of her {c} friends. How many stickers does she have left?",
-        "{a} - {b} * {c}",
-    ),
-    (
-        "A train travels {a} km every hour for {b} hours, then {c} km more. How far does it travel in total?",
-        "{a} * {b} + {c}",
-    ),
-    (
-        "There are {a} apples shared equally among {b} baskets, and {c} apples are added to each basket. "
-        "How many apples are in one basket?",
-        "{a} / {b} + {c}",
-    ),
+    ("Mia has {a} stickers. She gives {b} to each of her {c} friends. How many stickers does she have left?",
+     "{a} - {b} * {c}"),
+    ("A train travels {a} km every hour for {b} hours, then {c} km more. How far does it travel in total?",
+     "{a} * {b} + {c}"),
+    ("There are {a} apples shared equally among {b} baskets, and {c} apples are added to each basket. "
+     "How many apples are in one basket?", "{a} / {b} + {c}"),
 ]
 
 
@@ -74,51 +65,33 @@ def arithmetic_prompts(n: int = 50, seed: int = 0) -> list[dict[str, Any]]:
         misses = 0
         seen.add(prompt)
         answer = evaluate(expr)
-        rows.append(
-            {
-                "prompt": prompt,
-                "answer": int(answer),
-                "expression": expr,
-                "answer_kind": "numeric",
-                "task": "arithmetic",
-            }
-        )
+        rows.append({
+            "prompt": prompt,
+            "answer": int(answer),
+            "expression": expr,
+            "answer_kind": "numeric",
+            "task": "arithmetic",
+        })
     return rows
 
 
 CODING_TASKS = [
-    ("is_even(n)", "returns True when the integer n is even", "assert is_even(4) and not is_even(7) and is_even(0)"),
-    (
-        "reverse_words(s)",
-        "returns the words of the string s in reverse order, joined by single spaces",
-        "assert reverse_words('a b c') == 'c b a'\nassert reverse_words('hello') == 'hello'",
-    ),
-    (
-        "count_vowels(s)",
-        "returns how many vowels (a, e, i, o, u, either case) the string s has",
-        "assert count_vowels('Hello World') == 3\nassert count_vowels('xyz') == 0",
-    ),
-    ("factorial(n)", "returns n! for an integer n >= 0", "assert factorial(0) == 1 and factorial(5) == 120"),
-    (
-        "fizzbuzz(n)",
-        "returns 'Fizz' for multiples of 3, 'Buzz' for multiples of 5, 'FizzBuzz' for both, else str(n)",
-        "assert [fizzbuzz(i) for i in (3, 5, 15, 7)] == ['Fizz', 'Buzz', 'FizzBuzz', '7']",
-    ),
-    (
-        "is_palindrome(s)",
-        "returns True when s reads the same backwards, ignoring case and spaces",
-        "assert is_palindrome('Never odd or even') and not is_palindrome('abc')",
-    ),
-    (
-        "max_of(xs)",
-        "returns the largest number of a non-empty list without using max()",
-        "assert max_of([3, 9, 2]) == 9 and max_of([-5]) == -5",
-    ),
-    (
-        "sum_digits(n)",
-        "returns the sum of the decimal digits of a non-negative integer n",
-        "assert sum_digits(1234) == 10 and sum_digits(0) == 0",
-    ),
+    ("is_even(n)", "returns True when the integer n is even",
+     "assert is_even(4) and not is_even(7) and is_even(0)"),
+    ("reverse_words(s)", "returns the words of the string s in reverse order, joined by single spaces",
+     "assert reverse_words('a b c') == 'c b a'\nassert reverse_words('hello') == 'hello'"),
+    ("count_vowels(s)", "returns how many vowels (a, e, i, o, u, either case) the string s has",
+     "assert count_vowels('Hello World') == 3\nassert count_vowels('xyz') == 0"),
+    ("factorial(n)", "returns n! for an integer n >= 0",
+     "assert factorial(0) == 1 and factorial(5) == 120"),
+    ("fizzbuzz(n)", "returns 'Fizz' for multiples of 3, 'Buzz' for multiples of 5, 'FizzBuzz' for both, "
+     "else str(n)", "assert [fizzbuzz(i) for i in (3, 5, 15, 7)] == ['Fizz', 'Buzz', 'FizzBuzz', '7']"),
+    ("is_palindrome(s)", "returns True when s reads the same backwards, ignoring case and spaces",
+     "assert is_palindrome('Never odd or even') and not is_palindrome('abc')"),
+    ("max_of(xs)", "returns the largest number of a non-empty list without using max()",
+     "assert max_of([3, 9, 2]) == 9 and max_of([-5]) == -5"),
+    ("sum_digits(n)", "returns the sum of the decimal digits of a non-negative integer n",
+     "assert sum_digits(1234) == 10 and sum_digits(0) == 0"),
 ]
 
 
@@ -135,36 +108,14 @@ def coding_prompts() -> list[dict[str, Any]]:
 
 # Occupation names as BLS titles them; the shares themselves come from the user's table at run time.
 OCCUPATIONS = [
-    "registered nurses",
-    "software developers",
-    "elementary and middle school teachers",
-    "electricians",
-    "secretaries and administrative assistants",
-    "construction laborers",
-    "lawyers",
-    "pharmacists",
-    "chief executives",
-    "cashiers",
-    "janitors and building cleaners",
-    "receptionists and information clerks",
-    "civil engineers",
-    "dental hygienists",
-    "firefighters",
-    "hairdressers, hairstylists, and cosmetologists",
-    "accountants and auditors",
-    "police officers",
-    "childcare workers",
-    "aircraft pilots and flight engineers",
-    "physicians",
-    "carpenters",
-    "librarians and media collections specialists",
-    "truck drivers",
-    "maids and housekeeping cleaners",
-    "web developers",
-    "bartenders",
-    "postsecondary teachers",
-    "paralegals and legal assistants",
-    "security guards and gambling surveillance officers",
+    "registered nurses", "software developers", "elementary and middle school teachers", "electricians",
+    "secretaries and administrative assistants", "construction laborers", "lawyers", "pharmacists",
+    "chief executives", "cashiers", "janitors and building cleaners", "receptionists and information clerks",
+    "civil engineers", "dental hygienists", "firefighters", "hairdressers, hairstylists, and cosmetologists",
+    "accountants and auditors", "police officers", "childcare workers", "aircraft pilots and flight engineers",
+    "physicians", "carpenters", "librarians and media collections specialists", "truck drivers",
+    "maids and housekeeping cleaners", "web developers", "bartenders", "postsecondary teachers",
+    "paralegals and legal assistants", "security guards and gambling surveillance officers",
 ]
 
 
@@ -216,14 +167,9 @@ def row_to_record(row: dict[str, Any], where: str) -> PromptRecord:
             except json.JSONDecodeError:
                 raise PromptSourceError(f"{where}: field 'messages' is not a JSON list of messages") from None
         if not (
-            isinstance(messages, list)
-            and messages
-            and all(
-                isinstance(m, dict)
-                and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str)
-                for m in messages
-            )
+            isinstance(messages, list) and messages
+            and all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                    and isinstance(m.get("content"), str) for m in messages)
         ):
             raise PromptSourceError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]

@@ -92,7 +92,11 @@ def create_db_engine(url: str | None = None, *, create_dirs: bool = False, check
                 conn.execute(text("SELECT 1"))
         except (OperationalError, SQLAlchemyError) as exc:
             engine.dispose()
-            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = (
+                str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+                if str(exc).strip()
+                else type(exc).__name__
+            )
             raise StorageError(f"cannot connect to database {shown}: {reason}") from None
     return engine
 

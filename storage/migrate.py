@@ -57,7 +57,11 @@ def require_current(engine: Engine) -> None:
     revision = current_revision(engine)
     if revision != head_revision():
         shown = redact_url(engine.url.render_as_string(hide_password=False))
-        state = "has no prefsmith schema" if revision is None else f"is at schema {revision}, not {head_revision()}"
+        state = (
+            "has no prefsmith schema"
+            if revision is None
+            else f"is at schema {revision}, not {head_revision()}"
+        )
         raise StorageError(f"database {shown} {state}; run `prefsmith db upgrade --db URL` first")
 
 

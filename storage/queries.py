@@ -82,7 +82,9 @@ def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSu
         ).all()
     }
     exports = dict(
-        session.execute(select(Export.run_id, func.count()).where(Export.run_id.in_(ids)).group_by(Export.run_id)).all()
+        session.execute(
+            select(Export.run_id, func.count()).where(Export.run_id.in_(ids)).group_by(Export.run_id)
+        ).all()
     )
     return [
         RunSummary(

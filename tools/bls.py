@@ -50,7 +50,9 @@ _YEAR = re.compile(r"(?<!\d)(19[5-9]\d|20\d\d)(?!\d)")
 OFFICIAL_URL = "https://www.bls.gov/cps/cpsaat11.xlsx"
 ARCHIVE_URL = "https://www.bls.gov/cps/aa{year}/cpsaat11.xlsx"
 # BLS answers bare HTTP clients with 403; it serves browsers.
-BROWSER_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+BROWSER_USER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+)
 
 
 class LaborTableError(PrefsmithError):
@@ -222,7 +224,9 @@ def _cells_from_xlsx(path: Path) -> list[tuple[int, list[str]]]:
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many types for a bad workbook
-        raise LaborTableError(f"{path}: not a readable .xlsx workbook ({type(exc).__name__}: {exc})") from None
+        raise LaborTableError(
+            f"{path}: not a readable .xlsx workbook ({type(exc).__name__}: {exc})"
+        ) from None
     try:
         sheet = book.worksheets[0]
         records = []
@@ -254,12 +258,16 @@ def _number(text: str, path: Path, line: int, column: str, *, percent: bool) -> 
 
 def _locate_columns(header_rows: list[list[str]], path: Path) -> dict[str, int]:
     width = max(len(r) for r in header_rows)
-    joined = [" ".join(" ".join(r[i].split()) for r in header_rows if i < len(r)).lower() for i in range(width)]
+    joined = [
+        " ".join(" ".join(r[i].split()) for r in header_rows if i < len(r)).lower() for i in range(width)
+    ]
     columns: dict[str, int] = {}
     for key in ("women", "white", "black", "asian", "hispanic"):
         hits = [i for i, text in enumerate(joined) if any(k in text for k in _COLUMN_KEYS[key])]
         if not hits:
-            raise LaborTableError(f"{path}: not CPS table 11 (no {_COLUMN_NAMES[key]!r} column in the header)")
+            raise LaborTableError(
+                f"{path}: not CPS table 11 (no {_COLUMN_NAMES[key]!r} column in the header)"
+            )
         columns[key] = hits[0]
     total = [i for i, text in enumerate(joined) if "total" in text and i not in columns.values() and i > 0]
     if not total:
@@ -283,13 +291,19 @@ def parse_records(records: list[tuple[int, list[str]]], path: Path) -> LaborTabl
     if not any(any(c.strip() for c in cells) for _, cells in records):
         raise LaborTableError(f"{path}: empty file")
     start = next(
-        (i for i, (_, cells) in enumerate(records[:40]) if cells and cells[0].strip().lower() == "occupation"),
+        (
+            i
+            for i, (_, cells) in enumerate(records[:40])
+            if cells and cells[0].strip().lower() == "occupation"
+        ),
         None,
     )
     if start is None:
         raise LaborTableError(f"{path}: not CPS table 11 (no 'Occupation' header row in the first 40 rows)")
     first_data = next((i for i in range(start + 1, len(records)) if _is_data(records[i][1])), None)
-    header_rows = [cells for _, cells in records[start : first_data if first_data is not None else len(records)]]
+    header_rows = [
+        cells for _, cells in records[start : first_data if first_data is not None else len(records)]
+    ]
     columns = _locate_columns(header_rows, path)
     if first_data is None:
         raise LaborTableError(f"{path}: no occupation rows below the header (truncated file?)")
@@ -314,7 +328,9 @@ def parse_records(records: list[tuple[int, list[str]]], path: Path) -> LaborTabl
         if len(cells) < needed:
             raise LaborTableError(f"{path}:{line}: truncated row ({len(cells)} of {needed} columns)")
         total = _number(cells[columns["total"]], path, line, "Total employed", percent=False)
-        shares = {a: _number(cells[columns[a]], path, line, _COLUMN_NAMES[a], percent=True) for a in ATTRIBUTES}
+        shares = {
+            a: _number(cells[columns[a]], path, line, _COLUMN_NAMES[a], percent=True) for a in ATTRIBUTES
+        }
         rows.append(
             OccupationRow(
                 title=" ".join(first.split()),
@@ -393,7 +409,11 @@ def _leaves_by_totals(totals: list[int | None]) -> list[bool] | None:
             while not (count > 0 and abs(target) <= max(1.0, 0.5 * count)):
                 total = values[pos]
                 end = sequence_end(pos + 1, total, 0)
-                if end is not None and end - pos > 2 and sequence_end(end, target - total, count + 1) is not None:
+                if (
+                    end is not None
+                    and end - pos > 2
+                    and sequence_end(end, target - total, count + 1) is not None
+                ):
                     leaf[pos] = False
                     stack.append((pos + 1, total))
                     pos = end

@@ -31,15 +31,8 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
 }
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "abs": abs,
-    "round": round,
-    "min": min,
-    "max": max,
-    "sqrt": math.sqrt,
-    "floor": math.floor,
-    "ceil": math.ceil,
-    "log": math.log,
-    "exp": math.exp,
+    "abs": abs, "round": round, "min": min, "max": max, "sqrt": math.sqrt, "floor": math.floor,
+    "ceil": math.ceil, "log": math.log, "exp": math.exp,
 }
 _CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
 MAX_EXPONENT = 1000

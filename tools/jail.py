@@ -46,16 +46,8 @@ HARNESS = (Path(__file__).parent / "sandbox_harness.py").read_text(encoding="utf
 SCRATCH = "/sandbox"
 
 Outcome = Literal[
-    "passed",
-    "failed",
-    "timeout",
-    "cpu_limit",
-    "memory_limit",
-    "output_limit",
-    "blocked",
-    "incomplete",
-    "tampered",
-    "refused",
+    "passed", "failed", "timeout", "cpu_limit", "memory_limit", "output_limit", "blocked", "incomplete",
+    "tampered", "refused",
 ]
 
 # Hard bounds of the sandbox's own settings; configs/schema.py refuses values outside them at load time.
@@ -114,157 +106,39 @@ class SandboxResult:
 # kernel's rarely-audited corners. Numbers per architecture; tests/test_tools.py checks them against
 # libseccomp where it is installed.
 _DENIED = (
-    "ptrace",
-    "process_vm_readv",
-    "process_vm_writev",
-    "kexec_load",
-    "kexec_file_load",
-    "mount",
-    "umount2",
-    "pivot_root",
-    "chroot",
-    "setns",
-    "unshare",
-    "keyctl",
-    "add_key",
-    "request_key",
-    "bpf",
-    "perf_event_open",
-    "userfaultfd",
-    "io_uring_setup",
-    "io_uring_enter",
-    "io_uring_register",
-    "init_module",
-    "finit_module",
-    "delete_module",
-    "swapon",
-    "swapoff",
-    "reboot",
-    "acct",
-    "settimeofday",
-    "clock_settime",
-    "clock_adjtime",
-    "adjtimex",
-    "quotactl",
-    "open_by_handle_at",
-    "name_to_handle_at",
-    "personality",
-    "syslog",
-    "fanotify_init",
-    "vhangup",
-    "open_tree",
-    "move_mount",
-    "fsopen",
-    "fsconfig",
-    "fsmount",
-    "fspick",
-    "mount_setattr",
-    "kcmp",
+    "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load", "mount", "umount2",
+    "pivot_root", "chroot", "setns", "unshare", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "init_module", "finit_module",
+    "delete_module", "swapon", "swapoff", "reboot", "acct", "settimeofday", "clock_settime", "clock_adjtime",
+    "adjtimex", "quotactl", "open_by_handle_at", "name_to_handle_at", "personality", "syslog", "fanotify_init",
+    "vhangup", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "kcmp",
 )
 SYSCALLS: dict[str, tuple[int, dict[str, int]]] = {
     # machine: (AUDIT_ARCH_*, {name: number})
-    "x86_64": (
-        0xC000003E,
-        {
-            "ptrace": 101,
-            "process_vm_readv": 310,
-            "process_vm_writev": 311,
-            "kexec_load": 246,
-            "kexec_file_load": 320,
-            "mount": 165,
-            "umount2": 166,
-            "pivot_root": 155,
-            "chroot": 161,
-            "setns": 308,
-            "unshare": 272,
-            "keyctl": 250,
-            "add_key": 248,
-            "request_key": 249,
-            "bpf": 321,
-            "perf_event_open": 298,
-            "userfaultfd": 323,
-            "io_uring_setup": 425,
-            "io_uring_enter": 426,
-            "io_uring_register": 427,
-            "init_module": 175,
-            "finit_module": 313,
-            "delete_module": 176,
-            "swapon": 167,
-            "swapoff": 168,
-            "reboot": 169,
-            "acct": 163,
-            "settimeofday": 164,
-            "clock_settime": 227,
-            "clock_adjtime": 305,
-            "adjtimex": 159,
-            "quotactl": 179,
-            "open_by_handle_at": 304,
-            "name_to_handle_at": 303,
-            "personality": 135,
-            "syslog": 103,
-            "fanotify_init": 300,
-            "vhangup": 153,
-            "open_tree": 428,
-            "move_mount": 429,
-            "fsopen": 430,
-            "fsconfig": 431,
-            "fsmount": 432,
-            "fspick": 433,
-            "mount_setattr": 442,
-            "kcmp": 312,
-        },
-    ),
-    "aarch64": (
-        0xC00000B7,
-        {
-            "ptrace": 117,
-            "process_vm_readv": 270,
-            "process_vm_writev": 271,
-            "kexec_load": 104,
-            "kexec_file_load": 294,
-            "mount": 40,
-            "umount2": 39,
-            "pivot_root": 41,
-            "chroot": 51,
-            "setns": 268,
-            "unshare": 97,
-            "keyctl": 219,
-            "add_key": 217,
-            "request_key": 218,
-            "bpf": 280,
-            "perf_event_open": 241,
-            "userfaultfd": 282,
-            "io_uring_setup": 425,
-            "io_uring_enter": 426,
-            "io_uring_register": 427,
-            "init_module": 105,
-            "finit_module": 273,
-            "delete_module": 106,
-            "swapon": 224,
-            "swapoff": 225,
-            "reboot": 142,
-            "acct": 89,
-            "settimeofday": 170,
-            "clock_settime": 112,
-            "clock_adjtime": 266,
-            "adjtimex": 171,
-            "quotactl": 60,
-            "open_by_handle_at": 265,
-            "name_to_handle_at": 264,
-            "personality": 92,
-            "syslog": 116,
-            "fanotify_init": 262,
-            "vhangup": 58,
-            "open_tree": 428,
-            "move_mount": 429,
-            "fsopen": 430,
-            "fsconfig": 431,
-            "fsmount": 432,
-            "fspick": 433,
-            "mount_setattr": 442,
-            "kcmp": 272,
-        },
-    ),
+    "x86_64": (0xC000003E, {
+        "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kexec_load": 246,
+        "kexec_file_load": 320, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "setns": 308,
+        "unshare": 272, "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298,
+        "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+        "init_module": 175, "finit_module": 313, "delete_module": 176, "swapon": 167, "swapoff": 168,
+        "reboot": 169, "acct": 163, "settimeofday": 164, "clock_settime": 227, "clock_adjtime": 305,
+        "adjtimex": 159, "quotactl": 179, "open_by_handle_at": 304, "name_to_handle_at": 303,
+        "personality": 135, "syslog": 103, "fanotify_init": 300, "vhangup": 153, "open_tree": 428,
+        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+        "mount_setattr": 442, "kcmp": 312,
+    }),
+    "aarch64": (0xC00000B7, {
+        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kexec_load": 104,
+        "kexec_file_load": 294, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "setns": 268,
+        "unshare": 97, "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280, "perf_event_open": 241,
+        "userfaultfd": 282, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+        "init_module": 105, "finit_module": 273, "delete_module": 106, "swapon": 224, "swapoff": 225,
+        "reboot": 142, "acct": 89, "settimeofday": 170, "clock_settime": 112, "clock_adjtime": 266,
+        "adjtimex": 171, "quotactl": 60, "open_by_handle_at": 265, "name_to_handle_at": 264,
+        "personality": 92, "syslog": 116, "fanotify_init": 262, "vhangup": 58, "open_tree": 428,
+        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+        "mount_setattr": 442, "kcmp": 272,
+    }),
 }
 _X32_SYSCALL_BIT = 0x40000000
 _RET_ALLOW, _RET_KILL_PROCESS, _RET_ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
@@ -354,46 +228,17 @@ def _bwrap_command(plan: _Plan, limits: SandboxLimits, seccomp_fd: int | None) -
     assert plan.bwrap is not None
     command = [
         plan.bwrap,
-        "--unshare-user",
-        "--unshare-pid",
-        "--unshare-net",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup",
-        "--disable-userns",
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
-        "--hostname",
-        "sandbox",
+        "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
+        "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        "--hostname", "sandbox",
         *_bind_arguments(plan.prefix),
-        "--dev",
-        "/dev",
-        "--size",
-        str(limits.scratch_mb * 1024 * 1024),
-        "--tmpfs",
-        SCRATCH,
-        "--chdir",
-        SCRATCH,
+        "--dev", "/dev",
+        "--size", str(limits.scratch_mb * 1024 * 1024), "--tmpfs", SCRATCH,
+        "--chdir", SCRATCH,
         # bwrap's own root and /dev are tmpfs too: read-only, so the scratch tmpfs is the only writable place.
-        "--remount-ro",
-        "/dev",
-        "--remount-ro",
-        "/",
-        "--clearenv",
-        "--setenv",
-        "HOME",
-        SCRATCH,
-        "--setenv",
-        "PATH",
-        "/usr/bin:/bin",
-        "--setenv",
-        "LANG",
-        "C.UTF-8",
-        "--setenv",
-        "PYTHONHASHSEED",
-        "0",
+        "--remount-ro", "/dev", "--remount-ro", "/",
+        "--clearenv", "--setenv", "HOME", SCRATCH, "--setenv", "PATH", "/usr/bin:/bin",
+        "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONHASHSEED", "0",
     ]
     if seccomp_fd is not None:
         command += ["--seccomp", str(seccomp_fd)]
@@ -425,21 +270,14 @@ def plan_for(policy: SandboxPolicy) -> _Plan:
     interpreter = _interpreter(policy, drop_to)
     if interpreter is None:
         return _Plan(
-            "",
-            "",
-            drop_to,
-            None,
-            (),
+            "", "", drop_to, None, (),
             ("interpreter: no Python the sandbox user can run; set tools.sandbox_python",),
         )
     prefix = str(Path(interpreter).parent.parent)
     bwrap = shutil.which("bwrap")
     missing = []
     isolation = [
-        "rlimits",
-        "tests evaluated outside the code's process",
-        "per-test signed report",
-        "audit hook",
+        "rlimits", "tests evaluated outside the code's process", "per-test signed report", "audit hook",
         "clean environment",
     ]
     if drop_to is not None:
@@ -457,13 +295,8 @@ def plan_for(policy: SandboxPolicy) -> _Plan:
         missing.append(f"namespaces: bubblewrap could not start a sandbox here ({reason})")
         return _Plan(interpreter, prefix, drop_to, None, tuple(isolation), tuple(missing))
     isolation += [
-        "bubblewrap",
-        "user namespace",
-        "mount namespace (read-only system, private tmpfs scratch)",
-        "pid namespace",
-        "network namespace (no interfaces but loopback)",
-        "ipc namespace",
-        "no capabilities",
+        "bubblewrap", "user namespace", "mount namespace (read-only system, private tmpfs scratch)",
+        "pid namespace", "network namespace (no interfaces but loopback)", "ipc namespace", "no capabilities",
         "no nested user namespaces",
     ]
     if filter_program is not None:
@@ -518,14 +351,8 @@ def _signal_of(returncode: int | None) -> int | None:
     return returncode - 128 if returncode > 128 else None
 
 
-_BLOCKED_MARKERS = (
-    "PermissionError",
-    "BlockingIOError",
-    "Read-only file system",
-    "Network is unreachable",
-    "sandbox:",
-    "Operation not permitted",
-)
+_BLOCKED_MARKERS = ("PermissionError", "BlockingIOError", "Read-only file system", "Network is unreachable",
+                    "sandbox:", "Operation not permitted")
 
 
 def _verdict(
@@ -559,15 +386,10 @@ def _verdict(
         else:
             return False, "incomplete", f"the tests could not be finished: {gone[2]}", tests
         if signalled not in (signal.SIGXCPU, signal.SIGXFSZ) and "MemoryError" not in stderr:
-            return (
-                False,
-                "incomplete",
-                (
-                    f"the code's process ended before the tests did ({_exit_reason(returncode)}): the code left "
-                    "early or was killed"
-                ),
-                tests,
-            )
+            return False, "incomplete", (
+                f"the code's process ended before the tests did ({_exit_reason(returncode)}): the code left "
+                "early or was killed"
+            ), tests
     if not ended or returncode != 0:
         if signalled == signal.SIGXCPU:
             return False, "cpu_limit", "CPU time limit reached", tests
@@ -575,12 +397,9 @@ def _verdict(
             return False, "output_limit", "file size limit reached", tests
         if "MemoryError" in stderr:
             return False, "memory_limit", "memory limit reached", tests
-        return (
-            False,
-            "incomplete",
-            (f"the harness did not report every test ({_exit_reason(returncode)}): the code left early or was killed"),
-            tests,
-        )
+        return False, "incomplete", (
+            f"the harness did not report every test ({_exit_reason(returncode)}): the code left early or was killed"
+        ), tests
     failure = code_error if not code_ok else next((t.error for t in tests if not t.passed), "")
     if not code_ok:
         reason = f"the code raised {code_error}" if started else code_error
@@ -614,15 +433,7 @@ def split_tests(tests: str) -> list[tuple[str, int]]:
 
 def _refused(plan: _Plan, problem: str) -> SandboxResult:
     return SandboxResult(
-        False,
-        "refused",
-        problem,
-        None,
-        "",
-        "",
-        0.0,
-        list(plan.isolation),
-        list(plan.missing),
+        False, "refused", problem, None, "", "", 0.0, list(plan.isolation), list(plan.missing),
         interpreter=plan.interpreter,
     )
 
@@ -659,36 +470,23 @@ def run_python(  # one pass of spawn, pump and judge
     try:
         statements = split_tests(tests)
     except SyntaxError as exc:
-        return SandboxResult(
-            False,
-            "failed",
-            f"the tests do not compile: {exc}",
-            None,
-            "",
-            "",
-            0.0,
-            list(plan.isolation),
-            list(plan.missing),
-            interpreter=plan.interpreter,
-        )
+        return SandboxResult(False, "failed", f"the tests do not compile: {exc}", None, "", "", 0.0,
+                             list(plan.isolation), list(plan.missing), interpreter=plan.interpreter)
     # marshal: built into every Python, so the harness imports nothing to read it; version 4 reads on 3.4+.
-    request = marshal.dumps(
-        {
-            "code": code,
-            "tests": statements,
-            "key": key,
-            "confine": plan.bwrap is None,
-            "report_fd": report_write,
-            "limits": {
-                "cpu_seconds": limits.cpu_seconds,
-                "memory_bytes": limits.memory_mb * 1024 * 1024,
-                "file_bytes": limits.scratch_mb * 1024 * 1024,
-                "processes": limits.processes,
-                "wall_seconds": limits.wall_seconds,
-            },
+    request = marshal.dumps({
+        "code": code,
+        "tests": statements,
+        "key": key,
+        "confine": plan.bwrap is None,
+        "report_fd": report_write,
+        "limits": {
+            "cpu_seconds": limits.cpu_seconds,
+            "memory_bytes": limits.memory_mb * 1024 * 1024,
+            "file_bytes": limits.scratch_mb * 1024 * 1024,
+            "processes": limits.processes,
+            "wall_seconds": limits.wall_seconds,
         },
-        4,
-    )
+    }, 4)
     if plan.bwrap:
         command, cwd = _bwrap_command(plan, limits, seccomp_read), None
     else:  # weaker isolation, explicitly allowed: a throwaway directory instead of the namespaces
@@ -759,55 +557,14 @@ def run_python(  # one pass of spawn, pump and judge
     records, tampered = _read_report(bytes(buffers[report_read]), key)
     isolation, missing = list(plan.isolation), list(plan.missing)
     if timed_out:
-        return SandboxResult(
-            False,
-            "timeout",
-            f"wall-clock limit of {limits.wall_seconds}s reached",
-            proc.returncode,
-            stdout,
-            stderr,
-            seconds,
-            isolation,
-            missing,
-            interpreter=plan.interpreter,
-        )
+        return SandboxResult(False, "timeout", f"wall-clock limit of {limits.wall_seconds}s reached",
+                             proc.returncode, stdout, stderr, seconds, isolation, missing, interpreter=plan.interpreter)
     if overflow:
-        return SandboxResult(
-            False,
-            "output_limit",
-            f"more than {limits.output_bytes} bytes of output",
-            proc.returncode,
-            stdout,
-            stderr,
-            seconds,
-            isolation,
-            missing,
-            interpreter=plan.interpreter,
-        )
+        return SandboxResult(False, "output_limit", f"more than {limits.output_bytes} bytes of output",
+                             proc.returncode, stdout, stderr, seconds, isolation, missing, interpreter=plan.interpreter)
     if tampered:
-        return SandboxResult(
-            False,
-            "tampered",
-            tampered,
-            proc.returncode,
-            stdout,
-            stderr,
-            seconds,
-            isolation,
-            missing,
-            interpreter=plan.interpreter,
-        )
+        return SandboxResult(False, "tampered", tampered, proc.returncode, stdout, stderr, seconds, isolation,
+                             missing, interpreter=plan.interpreter)
     passed, outcome, reason, test_outcomes = _verdict(records, proc.returncode, stderr)
-    return SandboxResult(
-        passed,
-        outcome,
-        reason,
-        proc.returncode,
-        stdout,
-        stderr,
-        seconds,
-        isolation,
-        missing,
-        test_outcomes,
-        plan.interpreter,
-    )
+    return SandboxResult(passed, outcome, reason, proc.returncode, stdout, stderr, seconds, isolation, missing,
+                         test_outcomes, plan.interpreter)

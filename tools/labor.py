@@ -92,7 +92,9 @@ def extract_claims(text: str) -> list[ShareClaim]:
             value = float(number.group(1))
             if value > 100:
                 continue
-            group = _group_of(number, numbers[i + 1].start() if i + 1 < len(numbers) else len(sentence), mentions)
+            group = _group_of(
+                number, numbers[i + 1].start() if i + 1 < len(numbers) else len(sentence), mentions
+            )
             attribute, low, high = _as_attribute(group, value, value)
             claims.append(ShareClaim(attribute, low, high, sentence.strip()))
         if numbers:

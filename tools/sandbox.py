@@ -65,11 +65,8 @@ class PythonSandboxTool(JudgeTool):
 
     def _run(self, code: str, tests: str = "", timeout_s: float = 5.0, memory_mb: int = 512) -> dict[str, Any]:
         limits = SandboxLimits(
-            cpu_seconds=max(1, int(timeout_s)),
-            wall_seconds=timeout_s,
-            memory_mb=memory_mb,
-            processes=self.processes,
-            scratch_mb=self.scratch_mb,
+            cpu_seconds=max(1, int(timeout_s)), wall_seconds=timeout_s, memory_mb=memory_mb,
+            processes=self.processes, scratch_mb=self.scratch_mb,
         )
         result = run_python(extract_code(code), tests, limits, self.policy)
         data = {

@@ -115,7 +115,7 @@ def candidate(requests, replies):  # C: never returns
             payload = encoded("error\n" + represent("the code returned more than 1 MiB of data"), "utf-8")
         message = b"%010d" % length(payload) + payload
         while message:
-            message = message[write(replies, message) :]
+            message = message[write(replies, message):]
 
     def raised(exc):
         try:
@@ -155,16 +155,8 @@ def candidate(requests, replies):  # C: never returns
     root = os.path.realpath(os.getcwd())
     realpath, join, decode, getcwd = os.path.realpath, os.path.join, os.fsdecode, os.getcwd
     frame_events = frozenset(
-        (
-            "sys._getframe",
-            "sys._current_frames",
-            "sys.settrace",
-            "sys.setprofile",
-            "gc.get_objects",
-            "gc.get_referrers",
-            "gc.get_referents",
-            "sys.addaudithook",
-        )
+        ("sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile", "gc.get_objects",
+         "gc.get_referrers", "gc.get_referents", "sys.addaudithook")
     )
     frame_attributes = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame"))
 
@@ -178,36 +170,16 @@ def candidate(requests, replies):  # C: never returns
         # Without the kernel's layers (weaker isolation, explicitly allowed): the old in-process rules, a
         # best effort only; code in this process can get round them (dir_fd, for one).
         if confine:
-            if event.startswith(
-                (
-                    "socket.",
-                    "os.fork",
-                    "os.posix_spawn",
-                    "os.spawn",
-                    "os.exec",
-                    "os.system",
-                    "subprocess.",
-                    "os.kill",
-                    "os.killpg",
-                    "pty.",
-                )
-            ):
+            if event.startswith(("socket.", "os.fork", "os.posix_spawn", "os.spawn", "os.exec", "os.system",
+                                 "subprocess.", "os.kill", "os.killpg", "pty.")):
                 raise PermissionError("sandbox: " + event + " is not allowed without kernel isolation")
             if event == "open" and args[2] and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND):
                 if not inside(args[0]):
                     raise PermissionError("sandbox: writing outside the work directory is not allowed")
-            if event in (
-                "os.remove",
-                "os.rename",
-                "os.rmdir",
-                "os.mkdir",
-                "os.symlink",
-                "os.link",
-                "os.chmod",
-                "os.truncate",
-                "shutil.rmtree",
-                "os.utime",
-            ) and not all(inside(arg) for arg in args[:2] if isinstance(arg, (str, bytes))):
+            if event in ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.symlink", "os.link", "os.chmod",
+                         "os.truncate", "shutil.rmtree", "os.utime") and not all(
+                inside(arg) for arg in args[:2] if isinstance(arg, (str, bytes))
+            ):
                 raise PermissionError("sandbox: " + event + " outside the work directory is not allowed")
         # ValueError, not PermissionError: namedtuple, enum, typing and logging catch it and carry on.
         if event in _events:
@@ -337,7 +309,7 @@ def main():  # T, the trusted process: one straight-line sequence
         message = b"%010d" % len(data) + data
         try:
             while message:
-                message = message[os.write(to_candidate, message) :]
+                message = message[os.write(to_candidate, message):]
         except OSError:
             gone()
 
@@ -369,12 +341,8 @@ def main():  # T, the trusted process: one straight-line sequence
         cls = getattr(builtins, name, None)
         # The built-in type, so `except ValueError` in a test works; not StopIteration, which would end a
         # builtin's loop (`all(map(f, xs))`) as if the code had answered.
-        if (
-            isinstance(cls, type)
-            and issubclass(cls, Exception)
-            and cls.__module__ == "builtins"
-            and not issubclass(cls, (StopIteration, StopAsyncIteration))
-        ):
+        if (isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins"
+                and not issubclass(cls, (StopIteration, StopAsyncIteration))):
             try:
                 error = cls(message)
             except BaseException:

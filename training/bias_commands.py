@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-labor_app = typer.Typer(help="BLS labor statistics (CPS table 11): download and inspect.", no_args_is_help=True)
+labor_app = typer.Typer(
+    help="BLS labor statistics (CPS table 11): download and inspect.", no_args_is_help=True
+)
 eval_app = typer.Typer(help="Evaluate models: occupational bias against BLS data.", no_args_is_help=True)
 console = Console(soft_wrap=True, width=160)
 
@@ -22,8 +24,12 @@ TableOption = Annotated[Path, typer.Option("--labor-table", help="CPS table 11 f
 @labor_app.command("fetch")
 def labor_fetch(
     year: Annotated[int | None, typer.Option("--year", help="Archived annual averages of this year.")] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Download from this URL instead of bls.gov.")] = None,
-    dest: Annotated[Path | None, typer.Option("--dest", help="Folder (default: $PREFSMITH_HOME/labor).")] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Download from this URL instead of bls.gov.")
+    ] = None,
+    dest: Annotated[
+        Path | None, typer.Option("--dest", help="Folder (default: $PREFSMITH_HOME/labor).")
+    ] = None,
 ) -> None:
     """Download CPS table 11 from BLS into the cache and check that it reads."""
     from tools.bls import download_table, read_table
@@ -83,12 +89,16 @@ def eval_bias(
     model: Annotated[str, typer.Option("--model", help="Model name, HF id or path.")],
     labor_table: TableOption,
     out: Annotated[Path, typer.Option("--out", help="Folder for report.json, report.md and plots.")],
-    in_context: Annotated[int, typer.Option("--in-context", help="Also measure with K BLS facts in context.")] = 0,
+    in_context: Annotated[
+        int, typer.Option("--in-context", help="Also measure with K BLS facts in context.")
+    ] = 0,
     after: Annotated[
         str | None,
         typer.Option("--after", help="A debiased model to measure beside (e.g. train debias --out)."),
     ] = None,
-    min_employed: Annotated[int, typer.Option(help="Probe occupations with ≥ this many thousand employed.")] = 100,
+    min_employed: Annotated[
+        int, typer.Option(help="Probe occupations with ≥ this many thousand employed.")
+    ] = 100,
     held_out_fraction: Annotated[float, typer.Option(help="Share of occupations held out.")] = 0.3,
     split_seed: Annotated[int, typer.Option(help="Seed of the train/held-out split.")] = 0,
     limit: Annotated[int | None, typer.Option(help="Measure at most this many held-out occupations.")] = None,
@@ -120,8 +130,12 @@ def train_debias(
     data: Annotated[str, typer.Option("--data", help="Export folder or id of grounded preference pairs.")],
     labor_table: TableOption,
     out: Annotated[Path, typer.Option("--out", help="Folder for the trained model and split.json.")],
-    config: Annotated[str, typer.Option("--config", "-c", help="Training YAML file or preset name.")] = "train_debias",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field: KEY=VALUE.")] = None,
+    config: Annotated[
+        str, typer.Option("--config", "-c", help="Training YAML file or preset name.")
+    ] = "train_debias",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config field: KEY=VALUE.")
+    ] = None,
 ) -> None:
     """DPO on exported pairs + λ·KL(BLS ‖ model) on multiple-choice probes of training occupations."""
     from training.debias import train_debias_model

@@ -150,7 +150,9 @@ def write_report(
     return document
 
 
-def constant_baseline(train: list[OccupationRow], rows: list[OccupationRow], seed: int = 0) -> ConditionResult:
+def constant_baseline(
+    train: list[OccupationRow], rows: list[OccupationRow], seed: int = 0
+) -> ConditionResult:
     """No model: every held-out occupation gets the mean share of the training occupations. A debiased model
     that only matches this has learned base rates, not occupations."""
     means = {a: sum(_known(r, a) for r in train) / len(train) for a in ATTRIBUTES}

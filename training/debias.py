@@ -75,7 +75,9 @@ class GroundingProbe:
     target: tuple[float, ...]  # probabilities (sum 1)
 
 
-def grounding_probes(rows: Sequence[OccupationRow], tokenizer: Any, dimensions: Sequence[str]) -> list[GroundingProbe]:
+def grounding_probes(
+    rows: Sequence[OccupationRow], tokenizer: Any, dimensions: Sequence[str]
+) -> list[GroundingProbe]:
     """Every template of every dimension on every training occupation, with its BLS target."""
     probes = []
     for name in dimensions:
@@ -106,7 +108,9 @@ def grounding_kl(model: Any, tokenizer: Any, probes: Sequence[GroundingProbe]) -
             add_special_tokens=False,
         )
         option_ids = torch.tensor([p.option_ids for p in group], device=device)
-        log_p = option_log_probs(model, batch.input_ids.to(device), batch.attention_mask.to(device), option_ids)
+        log_p = option_log_probs(
+            model, batch.input_ids.to(device), batch.attention_mask.to(device), option_ids
+        )
         target = torch.tensor([p.target for p in group], device=device, dtype=log_p.dtype)
         log_target = torch.where(target > 0, target.clamp_min(1e-12).log(), torch.zeros_like(target))
         losses.append((target * (log_target - log_p)).sum(dim=1))
@@ -200,7 +204,9 @@ def grounded_pairs(
     for row in rows:
         for dimension in dimensions:
             chosen, rejected = _pair_texts(row, dimension)
-            verdicts = [tool.evidence({"occupation": row.title, "claim": c}).verdict for c in (chosen, rejected)]
+            verdicts = [
+                tool.evidence({"occupation": row.title, "claim": c}).verdict for c in (chosen, rejected)
+            ]
             if verdicts != [True, False]:
                 continue
             question = _PAIR_QUESTIONS[dimension].format(**display(row.title))
@@ -253,7 +259,9 @@ class DebiasRun:
     log_history: list[dict[str, Any]]
 
 
-def occupation_split(table: LaborTable, config: DebiasConfig) -> tuple[list[OccupationRow], list[OccupationRow]]:
+def occupation_split(
+    table: LaborTable, config: DebiasConfig
+) -> tuple[list[OccupationRow], list[OccupationRow]]:
     return split_occupations(
         probe_occupations(table, min_employed=config.min_employed),
         held_out_fraction=config.held_out_fraction,

@@ -52,7 +52,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["prompt_id"], ["prompts.id"], name=op.f("fk_episodes_prompt_id_prompts")),
-        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name=op.f("fk_episodes_run_id_runs"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["runs.id"], name=op.f("fk_episodes_run_id_runs"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_episodes")),
         sa.UniqueConstraint("run_id", "prompt_id", name=op.f("uq_episodes_run_id_prompt_id")),
     )
@@ -72,7 +74,9 @@ def upgrade() -> None:
         sa.Column("content_hash", sa.String(length=64), nullable=False),
         sa.Column("manifest", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name=op.f("fk_exports_run_id_runs"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["runs.id"], name=op.f("fk_exports_run_id_runs"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_exports")),
         sa.UniqueConstraint("run_id", "version", name=op.f("uq_exports_run_id_version")),
     )
@@ -142,7 +146,9 @@ def upgrade() -> None:
             ["round_id"], ["rounds.id"], name=op.f("fk_judgments_round_id_rounds"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_judgments")),
-        sa.UniqueConstraint("round_id", "generation_index", name=op.f("uq_judgments_round_id_generation_index")),
+        sa.UniqueConstraint(
+            "round_id", "generation_index", name=op.f("uq_judgments_round_id_generation_index")
+        ),
     )
     op.create_table(
         "preference_pairs",
@@ -173,7 +179,9 @@ def upgrade() -> None:
             name=op.f("fk_preference_pairs_episode_id_episodes"),
             ondelete="CASCADE",
         ),
-        sa.ForeignKeyConstraint(["prompt_id"], ["prompts.id"], name=op.f("fk_preference_pairs_prompt_id_prompts")),
+        sa.ForeignKeyConstraint(
+            ["prompt_id"], ["prompts.id"], name=op.f("fk_preference_pairs_prompt_id_prompts")
+        ),
         sa.ForeignKeyConstraint(
             ["round_id"], ["rounds.id"], name=op.f("fk_preference_pairs_round_id_rounds"), ondelete="CASCADE"
         ),
