@@ -91,16 +91,21 @@ def play(args: argparse.Namespace, with_tools: bool, extra: tuple[str, ...] = ()
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50)
+def play_arguments(description: str, n: int, in_flight: int) -> argparse.Namespace:
+    """The command line of a benchmark that calls `play` (this one, verdicts_decide.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--n", type=int, default=n)
     parser.add_argument("--candidates", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--in-flight", type=int, default=8)
+    parser.add_argument("--in-flight", type=int, default=in_flight)
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = play_arguments(__doc__.splitlines()[0], n=50, in_flight=8)
     import torch
 
     torch.set_num_threads(1)

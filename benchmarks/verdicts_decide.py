@@ -11,7 +11,6 @@ answers, checked afterwards), their share, and the engine calls spent. Printed, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -19,17 +18,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def main() -> None:
-    from tools_effect import play
+    from tools_effect import play, play_arguments
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=16)
-    parser.add_argument("--candidates", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--in-flight", type=int, default=4)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    args = parser.parse_args()
+    args = play_arguments(__doc__.splitlines()[0], n=16, in_flight=4)
     import torch
 
     torch.set_num_threads(1)

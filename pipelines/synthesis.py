@@ -715,7 +715,7 @@ class LeaseKeeper:
         period = self.run.lease.ttl_s / 3
         while not self._done.wait(period):
             try:
-                with_retries(self._renew, f"renewing the lease of run {self.run.run_id}", budget_s=self.run.retry_s)
+                self.run.store(f"renewing the lease of run {self.run.run_id}", self._renew)
             except (StorageUnavailableError, LeaseLostError) as exc:
                 self.stop.stop_now(str(exc))
                 return

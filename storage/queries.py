@@ -68,8 +68,9 @@ def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSu
             .group_by(Episode.run_id)
         ).all()
     )
-    pairs = {
-        row[0]: (row[1], row[2], row[3])
+    # (pairs, accepted, verified) by run; PostgreSQL sums come back as Decimal
+    pairs: dict[str, tuple[int, int, int]] = {
+        row[0]: (row[1], int(row[2]), int(row[3]))
         for row in session.execute(
             select(
                 PreferencePair.run_id,
@@ -97,8 +98,8 @@ def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSu
             episodes_done=sum(by_status.get(r.id, {}).get(s, 0) for s in EPISODE_FINISHED),
             rounds=rounds.get(r.id, 0),
             pairs=pairs.get(r.id, (0, 0, 0))[0],
-            accepted_pairs=int(pairs.get(r.id, (0, 0, 0))[1] or 0),
-            verified_pairs=int(pairs.get(r.id, (0, 0, 0))[2] or 0),
+            accepted_pairs=pairs.get(r.id, (0, 0, 0))[1],
+            verified_pairs=pairs.get(r.id, (0, 0, 0))[2],
             failures=by_status.get(r.id, {}).get(EpisodeStatus.FAILED, 0),
             exports=exports.get(r.id, 0),
             metrics=dict(r.metrics or {}),

@@ -253,29 +253,13 @@ def test_errors_that_will_not_pass_are_not_retried(db_url: str) -> None:
     engine = _run_with_episode(db_url)
     calls: list[int] = []
 
-    def duplicate() -> None:
+    def duplicate() -> None:  # two leases for one run: a constraint, which no retry can make pass
         calls.append(1)
         with session_scope(engine) as session:
-            session.add(
-                RunLease(
-                    run_id="r1",
-                    lease_id="a",
-                    holder="x",
-                    acquired_at=leases.database_now(session),
-                    expires_at=leases.database_now(session),
-                )
-            )
-            session.flush()
-            session.add(
-                RunLease(
-                    run_id="r1",
-                    lease_id="b",
-                    holder="y",
-                    acquired_at=leases.database_now(session),
-                    expires_at=leases.database_now(session),
-                )
-            )
-            session.flush()
+            now = leases.database_now(session)
+            for lease_id in ("a", "b"):
+                session.add(RunLease(run_id="r1", lease_id=lease_id, holder="x", acquired_at=now, expires_at=now))
+                session.flush()
 
     with pytest.raises(IntegrityError):
         with_retries(duplicate, "x", budget_s=30)

@@ -17,9 +17,9 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from agents.backends.errors import EngineError, InvalidRequestError
+from agents.backends.errors import EngineError
 from agents.backends.protocol import ChatRequest, ChatResult, LocalBackend
-from agents.backends.vllm_inprocess import chat_result, engine_arguments, sampling_params
+from agents.backends.vllm_inprocess import admit_with_params, chat_result, engine_arguments
 from configs.schema import ModelConfig
 
 T = TypeVar("T")
@@ -65,15 +65,11 @@ class VLLMAsyncBackend(LocalBackend):
             self.engine_calls += 1
         pending: list[ChatResult | Future[ChatResult]] = []
         for request in requests:
-            ids = self.admit(request)
-            if isinstance(ids, ChatResult):
-                pending.append(ids)
+            admitted = admit_with_params(self, request)
+            if isinstance(admitted, ChatResult):
+                pending.append(admitted)
                 continue
-            try:
-                params = sampling_params(request, self.max_model_len - len(ids))
-            except ValueError as exc:  # vLLM's own validation of the sampling parameters
-                pending.append(ChatResult.failed(InvalidRequestError(str(exc))))
-                continue
+            ids, params = admitted
             params.output_kind = RequestOutputKind.FINAL_ONLY  # one output, every one of the n samples in it
             pending.append(self._submit(self._one(ids, params)))
         return [item if isinstance(item, ChatResult) else item.result() for item in pending]

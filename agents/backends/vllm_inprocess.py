@@ -28,24 +28,17 @@ class VLLMBackend(LocalBackend):
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
-    def _sampling_params(self, request: ChatRequest, prompt_len: int) -> Any:
-        return sampling_params(request, self.max_model_len - prompt_len)
-
     def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         from vllm.inputs import TokensPrompt
 
         results: list[ChatResult | None] = [None] * len(requests)
         runnable: list[tuple[int, Any, Any]] = []
         for index, request in enumerate(requests):
-            ids = self.admit(request)
-            if isinstance(ids, ChatResult):
-                results[index] = ids
+            admitted = admit_with_params(self, request)
+            if isinstance(admitted, ChatResult):
+                results[index] = admitted
                 continue
-            try:
-                params = self._sampling_params(request, len(ids))
-            except ValueError as exc:  # vLLM's own validation of the sampling parameters
-                results[index] = ChatResult.failed(InvalidRequestError(str(exc)))
-                continue
+            ids, params = admitted
             runnable.append((index, TokensPrompt(prompt_token_ids=ids), params))
         if runnable:
             for index, result in zip([i for i, _, _ in runnable], self._run(runnable), strict=True):
@@ -77,6 +70,18 @@ class VLLMBackend(LocalBackend):
         if engine is not None:
             engine.llm_engine.engine_core.shutdown()
             del self.llm
+
+
+def admit_with_params(backend: LocalBackend, request: ChatRequest) -> tuple[list[int], Any] | ChatResult:
+    """The request's prompt token ids and vLLM sampling parameters, or the failed result to answer with: the
+    backend's own checks first (`LocalBackend.admit`), then vLLM's validation of the parameters."""
+    ids = backend.admit(request)
+    if isinstance(ids, ChatResult):
+        return ids
+    try:
+        return ids, sampling_params(request, backend.max_model_len - len(ids))
+    except ValueError as exc:
+        return ChatResult.failed(InvalidRequestError(str(exc)))
 
 
 def sampling_params(request: ChatRequest, room: int) -> Any:
