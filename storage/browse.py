@@ -126,7 +126,6 @@ def list_pairs(
     rows = rows[:limit]
     prompts: dict[str, list[Any]] = dict(
         session.execute(select(Prompt.id, Prompt.messages).where(Prompt.id.in_({r["prompt_id"] for r in rows})))
-        .tuples()
         .all()
     )
     reviews = reviews_in_force(session, [r["id"] for r in rows]) if rows else {}

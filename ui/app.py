@@ -83,7 +83,7 @@ def inert(value: Any, limit: int | None = TEXT_LIMIT) -> Markup:
     out, last = [], 0
     for m in _CONTROLS.finditer(text):
         out.append(escape(text[last : m.start()]))
-        out.append(Markup('<span class="ctl" title="invisible control character">⟨U+%04X⟩</span>') % ord(m.group()))
+        out.append(Markup(f'<span class="ctl" title="invisible control character">⟨U+{ord(m.group()):04X}⟩</span>'))
         last = m.end()
     out.append(escape(text[last:]))
     return Markup("").join(out)
