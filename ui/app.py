@@ -165,7 +165,7 @@ class Guard(BaseHTTPMiddleware):
                 response.set_cookie(CSRF_COOKIE, request.state.csrf, httponly=True, samesite="strict")
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" would make forms send Origin: null
         response.headers["X-Frame-Options"] = "SAMEORIGIN"
         response.headers["Cache-Control"] = "no-store"
         return response
