@@ -504,12 +504,12 @@ def ui_command(
         raise PrefsmithError(f"{UI_TOKEN_ENV} is shorter than {UI_TOKEN_MIN_CHARS} characters")
     if not 0 < port < 65536:
         raise PrefsmithError(f"--port {port} is not a TCP port")
-    roots = [folder.expanduser().resolve() for folder in (artifacts or [prefsmith_home()])]
+    roots = [folder.expanduser().resolve() for folder in artifacts or []]
     for folder in roots:
         if not folder.is_dir():
             raise PrefsmithError(f"--artifacts {folder}: no such folder")
     engine = open_database(db)
-    settings = UiSettings(engine, read_only=read_only, token=token, artifacts=roots,
+    settings = UiSettings(engine, read_only=read_only, token=token, artifacts=roots or [prefsmith_home()],
                           reviewer=reviewer or getpass.getuser())
     shown = "localhost" if _is_loopback(host) else host
     _say(f"prefsmith ui: http://{shown}:{port}/ on {redact_url(resolve_db_url(db))}"
