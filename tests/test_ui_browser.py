@@ -90,3 +90,51 @@ def test_hostile_texts_render_inert_and_the_page_stays_usable(hostile_ui) -> Non
     with session_scope(engine) as session:
         decisions = {(r.decision, r.reviewer) for r in session.execute(select(PairReview)).scalars()}
     assert decisions == {("approved", "tester"), ("flipped", "tester")}
+
+
+def test_token_masks_and_a_bias_report_from_the_real_renderers(tmp_path: Path) -> None:
+    """The training page serves what `prefsmith inspect masks` and the bias report write (made here by the
+    same renderers, on a model-free baseline and hand-made mask weights): the masks page in a sandboxed frame
+    with its PNG, the report's table and plots."""
+    from tests.conftest import LABOR_DATA
+    from tools.bls import read_table
+    from training.bias_report import constant_baseline, held_out_rows, write_report
+    from training.inspect_masks import MaskedPair, MaskedResponse, render_html, render_png
+
+    root = tmp_path / "artifacts"
+    masks = root / "sparsepo-run" / "final"
+    masks.mkdir(parents=True)
+    tokens = ["The", " answer", " is", " 42", " <script>window.__xss=1</script>"]
+    pair = MaskedPair("What is 40 + 2?", MaskedResponse("chosen", tokens, [0.1, 0.2, 0.3, 1.5, 0.0], [0.5] * 5),
+                      MaskedResponse("rejected", tokens[:3] + [" 43"], [0.1, 0.2, 0.3, 1.2], [0.5] * 4))
+    (masks / "masks.html").write_text(render_html([pair], "SparsePO masks of sparsepo-run/final"), encoding="utf-8")
+    render_png([pair], masks / "masks.png")
+    table = read_table(LABOR_DATA / "cpsaat11_2022_clean.csv")
+    train, rows = held_out_rows(table, min_employed=100, held_out_fraction=0.3, split_seed=0, limit=None)
+    write_report(root / "bias-before", table, [constant_baseline(train, rows)], rows, ["model-free baseline"], {})
+
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    upgrade(url)
+    engine = open_database(url)
+    dialogs: list[str] = []
+    try:
+        with serve(UiSettings(engine, artifacts=[root])) as base, chromium() as browser:
+            page = browser.new_page()
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(f"{base}/training")
+            frame = page.frame_locator("iframe.masks")
+            assert " 42" in frame.locator("body").inner_text()
+            assert frame.locator("span.t").count() == 2 * (5 + 4)  # reward and KL mask of both responses
+            image = page.locator("section.masks img")
+            image.wait_for()
+            assert page.evaluate("img => img.naturalWidth", image.element_handle()) > 100
+            page.click("a[href*='bias-before']")
+            assert "baseline: train mean" in page.inner_text("#bias")
+            assert f"{len(rows)} held-out occupations" in page.inner_text("main")
+            plots = page.locator(".plots img")
+            assert plots.count() >= 1
+            for i in range(plots.count()):
+                assert page.evaluate("img => img.complete && img.naturalWidth", plots.nth(i).element_handle()) > 100
+            assert dialogs == [] and page.evaluate("window.__xss === undefined")
+    finally:
+        engine.dispose()
