@@ -99,7 +99,9 @@ def store_hostile_run(engine: Engine, n_prompts: int = 4) -> tuple[list[str], st
                 JudgmentRecord(1, 1.0, hostile_text(i + 6), MODEL, verified=False, raw_output=XSS[7]),
             ],
             evidence=[
-                EvidenceRecord("reference_answer", {"gold": XSS[8]}, {"said": XSS[9]}, generation_index=0, verdict=True),
+                EvidenceRecord(
+                    "reference_answer", {"gold": XSS[8]}, {"said": XSS[9]}, generation_index=0, verdict=True
+                ),
                 EvidenceRecord("reference_answer", {"gold": XSS[10]}, {"said": XSS[11]}, generation_index=1,
                                verdict=False, error=XSS[12]),
                 EvidenceRecord("calculator", {"expression": XSS[0]}, {"value": XSS[2]}),

@@ -22,8 +22,8 @@ from storage.migrate import open_database
 from storage.models import PairReview, PreferencePair
 from storage.preference_sets import load_preference_set
 from storage.reviews import add_review, reviews_in_force
-from tests.hostile_texts import RUN as HOSTILE_RUN
 from tests.hostile_texts import HUGE, store_hostile_run
+from tests.hostile_texts import RUN as HOSTILE_RUN
 from tests.sample_run import store_sample_run
 from tests.test_cli import assert_user_error, prefsmith
 from ui.app import CSRF_COOKIE, UiSettings, create_app

@@ -71,7 +71,8 @@ def _start_ui(url: str, home: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
-def test_browse_review_and_export_a_real_run(local_ray, fresh_postgres_url: str, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("local_ray")
+def test_browse_review_and_export_a_real_run(fresh_postgres_url: str, tmp_path: Path) -> None:
     report = synthesize(load_config(_config(tmp_path)), run_id=RUN, db_url=fresh_postgres_url)
     assert report.metrics.accepted >= 2, report.metrics
     engine = open_database(fresh_postgres_url)
