@@ -118,13 +118,17 @@ def make_database(n: int) -> str:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    params = {"n": n, "runs": RUNS, "prompts": (n + RUNS - 1) // RUNS}
-    with engine.connect() as conn:
-        for statement in FILL:
-            conn.execute(text(statement), params)
-    engine.dispose()
+    try:
+        upgrade(url)
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        params = {"n": n, "runs": RUNS, "prompts": (n + RUNS - 1) // RUNS}
+        with engine.connect() as conn:
+            for statement in FILL:
+                conn.execute(text(statement), params)
+        engine.dispose()
+    except BaseException:
+        drop_database(url)
+        raise
     return url
 
 
