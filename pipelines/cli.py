@@ -270,6 +270,9 @@ def export(
     reviewed: Annotated[
         bool, typer.Option("--reviewed", help="Honour reviews (`prefsmith ui`): drop rejected pairs, swap flipped.")
     ] = False,
+    require_verified: Annotated[
+        bool, typer.Option("--require-verified", help="Keep only pairs whose tools passed chosen, failed rejected.")
+    ] = False,
     db: DbOption = None,
 ) -> None:
     """Write a run's accepted pairs as a versioned preference set in TRL's conversational format."""
@@ -279,7 +282,14 @@ def export(
     engine = open_database(db)
     try:
         result = export_run(
-            engine, run, out, fmt=fmt, min_score=min_score, force=force, reviewed=reviewed  # type: ignore[arg-type]
+            engine,
+            run,
+            out,
+            fmt=fmt,  # type: ignore[arg-type]
+            min_score=min_score,
+            force=force,
+            reviewed=reviewed,
+            require_verified=require_verified,
         )
     finally:
         engine.dispose()

@@ -51,6 +51,8 @@ def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str) -> dict[str,
         "rejected": [{"role": "assistant", "content": pair["rejected"]}],
         "score": pair["score"],
         "accepted_by": pair["accepted_by"],
+        "chosen_verified": pair["chosen_verified"],
+        "rejected_verified": pair["rejected_verified"],
         "chosen_score": pair["chosen_score"],
         "rejected_score": pair["rejected_score"],
         "pair_id": pair["pair_id"],
@@ -106,6 +108,8 @@ def _arrow_schema(*, reviewed: bool = False) -> pa.Schema:
             ("rejected", pa.list_(message)),
             ("score", pa.float64()),
             ("accepted_by", pa.string()),
+            ("chosen_verified", pa.bool_()),
+            ("rejected_verified", pa.bool_()),
             ("chosen_score", pa.float64()),
             ("rejected_score", pa.float64()),
             ("pair_id", pa.string()),
@@ -159,18 +163,21 @@ def export_run(
     min_score: float | None = None,
     force: bool = False,
     reviewed: bool = False,
+    require_verified: bool = False,
 ) -> ExportResult:
     """Write run `run_id`'s accepted pairs (reward ≥ `min_score`) as its next export version and record an
     `exports` row; to `out`, or with no `out` to a new folder named after the run and version. Exports of
     one run made at the same time get distinct versions. With `reviewed`, people's reviews are honoured:
-    pairs reviewed `rejected` are left out, `flipped` ones swapped (storage.queries.accepted_pairs)."""
+    pairs reviewed `rejected` are left out, `flipped` ones swapped (storage.queries.accepted_pairs). With
+    `require_verified`, only pairs whose chosen answer passed its tools' checks and rejected answer failed."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
     with session_scope(engine) as session:
         config_hash = get_run(session, run_id).config_hash
-        pairs = accepted_pairs(session, run_id, min_score, reviewed=reviewed)
+        pairs = accepted_pairs(session, run_id, min_score, reviewed=reviewed, require_verified=require_verified)
     rows = [to_trl_row(p, run_id, config_hash) for p in pairs]
-    filters: dict[str, Any] = {"accepted": True, "min_score": min_score} | ({"reviewed": True} if reviewed else {})
+    filters: dict[str, Any] = {"accepted": True, "min_score": min_score}
+    filters |= ({"reviewed": True} if reviewed else {}) | ({"require_verified": True} if require_verified else {})
     for _ in range(_VERSION_ATTEMPTS):
         with session_scope(engine) as session:
             version = next_export_version(session, run_id)

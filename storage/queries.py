@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import case, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from configs.errors import NotFoundError
-from storage.models import Episode, Export, PreferencePair, Prompt, Round, Run
+from storage.models import Episode, Export, Judgment, PreferencePair, Prompt, Round, Run
 from storage.reviews import reviews_in_force
 from storage.vocabulary import EPISODE_FINISHED, AcceptedBy, EpisodeStatus, ReviewDecision
 
@@ -129,26 +129,46 @@ def get_run(session: Session, run_id: str) -> Run:
 
 
 def accepted_pairs(
-    session: Session, run_id: str, min_score: float | None = None, *, reviewed: bool = False
+    session: Session,
+    run_id: str,
+    min_score: float | None = None,
+    *,
+    reviewed: bool = False,
+    require_verified: bool = False,
 ) -> list[dict[str, Any]]:
     """The run's accepted pairs joined with their prompts, ordered by pair id (a stable export order).
     `min_score` keeps pairs the reward model graded at least that high, and verified pairs (which it did not
     grade: their tools' checks accepted them). With `reviewed`, people's reviews in force are applied: a
     rejected pair is dropped, a flipped one swapped (chosen ⇄ rejected with their scores), and each row says
-    its review (None where nobody reviewed it)."""
+    its review (None where nobody reviewed it). Each row carries the tools' verdict on its chosen and its
+    rejected answer (True, False, or None without one); `require_verified` keeps only pairs whose chosen
+    answer passed and rejected answer failed."""
+    chosen_j, rejected_j = aliased(Judgment), aliased(Judgment)
     query = (
-        select(PreferencePair, Prompt.messages)
+        select(PreferencePair, Prompt.messages, chosen_j.verified, rejected_j.verified)
         .join(Prompt, Prompt.id == PreferencePair.prompt_id)
+        .outerjoin(
+            chosen_j,
+            (chosen_j.round_id == PreferencePair.round_id)
+            & (chosen_j.generation_index == PreferencePair.chosen_index),
+        )
+        .outerjoin(
+            rejected_j,
+            (rejected_j.round_id == PreferencePair.round_id)
+            & (rejected_j.generation_index == PreferencePair.rejected_index),
+        )
         .where(PreferencePair.run_id == run_id, PreferencePair.accepted.is_(True))
         .order_by(PreferencePair.id)
     )
+    if require_verified:
+        query = query.where(chosen_j.verified.is_(True), rejected_j.verified.is_(False))
     if min_score is not None:
         query = query.where(
             or_(PreferencePair.reward_score >= min_score, PreferencePair.accepted_by == AcceptedBy.VERIFIED)
         )
     reviews = reviews_in_force(session, run_id=run_id) if reviewed else {}
     rows = []
-    for pair, messages in session.execute(query).all():
+    for pair, messages, chosen_verified, rejected_verified in session.execute(query).all():
         review = reviews.get(pair.id)
         if review is not None and review.decision == ReviewDecision.REJECTED:
             continue
@@ -164,6 +184,8 @@ def accepted_pairs(
             "rejected_score": pair.rejected_score,
             "reward_analysis": pair.reward_analysis,
             "accepted_by": pair.accepted_by,
+            "chosen_verified": chosen_verified,
+            "rejected_verified": rejected_verified,
             "round_index": pair.round_index,
             "target_prompt_version": pair.target_prompt_version,
             "judge_prompt_version": pair.judge_prompt_version,
@@ -174,6 +196,7 @@ def accepted_pairs(
         if review is not None and review.decision == ReviewDecision.FLIPPED:
             row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
             row["chosen_score"], row["rejected_score"] = row["rejected_score"], row["chosen_score"]
+            row["chosen_verified"], row["rejected_verified"] = row["rejected_verified"], row["chosen_verified"]
         if reviewed:
             row["review"] = review.decision if review is not None else None
         rows.append(row)

@@ -196,3 +196,36 @@ def test_a_verified_pair_is_stored_and_exported_with_why_it_was_accepted(db_url:
     (row,) = load_preference_set(result.path)
     assert (row["accepted_by"], row["score"]) == ("verified", None), "min_score keeps pairs the reward did not grade"
     assert row["chosen"][0]["content"] == "2 + 2 = 4" and row["rejected"][0]["content"] == "5"
+
+
+def test_rows_carry_verdicts_and_require_verified_keeps_only_correct_over_wrong(db_url: str, tmp_path: Path) -> None:
+    from storage import records as rows
+    from storage.vocabulary import EpisodeStatus
+    from tests.sample_run import sample_prompt, sample_round
+
+    engine = open_database(db_url)
+    sample = store_sample_run(engine, "sample", n_prompts=6)  # every accepted pair: chosen passes, rejected fails
+    extra = [sample_prompt(10), sample_prompt(11)]
+    with session_scope(engine) as session:
+        ids = rows.add_prompts(session, extra)
+        rows.ensure_episodes(session, "sample", ids)
+    unchecked = sample_round(10, 0, 9.0)  # accepted on the reward's grade; no tool verdicts at all
+    unchecked = rows.RoundRecord(**{**unchecked.__dict__, "evidence": [], "judgments": [
+        rows.JudgmentRecord(0, 9.0, "fine", "m"), rows.JudgmentRecord(1, 3.0, "meh", "m")]})
+    wrong_over_right = sample_round(11, 0, 9.0)  # the judge preferred the answer its tools failed
+    wrong_over_right = rows.RoundRecord(**{**wrong_over_right.__dict__, "pair": rows.PairRecord(
+        1, 0, 9.0, 2.0, 9.0, "", True, "m", "m", "m", accepted_by="reward")})
+    for prompt_id, record in zip(ids, (unchecked, wrong_over_right), strict=True):
+        with session_scope(engine) as session:
+            rows.store_round(session, "sample", prompt_id, record, final_status=EpisodeStatus.ACCEPTED)
+
+    everything = export_run(engine, "sample", tmp_path / "all", fmt="jsonl")
+    strict = export_run(engine, "sample", tmp_path / "strict", fmt="jsonl", require_verified=True)
+    engine.dispose()
+    assert everything.num_pairs == sample.accepted + 2 and strict.num_pairs == sample.accepted
+    verdicts = sorted([(r["chosen_verified"], r["rejected_verified"]) for r in load_preference_set(tmp_path / "all")],
+                      key=str)
+    assert verdicts == sorted([(True, False)] * sample.accepted + [(None, None), (False, True)], key=str)
+    assert all((r["chosen_verified"], r["rejected_verified"]) == (True, False)
+               for r in load_preference_set(tmp_path / "strict"))
+    assert strict.manifest["filters"] == {"accepted": True, "min_score": None, "require_verified": True}
