@@ -54,9 +54,6 @@ RUNS = 4
 SEARCH_WORD = "pelican"  # in ~2 % of candidate texts
 ABSENT_WORD = "zyzzogeton"  # in none
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-# Cases whose latency the 300 ms target is about: the pairs list and a pair's page.
-TARGET_CASES = ("pairs list, first page", "pairs list, page 21", "pairs list, status=verified",
-                "pairs list, run + accepted", "pair page")  # fmt: skip
 
 # Running text the candidates are cut from (no SEARCH_WORD, no ABSENT_WORD in it).
 CORPUS = (
@@ -279,31 +276,34 @@ def bench_database(admin_url: str, keep: bool) -> Iterator[str]:
 
 def fill(url: str, n: int) -> dict[str, Any]:
     """Fill the database with `n` pairs; seconds per table, rows per table and the database's size."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine
 
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    engine = create_engine(url)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
+    raw = engine.raw_connection()
     try:
-        with engine.connect() as conn:
-            # No foreign-key triggers while filling (the data is consistent by construction); superuser only.
-            conn.exec_driver_sql("SET session_replication_role = replica")
-            conn.exec_driver_sql("SET synchronous_commit = off")
-            conn.exec_driver_sql("SET maintenance_work_mem = '256MB'")
-            for table, sql in fill_statements(n):
-                t0 = time.perf_counter()
-                conn.exec_driver_sql(sql)
-                seconds[table] = round(time.perf_counter() - t0, 1)
-                print(f"  {n:,} pairs: {table} in {seconds[table]} s", file=sys.stderr, flush=True)
-            conn.exec_driver_sql("SET session_replication_role = origin")
+        pg = raw.driver_connection  # psycopg itself: statements without parameters go as they are
+        pg.autocommit = True
+        # No foreign-key triggers while filling (the data is consistent by construction); superuser only.
+        pg.execute("SET session_replication_role = replica")
+        pg.execute("SET synchronous_commit = off")
+        pg.execute("SET maintenance_work_mem = '256MB'")
+        for table, sql in fill_statements(n):
             t0 = time.perf_counter()
-            conn.exec_driver_sql("VACUUM (ANALYZE)")
-            seconds["vacuum analyze"] = round(time.perf_counter() - t0, 1)
-            tables = ["runs", "prompts", "episodes", "rounds", "generations", "judgments", "tool_evidence",
-                      "preference_pairs", "pair_reviews"]  # fmt: skip
-            rows = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
-            size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+            pg.execute(sql)
+            seconds[table] = round(time.perf_counter() - t0, 1)
+            print(f"  {n:,} pairs: {table} in {seconds[table]} s", file=sys.stderr, flush=True)
+        pg.execute("SET session_replication_role = origin")
+        t0 = time.perf_counter()
+        pg.execute("VACUUM (ANALYZE)")
+        seconds["vacuum analyze"] = round(time.perf_counter() - t0, 1)
+        tables = ["runs", "prompts", "episodes", "rounds", "generations", "judgments", "tool_evidence",
+                  "preference_pairs", "pair_reviews"]  # fmt: skip
+        rows = {t: pg.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+        size = pg.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     finally:
+        raw.close()
         engine.dispose()
     assert rows["preference_pairs"] == n, rows
     return {
@@ -358,7 +358,7 @@ class Tracer:
 
     def _after(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
         if self.on:
-            self.statements.append((statement, parameters, time.perf_counter() - conn.info.pop("bench_t0")))
+            self.statements.append((statement, parameters, time.perf_counter() - conn.info.pop("bench_t0", time.perf_counter())))
 
 
 def get(client: Any, path: str) -> tuple[float, str]:
@@ -371,11 +371,10 @@ def get(client: Any, path: str) -> tuple[float, str]:
     return ms, response.text
 
 
-def next_page(body: str, path: str) -> str:
+def next_page(body: str) -> str | None:
+    """The 'older »' link of a pairs list, None on the last page."""
     found = re.search(r'id="next-page" href="([^"]+)"', body)
-    if not found:
-        raise SystemExit(f"GET {path}: no 'older »' link (id=next-page) on the page")
-    return html.unescape(found.group(1))
+    return html.unescape(found.group(1)) if found else None
 
 
 def nearest_rank(values: list[float], p: float) -> float:
@@ -418,23 +417,26 @@ def measure(url: str, n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         pair_ids = [ids[i + 1] for i in sample]
         results = []
         with serve(engine) as base, httpx.Client(base_url=base, timeout=300) as client:
-            path = "/pairs"
-            for _ in range(20):  # follow 'older »' 20 pages down: the page after is page 21
-                path = next_page(get(client, path)[1], path)
-            deep = path
+            deep, page = "/pairs", 1
+            while page < 21:  # follow 'older »' link by link, as a reader would, to page 21 (or the last)
+                older = next_page(get(client, deep)[1])
+                if older is None:
+                    break
+                deep, page = older, page + 1
             run = f"bench-run-{min(1, RUNS - 1)}"
-            cases: list[tuple[str, Any]] = [
-                ("pairs list, first page", lambda k: "/pairs"),
-                ("pairs list, page 21", lambda k: deep),
-                ("pairs list, status=verified", lambda k: "/pairs?status=verified"),
-                ("pairs list, run + accepted", lambda k: f"/pairs?run={run}&status=accepted"),
-                ("pair page", lambda k: f"/pairs/{pair_ids[k % len(pair_ids)]}"),
-                (f"text search q={SEARCH_WORD}", lambda k: f"/pairs?q={SEARCH_WORD}"),
-                (f"text search q={ABSENT_WORD} (no match)", lambda k: f"/pairs?q={ABSENT_WORD}"),
-                ("runs page /", lambda k: "/"),
-                (f"run page /runs/{run}", lambda k: f"/runs/{run}"),
+            # (name, path of the k-th request, whether the 300 ms target is about it)
+            cases: list[tuple[str, Any, bool]] = [
+                ("pairs list, first page", lambda k: "/pairs", True),
+                (f"pairs list, page {page}", lambda k: deep, True),
+                ("pairs list, status=verified", lambda k: "/pairs?status=verified", True),
+                ("pairs list, run + accepted", lambda k: f"/pairs?run={run}&status=accepted", True),
+                ("pair page", lambda k: f"/pairs/{pair_ids[k % len(pair_ids)]}", True),
+                (f"text search q={SEARCH_WORD}", lambda k: f"/pairs?q={SEARCH_WORD}", False),
+                (f"text search q={ABSENT_WORD} (no match)", lambda k: f"/pairs?q={ABSENT_WORD}", False),
+                ("runs page /", lambda k: "/", False),
+                (f"run page /runs/{run}", lambda k: f"/runs/{run}", False),
             ]
-            for name, path_of in cases:
+            for name, path_of, target in cases:
                 k = 0
                 first, _ = get(client, path_of(k))
                 k += 1
@@ -456,6 +458,7 @@ def measure(url: str, n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                     "p95_ms": round(nearest_rank(times, 95), 1),
                     "max_ms": round(max(times), 1),
                     "requests": len(times),
+                    "target": target,
                 }
                 if result["p50_ms"] > TARGET_MS:
                     tracer.statements.clear()
@@ -487,8 +490,8 @@ def render(results: list[dict[str, Any]], fills: dict[int, dict[str, Any]]) -> l
     lines = ["| pairs | case | p50 ms | p95 ms | requests |", "|---:|---|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['pairs']:,} | {r['case']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['requests']} |")
-    lines += ["", "| pairs | fill s | of which VACUUM ANALYZE s | episodes | generations | tool evidence | database MB |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| pairs | fill s | of which VACUUM ANALYZE s | episodes | generations | tool evidence | "
+              "database MB |", "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for n, f in fills.items():
         rows = f["rows"]
         lines.append(
@@ -496,7 +499,7 @@ def render(results: list[dict[str, Any]], fills: dict[int, dict[str, Any]]) -> l
             f"| {rows['generations']:,} | {rows['tool_evidence']:,} | {f['database_mb']:,} |"
         )
     largest = max(fills)
-    checked = [r for r in results if r["pairs"] == largest and r["case"] in TARGET_CASES]
+    checked = [r for r in results if r["pairs"] == largest and r["target"]]
     over = [r for r in checked if r["p95_ms"] > TARGET_MS]
     lines.append("")
     if over:
