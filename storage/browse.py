@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, tuple_
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from configs.errors import NotFoundError
@@ -65,6 +65,12 @@ class Cursor:
         if not sep or not ident:
             raise ValueError(f"not a page cursor: {value!r}")
         return cls(datetime.fromisoformat(stamp), ident)
+
+
+def _before(stamp: Any, ident: Any, cursor: Cursor) -> Any:
+    """(stamp, ident) < cursor, written so an index on (run_id, created_at, id) bounds the scan by created_at
+    after the run (a row comparison would be a filter there, not an index condition)."""
+    return and_(stamp <= cursor.created_at, or_(stamp < cursor.created_at, ident < cursor.id))
 
 
 def _user_text(messages: list[Any]) -> str:
@@ -119,7 +125,7 @@ def list_pairs(
     """One page of pairs newest first, and the cursor of the next page (None on the last)."""
     query = _pairs_query(f)
     if after is not None:
-        query = query.where(tuple_(PreferencePair.created_at, PreferencePair.id) < (after.created_at, after.id))
+        query = query.where(_before(PreferencePair.created_at, PreferencePair.id, after))
     query = query.order_by(PreferencePair.created_at.desc(), PreferencePair.id.desc()).limit(limit + 1)
     rows = [dict(r._mapping) for r in session.execute(query).all()]
     more = len(rows) > limit
@@ -157,7 +163,7 @@ def list_failed_episodes(
     if run:
         query = query.where(Episode.run_id == run)
     if after is not None:
-        query = query.where(tuple_(Episode.created_at, Episode.id) < (after.created_at, after.id))
+        query = query.where(_before(Episode.created_at, Episode.id, after))
     query = query.order_by(Episode.created_at.desc(), Episode.id.desc()).limit(limit + 1)
     rows = []
     for r in session.execute(query).all():
@@ -296,12 +302,15 @@ def pair_detail(session: Session, pair_id: str) -> dict[str, Any]:
         "reviews": [r.as_dict() for r in reviews_of(session, pair_id)],
         # the next pair of the run in the list's order (older), for reviewing one after another
         "next_id": session.execute(
-            newer.where(tuple_(PreferencePair.created_at, PreferencePair.id) < (pair.created_at, pair.id))
+            newer.where(_before(PreferencePair.created_at, PreferencePair.id, Cursor(pair.created_at, pair.id)))
             .order_by(PreferencePair.created_at.desc(), PreferencePair.id.desc())
             .limit(1)
         ).scalar(),
         "previous_id": session.execute(
-            newer.where(tuple_(PreferencePair.created_at, PreferencePair.id) > (pair.created_at, pair.id))
+            newer.where(
+                PreferencePair.created_at >= pair.created_at,
+                or_(PreferencePair.created_at > pair.created_at, PreferencePair.id > pair.id),
+            )
             .order_by(PreferencePair.created_at, PreferencePair.id)
             .limit(1)
         ).scalar(),

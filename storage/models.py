@@ -209,6 +209,7 @@ class PreferencePair(Base):
         # The UI lists pairs newest first, a page at a time (keyset on created_at, id), across runs or in one.
         Index("ix_preference_pairs_created", "created_at", "id"),
         Index("ix_preference_pairs_run_created", "run_id", "created_at", "id"),
+        Index("ix_preference_pairs_run_accepted_created", "run_id", "accepted", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -37,9 +37,13 @@ def upgrade() -> None:
     op.create_index("ix_pair_reviews_pair_created", "pair_reviews", ["pair_id", "created_at"])
     op.create_index("ix_preference_pairs_created", "preference_pairs", ["created_at", "id"])
     op.create_index("ix_preference_pairs_run_created", "preference_pairs", ["run_id", "created_at", "id"])
+    op.create_index(
+        "ix_preference_pairs_run_accepted_created", "preference_pairs", ["run_id", "accepted", "created_at", "id"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_preference_pairs_run_accepted_created", table_name="preference_pairs")
     op.drop_index("ix_preference_pairs_run_created", table_name="preference_pairs")
     op.drop_index("ix_preference_pairs_created", table_name="preference_pairs")
     op.drop_index("ix_pair_reviews_pair_created", table_name="pair_reviews")
