@@ -210,6 +210,7 @@ class PreferencePair(Base):
         Index("ix_preference_pairs_created", "created_at", "id"),
         Index("ix_preference_pairs_run_created", "run_id", "created_at", "id"),
         Index("ix_preference_pairs_run_accepted_created", "run_id", "accepted", "created_at", "id"),
+        Index("ix_preference_pairs_episode", "episode_id"),  # a pair's page reads its episode's other pairs
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -40,9 +40,11 @@ def upgrade() -> None:
     op.create_index(
         "ix_preference_pairs_run_accepted_created", "preference_pairs", ["run_id", "accepted", "created_at", "id"]
     )
+    op.create_index("ix_preference_pairs_episode", "preference_pairs", ["episode_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_preference_pairs_episode", table_name="preference_pairs")
     op.drop_index("ix_preference_pairs_run_accepted_created", table_name="preference_pairs")
     op.drop_index("ix_preference_pairs_run_created", table_name="preference_pairs")
     op.drop_index("ix_preference_pairs_created", table_name="preference_pairs")
