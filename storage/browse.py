@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import accumulate
 from typing import Any
 
 from sqlalchemy import Select, and_, func, or_, select
@@ -73,6 +74,15 @@ def _before(stamp: Any, ident: Any, cursor: Cursor) -> Any:
     return and_(stamp <= cursor.created_at, or_(stamp < cursor.created_at, ident < cursor.id))
 
 
+def _page(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """The first `limit` of `rows` (fetched with one more, to know whether another page follows) and the cursor
+    of the next page, None on the last."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, Cursor(rows[-1]["created_at"], rows[-1]["id"])
+
+
 def _user_text(messages: list[Any]) -> str:
     users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     return str(users[-1] if users else (messages[-1].get("content", "") if messages else ""))
@@ -127,20 +137,16 @@ def list_pairs(
     if after is not None:
         query = query.where(_before(PreferencePair.created_at, PreferencePair.id, after))
     query = query.order_by(PreferencePair.created_at.desc(), PreferencePair.id.desc()).limit(limit + 1)
-    rows = [dict(r._mapping) for r in session.execute(query).all()]
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, cursor = _page([dict(r._mapping) for r in session.execute(query).all()], limit)
     prompts: dict[str, list[Any]] = dict(
-        session.execute(select(Prompt.id, Prompt.messages).where(Prompt.id.in_({r["prompt_id"] for r in rows})))
-        .all()
+        session.execute(select(Prompt.id, Prompt.messages).where(Prompt.id.in_({r["prompt_id"] for r in rows}))).all()
     )
     reviews = reviews_in_force(session, [r["id"] for r in rows]) if rows else {}
     for row in rows:
         row["prompt"] = _user_text(prompts.get(row["prompt_id"], []))[:PREVIEW_CHARS]
         review = reviews.get(row["id"])
         row["review"] = review.decision if review else None
-    last = rows[-1] if rows and more else None
-    return rows, Cursor(last["created_at"], last["id"]) if last else None
+    return rows, cursor
 
 
 def list_failed_episodes(
@@ -170,10 +176,7 @@ def list_failed_episodes(
         row = dict(r._mapping)
         row["prompt"] = _user_text(row.pop("messages"))[:PREVIEW_CHARS]
         rows.append(row)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    last = rows[-1] if rows and more else None
-    return rows, Cursor(last["created_at"], last["id"]) if last else None
+    return _page(rows, limit)
 
 
 def prompt_sources(session: Session, run: str | None = None) -> list[str]:
@@ -225,11 +228,9 @@ def _candidate_rows(
 def pair_detail(session: Session, pair_id: str) -> dict[str, Any]:
     """A pair with its prompt, every round of its episode (candidates, judge scores and rationales, tool
     evidence, outcome), the prompt versions in force when it was made, and its reviews."""
-    pair = session.get(PreferencePair, pair_id)
-    if pair is None:
-        raise NotFoundError(f"no pair with id {pair_id!r} in this database")
-    prompt = session.get(Prompt, pair.prompt_id)
-    episode = session.get(Episode, pair.episode_id)
+    pair = _get_pair(session, pair_id)
+    prompt = session.get_one(Prompt, pair.prompt_id)  # both exist: foreign keys
+    episode = session.get_one(Episode, pair.episode_id)
     rounds = (
         session.execute(select(Round).where(Round.episode_id == pair.episode_id).order_by(Round.index)).scalars().all()
     )
@@ -250,22 +251,10 @@ def pair_detail(session: Session, pair_id: str) -> dict[str, Any]:
             )
         ).scalars()
     }
-    newer = select(PreferencePair.id).where(PreferencePair.run_id == pair.run_id)
     return {
         "pair": {c.key: getattr(pair, c.key) for c in PreferencePair.__table__.columns},
-        "prompt": {
-            "messages": prompt.messages if prompt else [],
-            "source": prompt.source if prompt else "",
-            "meta": prompt.meta if prompt else {},
-        },
-        "episode": {
-            "id": episode.id,
-            "status": episode.status,
-            "rounds_played": episode.rounds_played,
-            "failure_reason": episode.failure_reason,
-        }
-        if episode
-        else None,
+        "prompt": {"messages": prompt.messages, "source": prompt.source},
+        "episode_status": episode.status,
         "rounds": [
             {
                 "index": r.index,
@@ -300,21 +289,49 @@ def pair_detail(session: Session, pair_id: str) -> dict[str, Any]:
             for role, number in (("target", pair.target_prompt_version), ("judge", pair.judge_prompt_version))
         },
         "reviews": [r.as_dict() for r in reviews_of(session, pair_id)],
-        # the next pair of the run in the list's order (older), for reviewing one after another
-        "next_id": session.execute(
-            newer.where(_before(PreferencePair.created_at, PreferencePair.id, Cursor(pair.created_at, pair.id)))
-            .order_by(PreferencePair.created_at.desc(), PreferencePair.id.desc())
-            .limit(1)
-        ).scalar(),
-        "previous_id": session.execute(
-            newer.where(
-                PreferencePair.created_at >= pair.created_at,
-                or_(PreferencePair.created_at > pair.created_at, PreferencePair.id > pair.id),
-            )
-            .order_by(PreferencePair.created_at, PreferencePair.id)
-            .limit(1)
-        ).scalar(),
+        "next_id": older_pair_id(session, pair),
+        "previous_id": _newer_pair_id(session, pair),
     }
+
+
+def _get_pair(session: Session, pair_id: str) -> PreferencePair:
+    pair = session.get(PreferencePair, pair_id)
+    if pair is None:
+        raise NotFoundError(f"no pair with id {pair_id!r} in this database")
+    return pair
+
+
+def pair_text(session: Session, pair_id: str, side: str) -> str:
+    """The whole chosen or rejected text of a pair."""
+    if side not in ("chosen", "rejected"):
+        raise NotFoundError(f"a pair has no text {side!r} (chosen or rejected)")
+    return str(getattr(_get_pair(session, pair_id), side))
+
+
+def older_pair_id(session: Session, pair: PreferencePair | str) -> str | None:
+    """The next pair of the same run in the list's order (older), for reviewing one after another."""
+    if isinstance(pair, str):
+        pair = _get_pair(session, pair)
+    return session.execute(
+        select(PreferencePair.id)
+        .where(PreferencePair.run_id == pair.run_id)
+        .where(_before(PreferencePair.created_at, PreferencePair.id, Cursor(pair.created_at, pair.id)))
+        .order_by(PreferencePair.created_at.desc(), PreferencePair.id.desc())
+        .limit(1)
+    ).scalar()
+
+
+def _newer_pair_id(session: Session, pair: PreferencePair) -> str | None:
+    return session.execute(
+        select(PreferencePair.id)
+        .where(
+            PreferencePair.run_id == pair.run_id,
+            PreferencePair.created_at >= pair.created_at,
+            or_(PreferencePair.created_at > pair.created_at, PreferencePair.id > pair.id),
+        )
+        .order_by(PreferencePair.created_at, PreferencePair.id)
+        .limit(1)
+    ).scalar()
 
 
 def run_prompt_versions(session: Session, run_id: str) -> list[dict[str, Any]]:
@@ -402,26 +419,17 @@ def run_series(session: Session, run_id: str, buckets: int = 40) -> dict[str, An
     ).all()
     stamps: list[datetime] = finished + [p[0] for p in pairs] + [t[0] for t in tokens]
     if not stamps:
-        return {"labels": [], "episodes_done": [], "accept_rate": [], "tokens_per_s": []}
+        return {"seconds": [], "episodes_done": [], "accept_rate": [], "tokens_per_s": []}
     start = min([_aware(run.created_at, stamps[0])] + stamps)
     end = max(stamps)
-    done = _buckets([(t, 1.0) for t in finished], start, end, buckets)
-    made = _buckets([(t, 1.0) for t, _ in pairs], start, end, buckets)
-    accepted = _buckets([(t, 1.0) for t, a in pairs if a], start, end, buckets)
+    done = list(accumulate(_buckets([(t, 1.0) for t in finished], start, end, buckets)))
+    made = accumulate(_buckets([(t, 1.0) for t, _ in pairs], start, end, buckets))
+    accepted = accumulate(_buckets([(t, 1.0) for t, a in pairs if a], start, end, buckets))
     toks = _buckets([(t, float(n or 0)) for t, n in tokens], start, end, buckets)
     slice_s = max((end - start).total_seconds(), 1e-9) / buckets
-    cumulative_done, cumulative_made, cumulative_accepted = [], [], []
-    d = m = a = 0.0
-    for i in range(buckets):
-        d, m, a = d + done[i], m + made[i], a + accepted[i]
-        cumulative_done.append(d)
-        cumulative_made.append(m)
-        cumulative_accepted.append(a)
     return {
         "seconds": [round((i + 1) * slice_s, 1) for i in range(buckets)],
-        "episodes_done": cumulative_done,
-        "accept_rate": [
-            acc / made if made else 0.0 for acc, made in zip(cumulative_accepted, cumulative_made, strict=True)
-        ],
+        "episodes_done": done,
+        "accept_rate": [a / m if m else 0.0 for a, m in zip(accepted, made, strict=True)],
         "tokens_per_s": [t / slice_s for t in toks],
     }

@@ -4,7 +4,6 @@ the UI served by uvicorn on a free loopback port in a thread of the test process
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,15 +13,10 @@ from typing import Any
 import pytest
 import uvicorn
 
+from agents.backends.vllm_server import free_port
 from ui.app import UiSettings, create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -48,8 +42,11 @@ def serve(settings: UiSettings) -> Iterator[str]:
 def chromium() -> Iterator[Any]:
     """A headless Chromium browser (Playwright's Browser)."""
     if not shutil.which(CHROMIUM):
-        pytest.fail("Chromium is needed for the UI's browser tests: `make install` installs it as root "
-                    "(apt-get install chromium)", pytrace=False)
+        pytest.fail(
+            "Chromium is needed for the UI's browser tests: `make install` installs it as root "
+            "(apt-get install chromium)",
+            pytrace=False,
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -130,6 +130,18 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def sample_db(db_url: str):
+    """(engine, SampleRun): the sample run of tests/sample_run.py stored in a migrated database of each kind."""
+    from storage.migrate import open_database
+    from tests.sample_run import store_sample_run
+
+    engine = open_database(db_url)
+    sample = store_sample_run(engine, "sample", n_prompts=6)
+    yield engine, sample
+    engine.dispose()
+
+
+@pytest.fixture
 def db_url(empty_db_url: str) -> str:
     """A migrated database of each kind."""
     from storage.migrate import upgrade

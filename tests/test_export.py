@@ -18,14 +18,6 @@ from storage.preference_sets import load_preference_set
 from tests.sample_run import store_sample_run
 
 
-@pytest.fixture
-def sample_db(db_url: str):
-    engine = open_database(db_url)
-    sample = store_sample_run(engine, "sample", n_prompts=6)
-    yield engine, sample
-    engine.dispose()
-
-
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl", "hf"])
 def test_export_formats_round_trip(sample_db, tmp_path: Path, fmt: str) -> None:
     engine, sample = sample_db

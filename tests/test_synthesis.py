@@ -43,13 +43,13 @@ def write_prompts(path: Path, rows: list[tuple[str, int]]) -> None:
                             + "\n" for q, a in rows))
 
 
-def write_config(folder: Path, prompts: Path, in_flight: int = 8) -> Path:
+def write_config(folder: Path, prompts: Path, in_flight: int = 8, candidates: int = 2, max_tokens: int = 10) -> Path:
     config = folder / "synth.yaml"
     config.write_text(f"""
 models:
   default: {{name: smollm2-135m-instruct, backend: transformers, dtype: float32, threads: 1}}
-sampling: {{temperature: 1.0, top_p: 0.95, max_tokens: 10, seed: 1}}
-game: {{candidates: 2, max_rounds: 1, accept_threshold: 8}}
+sampling: {{temperature: 1.0, top_p: 0.95, max_tokens: {max_tokens}, seed: 1}}
+game: {{candidates: {candidates}, max_rounds: 1, accept_threshold: 8}}
 tools: {{enabled: [reference_answer, calculator]}}
 prompts: [{{path: {prompts}}}]
 ray: {{num_cpus: 2, episodes_in_flight: {in_flight}}}

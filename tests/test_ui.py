@@ -24,19 +24,10 @@ from storage.preference_sets import load_preference_set
 from storage.reviews import add_review, reviews_in_force
 from tests.hostile_texts import HUGE, store_hostile_run
 from tests.hostile_texts import RUN as HOSTILE_RUN
-from tests.sample_run import store_sample_run
 from tests.test_cli import assert_user_error, prefsmith
 from ui.app import CSRF_COOKIE, UiSettings, create_app
 
 PAIR_LINK = re.compile(r'<a href="/pairs/([0-9a-f]{64})">')
-
-
-@pytest.fixture
-def stored(db_url: str):
-    engine = open_database(db_url)
-    sample = store_sample_run(engine, "sample", n_prompts=6)
-    yield engine, sample
-    engine.dispose()
 
 
 def client(engine, **settings) -> TestClient:
@@ -49,8 +40,8 @@ def csrf_of(page: str) -> str:
     return found.group(1)
 
 
-def test_pages_show_what_the_database_holds(stored) -> None:
-    engine, sample = stored
+def test_pages_show_what_the_database_holds(sample_db) -> None:
+    engine, sample = sample_db
     ui = client(engine)
     runs = ui.get("/")
     assert runs.status_code == 200 and 'href="/runs/sample"' in runs.text
@@ -80,15 +71,15 @@ def test_pages_show_what_the_database_holds(stored) -> None:
 
 
 @pytest.mark.parametrize("bad", ["min_score=abc", "status=everything", "after=garbage"])
-def test_bad_filters_say_what_is_wrong_and_still_show_the_page(stored, bad: str) -> None:
-    engine, _ = stored
+def test_bad_filters_say_what_is_wrong_and_still_show_the_page(sample_db, bad: str) -> None:
+    engine, _ = sample_db
     page = client(engine).get(f"/pairs?{bad}")
     assert page.status_code == 200
     assert 'class="error"' in page.text and bad.split("=")[1] in page.text
 
 
-def test_missing_things_are_404_pages_naming_them(stored) -> None:
-    engine, _ = stored
+def test_missing_things_are_404_pages_naming_them(sample_db) -> None:
+    engine, _ = sample_db
     ui = client(engine)
     for path, named in (("/runs/nope", "nope"), ("/pairs/" + "0" * 64, "0" * 64),
                         ("/pairs/" + "0" * 64 + "/text/chosen", "0" * 64)):
@@ -96,8 +87,8 @@ def test_missing_things_are_404_pages_naming_them(stored) -> None:
         assert page.status_code == 404 and named in page.text
 
 
-def test_keyset_pages_cover_every_pair_once_newest_first(stored) -> None:
-    engine, sample = stored
+def test_keyset_pages_cover_every_pair_once_newest_first(sample_db) -> None:
+    engine, sample = sample_db
     seen, after = [], None
     with session_scope(engine) as session:
         while True:
@@ -118,8 +109,8 @@ def test_keyset_pages_cover_every_pair_once_newest_first(stored) -> None:
     assert sorted(ids) == sorted(i for _, i in seen)
 
 
-def test_a_review_needs_the_csrf_token_and_our_origin_and_is_kept_with_who_when_what(stored) -> None:
-    engine, _ = stored
+def test_a_review_needs_the_csrf_token_and_our_origin_and_is_kept_with_who_when_what(sample_db) -> None:
+    engine, _ = sample_db
     ui = client(engine)
     pair_id = PAIR_LINK.findall(ui.get("/pairs?status=accepted").text)[0]
     page = ui.get(f"/pairs/{pair_id}").text
@@ -152,8 +143,8 @@ def test_a_review_needs_the_csrf_token_and_our_origin_and_is_kept_with_who_when_
     assert bad.status_code == 400 and "maybe" in bad.text
 
 
-def test_read_only_shows_no_form_and_refuses_reviews(stored) -> None:
-    engine, _ = stored
+def test_read_only_shows_no_form_and_refuses_reviews(sample_db) -> None:
+    engine, _ = sample_db
     ui = client(engine, read_only=True)
     pair_id = PAIR_LINK.findall(ui.get("/pairs").text)[0]
     page = ui.get(f"/pairs/{pair_id}").text
@@ -165,8 +156,8 @@ def test_read_only_shows_no_form_and_refuses_reviews(stored) -> None:
         assert session.execute(select(func.count()).select_from(PairReview)).scalar_one() == 0
 
 
-def test_a_token_guards_every_page_when_set(stored) -> None:
-    engine, _ = stored
+def test_a_token_guards_every_page_when_set(sample_db) -> None:
+    engine, _ = sample_db
     secret = "s3cret-token-of-the-operator"
     ui = client(engine, token=secret)
     first = ui.get("/runs/sample", follow_redirects=False)
@@ -182,8 +173,8 @@ def test_a_token_guards_every_page_when_set(stored) -> None:
     assert offsite.headers["location"] == "/"
 
 
-def test_every_reply_carries_a_policy_that_forbids_inline_script(stored) -> None:
-    engine, _ = stored
+def test_every_reply_carries_a_policy_that_forbids_inline_script(sample_db) -> None:
+    engine, _ = sample_db
     ui = client(engine)
     for path in ("/", "/pairs", "/runs/sample", "/training", "/runs/missing"):
         reply = ui.get(path)
@@ -218,8 +209,8 @@ def test_hostile_texts_are_escaped_secrets_masked_and_huge_texts_cut(db_url: str
         engine.dispose()
 
 
-def test_artifacts_are_found_and_served_only_from_their_folders(stored, tmp_path: Path) -> None:
-    engine, _ = stored
+def test_artifacts_are_found_and_served_only_from_their_folders(sample_db, tmp_path: Path) -> None:
+    engine, _ = sample_db
     root = tmp_path / "artifacts"
     (root / "sparsepo" / "final").mkdir(parents=True)
     (root / "sparsepo" / "final" / "masks.html").write_text("<p style='color:red'>masks</p><script>x()</script>")
@@ -243,8 +234,8 @@ def test_artifacts_are_found_and_served_only_from_their_folders(stored, tmp_path
         assert ui.get(path).status_code == 404, path
 
 
-def test_add_review_refuses_bad_input_and_writes_nothing(stored) -> None:
-    engine, _ = stored
+def test_add_review_refuses_bad_input_and_writes_nothing(sample_db) -> None:
+    engine, _ = sample_db
     with session_scope(engine) as session:
         pair_id = session.execute(select(PreferencePair.id).limit(1)).scalar_one()
     for decision, note, reviewer, error in (
@@ -261,8 +252,8 @@ def test_add_review_refuses_bad_input_and_writes_nothing(stored) -> None:
         assert session.execute(select(func.count()).select_from(PairReview)).scalar_one() == 0
 
 
-def test_export_reviewed_drops_rejected_and_swaps_flipped(stored, tmp_path: Path) -> None:
-    engine, sample = stored
+def test_export_reviewed_drops_rejected_and_swaps_flipped(sample_db, tmp_path: Path) -> None:
+    engine, sample = sample_db
     before = export_run(engine, "sample", tmp_path / "before")
     rows = {r["pair_id"]: r for r in load_preference_set(tmp_path / "before")}
     approved, rejected, flipped = sorted(rows)[:3]

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from agents.backends.vllm_server import free_port
 from configs import load_config
 from pipelines.synthesis import synthesize
 from storage.browse import PairFilter, list_pairs
 from storage.db import session_scope
 from storage.migrate import open_database
-from tests.browser import chromium, free_port
+from tests.browser import chromium
 from tests.conftest import REPO
-from tests.test_synthesis import EASY, local_ray, write_prompts  # noqa: F401  (local_ray is a fixture)
+from tests.test_synthesis import EASY, local_ray, write_config, write_prompts  # noqa: F401  (local_ray: a fixture)
 
 pytestmark = [pytest.mark.model, pytest.mark.ray, pytest.mark.postgres, pytest.mark.browser]
 
@@ -35,17 +36,7 @@ RUN = "ui-flow"
 def _config(folder: Path) -> Path:
     prompts = folder / "prompts.jsonl"
     write_prompts(prompts, EASY)
-    config = folder / "ui.yaml"
-    config.write_text(f"""
-models:
-  default: {{name: smollm2-135m-instruct, backend: transformers, dtype: float32, threads: 1}}
-sampling: {{temperature: 1.0, top_p: 0.95, max_tokens: 12, seed: 1}}
-game: {{candidates: 3, max_rounds: 1, accept_threshold: 8}}
-tools: {{enabled: [reference_answer, calculator]}}
-prompts: [{{path: {prompts}}}]
-ray: {{num_cpus: 2, episodes_in_flight: 10}}
-""")
-    return config
+    return write_config(folder, prompts, in_flight=10, candidates=3, max_tokens=12)
 
 
 def _start_ui(url: str, home: Path) -> tuple[subprocess.Popen, str]:
@@ -54,7 +45,11 @@ def _start_ui(url: str, home: Path) -> tuple[subprocess.Popen, str]:
     env.pop("PREFSMITH_UI_TOKEN", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "ui", "--db", url, "--port", str(port), "--reviewer", "ann"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -122,9 +117,25 @@ def test_browse_review_and_export_a_real_run(fresh_postgres_url: str, tmp_path: 
 
     out = tmp_path / "reviewed"
     exported = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "export", "--run", RUN, "--out", str(out), "--format", "jsonl",
-         "--reviewed", "--db", fresh_postgres_url],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "export",
+            "--run",
+            RUN,
+            "--out",
+            str(out),
+            "--format",
+            "jsonl",
+            "--reviewed",
+            "--db",
+            fresh_postgres_url,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert exported.returncode == 0, exported.stderr
     rows = {r["pair_id"]: r for r in map(json.loads, (out / "data.jsonl").read_text().splitlines())}

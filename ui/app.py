@@ -36,7 +36,9 @@ from storage.browse import (
     PairFilter,
     list_failed_episodes,
     list_pairs,
+    older_pair_id,
     pair_detail,
+    pair_text,
     prompt_sources,
     run_exports,
     run_prompt_versions,
@@ -306,11 +308,9 @@ def create_app(settings: UiSettings) -> FastAPI:
         )
 
     @app.get("/pairs/{pair_id}/text/{side}", response_class=PlainTextResponse)
-    def pair_text(pair_id: str, side: str) -> PlainTextResponse:
-        if side not in ("chosen", "rejected"):
-            raise NotFoundError(f"a pair has no text {side!r} (chosen or rejected)")
+    def whole_text(pair_id: str, side: str) -> PlainTextResponse:
         with session_scope(settings.engine) as session:
-            text = pair_detail(session, pair_id)["pair"][side]
+            text = pair_text(session, pair_id, side)
         return PlainTextResponse(text, headers={"Content-Security-Policy": ARTIFACT_CSP})
 
     @app.post("/pairs/{pair_id}/review")
@@ -326,9 +326,8 @@ def create_app(settings: UiSettings) -> FastAPI:
         reviewer = str(form.get("reviewer", ""))
         with session_scope(settings.engine) as session:
             add_review(session, pair_id, str(form.get("decision", "")), str(form.get("note", "")), reviewer)
-            detail = pair_detail(session, pair_id)
-        then_next = form.get("then") == "next" and detail["next_id"]
-        target = f"/pairs/{detail['next_id']}" if then_next else f"/pairs/{pair_id}"
+            older = older_pair_id(session, pair_id) if form.get("then") == "next" else None
+        target = f"/pairs/{older or pair_id}"
         response = RedirectResponse(target, status_code=303)
         response.set_cookie("prefsmith_reviewer", " ".join(reviewer.split())[:128], httponly=True, samesite="strict")
         return response
