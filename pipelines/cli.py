@@ -192,6 +192,17 @@ def _print_summary(summary: dict) -> None:
         table.add_row(key, str(summary[key]))
     for key, value in summary.get("metrics", {}).items():
         table.add_row(f"metrics.{key}", str(value))
+    quality = summary.get("pair_quality")
+    if quality is not None:
+        share = "" if quality["share"] is None else f" ({quality['share']:.0%})"
+        table.add_row("correct_over_wrong", f"{quality['correct_over_wrong']} of {quality['accepted']} accepted{share}")
+        agreement = quality["reward_vs_verdicts"]
+        table.add_row(
+            "reward_vs_verdicts",
+            "no graded pair with verdicts on both answers"
+            if agreement["rate"] is None
+            else f"agreed on {agreement['agree']} of {agreement['pairs']} graded pairs ({agreement['rate']:.0%})",
+        )
     console.print(table)
 
 
@@ -239,12 +250,13 @@ def runs_show(
     from storage.db import session_scope
     from storage.leases import holder_of
     from storage.migrate import open_database
-    from storage.queries import run_summary
+    from storage.queries import pair_quality, run_summary
 
     engine = open_database(db)
     try:
         with session_scope(engine) as session:
             summary = run_summary(session, run).as_dict()
+            summary["pair_quality"] = pair_quality(session, run)
             holder = holder_of(session, run)
             if holder is not None:
                 summary["played_by"] = f"{holder[0]}, lease renewed until {holder[1]:%Y-%m-%d %H:%M:%S} UTC"

@@ -235,6 +235,14 @@ def play_round(prompt: EpisodePrompt, players: Players, settings: GameSettings, 
         record.outcome = RoundOutcome.TIE
         record.failure_reason = f"best and worst candidates tie (score {best.final_score:g})"
         return record
+    if best.verified is None and best.judge_score is None:
+        # Nothing but a reward grade would stand behind the chosen answer: no tool checked it and the judge's
+        # answer did not parse. A grade alone never accepts a pair, so the round spends no reward tokens.
+        record.outcome = RoundOutcome.TIE
+        record.failure_reason = (
+            "the chosen answer has no tool verdict and no judge score; a reward grade alone accepts no pair"
+        )
+        return record
     record.chosen_index, record.rejected_index = best.index, worst.index
     if settings.verdicts_decide and best.verified is True and worst.verified is False:
         # Correct over wrong by the tools' own checks: no grade of the reward model can make it better data.

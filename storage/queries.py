@@ -203,6 +203,45 @@ def accepted_pairs(
     return rows
 
 
+def pair_quality(session: Session, run_id: str) -> dict[str, Any]:
+    """How good a run's pairs are by its tools' verdicts, and whether the reward model agreed with them.
+
+    `accepted` / `correct_over_wrong`: accepted pairs, and those whose chosen answer passed its tools' checks
+    while the rejected one failed them (`share` of the accepted, None without any). `reward_vs_verdicts`: over
+    the pairs the reward model graded whose two answers both have a verdict, how often its decision (accept at or
+    above the threshold) matched the verdicts' (accept exactly the correct-over-wrong pairs): `pairs`, `agree`,
+    `rate` (None without such pairs: with `game.verdicts_decide` verified pairs are not graded)."""
+    chosen_j, rejected_j = aliased(Judgment), aliased(Judgment)
+    rows = session.execute(
+        select(PreferencePair.accepted, PreferencePair.reward_score, chosen_j.verified, rejected_j.verified)
+        .outerjoin(
+            chosen_j,
+            (chosen_j.round_id == PreferencePair.round_id) & (chosen_j.generation_index == PreferencePair.chosen_index),
+        )
+        .outerjoin(
+            rejected_j,
+            (rejected_j.round_id == PreferencePair.round_id)
+            & (rejected_j.generation_index == PreferencePair.rejected_index),
+        )
+        .where(PreferencePair.run_id == run_id)
+    ).all()
+    accepted = [r for r in rows if r[0]]
+    correct = sum(1 for r in accepted if r[2] is True and r[3] is False)
+    graded = [r for r in rows if r[1] is not None and r[2] is not None and r[3] is not None]
+    # A graded pair was accepted exactly when its grade reached the threshold (the episode's rule).
+    agree = sum(1 for accepted_, _, c, j in graded if bool(accepted_) == (c is True and j is False))
+    return {
+        "accepted": len(accepted),
+        "correct_over_wrong": correct,
+        "share": correct / len(accepted) if accepted else None,
+        "reward_vs_verdicts": {
+            "pairs": len(graded),
+            "agree": agree,
+            "rate": agree / len(graded) if graded else None,
+        },
+    }
+
+
 def next_export_version(session: Session, run_id: str) -> int:
     latest = session.execute(select(func.max(Export.version)).where(Export.run_id == run_id)).scalar_one()
     return (latest or 0) + 1

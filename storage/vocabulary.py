@@ -35,7 +35,7 @@ EPISODE_FINISHED: tuple[EpisodeStatus, ...] = (EpisodeStatus.ACCEPTED, EpisodeSt
 class RoundOutcome(StrEnum):
     ACCEPTED = "accepted"  # the reward model graded the pair at or above the threshold
     REJECTED = "rejected"  # graded below it: the optimizer rewrites the prompts
-    TIE = "tie"  # best and worst candidates could not be told apart; no pair
+    TIE = "tie"  # best and worst could not be told apart, or nothing but a grade supports the best; no pair
     FAILED = "failed"  # a player produced nothing usable
 
 

@@ -57,8 +57,12 @@ def test_runs_list_and_show_json(stored_db: str) -> None:
         "prompts": 4, "episodes": 4, "rounds": 6, "accepted_pairs": 3, "failures": 1,
     }
     assert summary["config_hash"] == "f" * 64
+    # 3 accepted pairs, all correct over wrong; the 3 rejected ones too, so the grade agreed on 3 of 6
+    assert summary["pair_quality"] == {"accepted": 3, "correct_over_wrong": 3, "share": 1.0,
+                                       "reward_vs_verdicts": {"pairs": 6, "agree": 3, "rate": 0.5}}
     human = prefsmith("runs", "show", "cli-run", "--db", stored_db)
     assert "accepted_pairs" in human.stdout and "cli-run" in human.stdout
+    assert "3 of 3 accepted (100%)" in human.stdout and "agreed on 3 of 6 graded pairs (50%)" in human.stdout
 
 
 def test_export_command_and_its_errors(stored_db: str, tmp_path: Path) -> None:

@@ -316,3 +316,43 @@ def test_with_verdicts_not_deciding_every_pair_is_judged_and_graded() -> None:
     episode = play_episode(PROMPT, players(target, judge, reward), book(), settings)
     assert episode.rounds[0].accepted_by == "reward" and episode.rounds[0].reward.score == 9
     assert judge_engine.requests == 1 and reward_engine.requests == 1
+
+
+
+@dataclass
+class VerdictsOnlyJudge:
+    """A judge whose model answer never parsed, ranking on what tools said: round r's verdicts are `verdicts[r]`
+    (None where no tool could check a candidate)."""
+
+    verdicts: list[list[bool | None]]
+    model_id: str = "verdicts-only"
+    rounds: int = 0
+
+    def choose_tools(self, prompt):
+        return []
+
+    def investigate(self, prompt, candidates, tool_names):
+        return []
+
+    def rank(self, prompt, candidates, calls, system_prompt):
+        verdicts = self.verdicts[self.rounds]
+        self.rounds += 1
+        scored = [ScoredCandidate(i, None, "", v, 0.0 if v is None else (10.0 if v else -10.0))
+                  for i, v in enumerate(verdicts)]
+        return Ranking(scored, "tool verdicts only (judge answer unparseable: no JSON)")
+
+
+def test_a_chosen_answer_without_verdict_or_judge_score_is_never_accepted_on_a_reward_grade() -> None:
+    """Round 1: the judge's answer did not parse, no tool could check the first answer, the second is wrong.
+    The reward model would grade the pair 9, but a grade alone accepts nothing and is not even asked. Round 2:
+    the chosen answer is verified right, so the grade may decide (verdicts not deciding here)."""
+    reward = ScriptedReward([9, 9])
+    target = ScriptedTarget([["about four", "5"], ["4", "5"]])
+    settings = GameSettings(candidates=2, max_rounds=2, accept_threshold=8, seed=7, verdicts_decide=False)
+    judge = VerdictsOnlyJudge([[None, False], [True, False]])
+    episode = play_episode(PROMPT, players(target, judge, reward), book(), settings)
+    first, second = episode.rounds
+    assert first.outcome == "tie" and "no tool verdict and no judge score" in first.failure_reason
+    assert first.reward is None and first.chosen_index is None
+    assert second.outcome == "accepted" and second.accepted_by == "reward"
+    assert reward.calls == 1, "only the second round was graded"

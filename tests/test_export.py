@@ -15,6 +15,7 @@ from storage.folders import folder_written_whole
 from storage.migrate import open_database
 from storage.models import Export
 from storage.preference_sets import load_preference_set
+from storage.queries import pair_quality
 from tests.sample_run import store_sample_run
 
 
@@ -213,7 +214,17 @@ def test_rows_carry_verdicts_and_require_verified_keeps_only_correct_over_wrong(
 
     everything = export_run(engine, "sample", tmp_path / "all", fmt="jsonl")
     strict = export_run(engine, "sample", tmp_path / "strict", fmt="jsonl", require_verified=True)
+    with session_scope(engine) as session:
+        quality = pair_quality(session, "sample")
     engine.dispose()
+    # the sample's rejected pairs are correct over wrong too: the reward model turned down what the tools passed
+    assert quality == {
+        "accepted": sample.accepted + 2,
+        "correct_over_wrong": sample.accepted,
+        "share": sample.accepted / (sample.accepted + 2),
+        "reward_vs_verdicts": {"pairs": sample.pairs + 1, "agree": sample.accepted,
+                               "rate": sample.accepted / (sample.pairs + 1)},
+    }
     assert everything.num_pairs == sample.accepted + 2 and strict.num_pairs == sample.accepted
     verdicts = sorted([(r["chosen_verified"], r["rejected_verified"]) for r in load_preference_set(tmp_path / "all")],
                       key=str)
