@@ -44,6 +44,11 @@ def models_dir() -> Path:
     return prefsmith_home() / "models"
 
 
+def checkpoints_dir() -> Path:
+    """Where named checkpoints live (`prefsmith iterate` trains into CHECKPOINTS/NAME); a config may name them."""
+    return prefsmith_home() / "checkpoints"
+
+
 def locate_gguf(entry: CatalogModel) -> Path:
     """Find the GGUF file inside the installed distribution *without importing it*.
 
@@ -128,6 +133,9 @@ def resolve_model(name: str) -> str:
     """
     if name in CATALOG:
         return str(prepare(name))
+    checkpoint = checkpoints_dir() / name
+    if "/" not in name and not name.startswith(".") and (checkpoint / "config.json").is_file():
+        return str(checkpoint)  # a checkpoint `prefsmith iterate` registered under this name
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -138,5 +146,5 @@ def resolve_model(name: str) -> str:
         return name
     raise ModelNotFoundError(
         f"unknown model {name!r}: not a prefsmith model ({', '.join(sorted(CATALOG))}), "
-        "an existing folder, or a Hugging Face id (org/name)"
+        "a registered checkpoint, an existing folder, or a Hugging Face id (org/name)"
     )

@@ -40,7 +40,8 @@ def play(args: argparse.Namespace, with_tools: bool, extra: tuple[str, ...] = ()
         f"sampling.max_tokens={args.max_tokens}",
         f"sampling.temperature={args.temperature}",
         "sampling.seed=0",
-        f"prompts=[{{builtin: arithmetic, limit: {args.n}, seed: 0}}]",
+        # split: all = the problems the recorded figures were measured on (before the held-out split existed)
+        f"prompts=[{{builtin: arithmetic, limit: {args.n}, seed: 0, split: all}}]",
         "tools.enabled=[reference_answer, calculator]" if with_tools else "tools.enabled=[]",
         *extra,
     ]

@@ -157,11 +157,19 @@ class PromptSourceConfig(Strict):
     path: str | None = Field(None, description="File or folder with prompts.")
     limit: int | None = Field(None, gt=0, description="Use at most this many prompts from the source.")
     seed: int = Field(0, description="Seed of generated built-in sets.")
+    split: Literal["train", "heldout", "all"] | None = Field(
+        None,
+        description="Which problems to use: 'heldout' is a fixed fifth of the problems (chosen by a hash of each "
+        "one) that `prefsmith eval task` scores models on and synthesis never plays; 'train' the rest; 'all' both. "
+        "Default: 'train' for built-in sets, 'all' for files.",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> PromptSourceConfig:
         if (self.builtin is None) == (self.path is None):
             raise ValueError("give exactly one of 'builtin' or 'path'")
+        if self.split is None:  # resolved here, so the run's stored config says which split it played
+            self.split = "train" if self.builtin is not None else "all"
         return self
 
 
@@ -233,5 +241,11 @@ class SynthesisConfig(Strict):
                 known = ", ".join(sorted(self.models)) or "none"
                 raise ValueError(
                     f"roles.{role} names model {key!r}, which is not under 'models' (have: {known})"
+                )
+        for i, source in enumerate(self.prompts):
+            if source.split == "heldout":
+                raise ValueError(
+                    f"prompts[{i}].split is 'heldout': those problems are kept for `prefsmith eval task`, and "
+                    "synthesis never plays them (use 'train', or 'all' to include them knowingly)"
                 )
         return self

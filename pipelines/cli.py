@@ -51,14 +51,38 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a c
 
 
 @models_app.command("list")
-def models_list() -> None:
-    """List the models prefsmith knows by name and whether each is prepared."""
+def models_list(db: DbOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the models prefsmith knows by name: the catalog (and whether each is prepared) and the checkpoints
+    registered in the database, each with its lineage and evaluation."""
     from agents.catalog import CATALOG, models_dir
+    from storage.db import session_scope
+    from storage.lineage import list_checkpoints
+    from storage.migrate import open_database
 
+    engine = open_database(db)
+    try:
+        with session_scope(engine) as session:
+            checkpoints = list_checkpoints(session)
+    finally:
+        engine.dispose()
+    if as_json:
+        catalog = [
+            {"name": name, "hf_id": entry.hf_id, "prepared": (models_dir() / name / "model.safetensors").is_file()}
+            for name, entry in CATALOG.items()
+        ]
+        print(json.dumps({"catalog": catalog, "checkpoints": checkpoints}, indent=2, default=str))
+        return
     for name, entry in CATALOG.items():
         folder = models_dir() / name
         state = f"prepared at {folder}" if (folder / "model.safetensors").is_file() else "not prepared"
-        console.print(f"{name}  ({entry.hf_id}, from the {entry.distribution} package)  {state}")
+        _say(f"{name}  ({entry.hf_id}, from the {entry.distribution} package)  {state}")
+    for c in checkpoints:
+        scores = "; ".join(
+            f"{source}: " + ", ".join(f"{key} {m['value']:.3f}" for key, m in measures.items())
+            for source, measures in (c["eval"] or {}).items()
+        )
+        _say(f"{c['name']}  (checkpoint: {c['trainer']} from {c['base_model']} on export {c['export_id']}, "
+             f"training config {c['config_hash'][:12]})  at {c['path']}" + (f"  eval {scores}" if scores else ""))
 
 
 @models_app.command("prepare")
@@ -187,9 +211,10 @@ def _print_summary(summary: dict) -> None:
         "failures",
         "exports",
         "current_prompt_versions",
+        "target_model",
         "played_by",
     ):
-        table.add_row(key, str(summary[key]))
+        table.add_row(key, str(summary.get(key)))
     for key, value in summary.get("metrics", {}).items():
         table.add_row(f"metrics.{key}", str(value))
     quality = summary.get("pair_quality")
@@ -250,13 +275,14 @@ def runs_show(
     from storage.db import session_scope
     from storage.leases import holder_of
     from storage.migrate import open_database
-    from storage.queries import pair_quality, run_summary
+    from storage.queries import pair_quality, run_summary, run_target_model
 
     engine = open_database(db)
     try:
         with session_scope(engine) as session:
             summary = run_summary(session, run).as_dict()
             summary["pair_quality"] = pair_quality(session, run)
+            summary["target_model"] = run_target_model(session, run)
             holder = holder_of(session, run)
             if holder is not None:
                 summary["played_by"] = f"{holder[0]}, lease renewed until {holder[1]:%Y-%m-%d %H:%M:%S} UTC"
@@ -407,6 +433,62 @@ def synthesize_command(
     _exit_if_interrupted(report)
 
 
+@app.command("iterate")
+def iterate_command(
+    config: ConfigOption = "quickstart",
+    set_: SetOption = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds of synthesize → train → evaluate.")] = 2,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Name of the loop; round r's run and checkpoint are NAME-rR.")
+    ] = None,
+    trainer: Annotated[str, typer.Option("--trainer", help="dpo or sparsepo.")] = "dpo",
+    train_config: Annotated[
+        str | None, typer.Option("--train-config", help="Training config file or preset (default train_TRAINER).")
+    ] = None,
+    train_set: Annotated[
+        list[str] | None, typer.Option("--train-set", help="Override a training config field (repeatable).")
+    ] = None,
+    eval_prompts: Annotated[
+        str, typer.Option("--eval-prompts", help="builtin:arithmetic (held-out split) or a file with answers.")
+    ] = "builtin:arithmetic",
+    eval_limit: Annotated[int, typer.Option("--eval-limit", min=1)] = 50,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", min=1)] = 4,
+    eval_max_tokens: Annotated[int, typer.Option("--eval-max-tokens", min=1)] = 64,
+    require_verified: Annotated[
+        bool, typer.Option("--require-verified", help="Train only on pairs the tools verified correct over wrong.")
+    ] = False,
+    db: DbOption = None,
+    address: AddressOption = None,
+) -> None:
+    """The outer loop: each round synthesizes with the current policy as the target, exports, trains it, evaluates
+    it on held-out problems, and makes it the next target. A rerun continues after the last finished stage."""
+    from configs.loading import config_hash, load_config, resolve_config_path
+    from configs.schema import TrainingConfig
+    from pipelines.evaluate import EvalSettings
+    from pipelines.iterate import IterateSettings, iterate, round_table
+
+    synthesis: SynthesisConfig = load_config(config, set_ or [])
+    train_source = train_config or f"train_{trainer}"
+    settings = IterateSettings(
+        name=name or f"iterate-{config_hash(synthesis)[:12]}",
+        rounds=rounds,
+        trainer=trainer,
+        training=load_config(train_source, train_set or [], schema=TrainingConfig),
+        training_source=str(resolve_config_path(train_source)),
+        eval_prompts=eval_prompts,
+        eval_limit=eval_limit,
+        eval=EvalSettings(samples=eval_samples, max_tokens=eval_max_tokens, seed=synthesis.sampling.seed or 0),
+        require_verified=require_verified,
+    )
+    rows = iterate(synthesis, settings, db_url=db, address=address, log=_say, progress=_Progress(),
+                   eval_progress=_StageProgress())
+    for line in round_table(rows):
+        _say(line)
+    from storage.folders import prefsmith_home
+
+    _say(f"table, plot and reports: {prefsmith_home() / 'iterations' / settings.name}")
+
+
 @app.command("refresh")
 def refresh_command(
     config: ConfigOption = "quickstart",
@@ -542,12 +624,71 @@ def ui_command(
         engine.dispose()
 
 
+def eval_task(
+    model: Annotated[
+        str, typer.Option("--model", help="A prefsmith model name, a registered checkpoint, a folder or an HF id.")
+    ] = "smollm2-135m-instruct",
+    prompts: Annotated[
+        str,
+        typer.Option("--prompts", help="builtin:arithmetic (its held-out split), or a file with an 'answer' column."),
+    ] = "builtin:arithmetic",
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Sampled answers a problem.")] = 4,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate at most N problems.")] = 50,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.8,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 64,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Report folder (default under $PREFSMITH_HOME/evals).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
+) -> None:
+    """Evaluate a model on held-out problems with gold answers: sampled and greedy accuracy, answer ranking
+    against near misses, each with a 95% interval; writes report.json, report.md and report.png."""
+    from pipelines.evaluate import EvalError, EvalSettings, evaluate_task, write_report
+    from storage.folders import prefsmith_home
+
+    if out is not None and out.exists() and any(out.iterdir()) and not force:
+        raise EvalError(f"{out} exists and is not empty (pass --force to replace it)")  # before minutes of work
+    progress = _StageProgress()
+    report = evaluate_task(
+        model,
+        prompts,
+        EvalSettings(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed),
+        limit=limit,
+        progress=progress,
+    )
+    if out is None:
+        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{Path(model).name}-{prompts}-seed{seed}")
+        out = prefsmith_home() / "evals" / slug
+        force = True  # the default folder holds the latest evaluation of this model, source and seed
+    write_report(report, out, replace=force)
+    for key, label in (("sampled_accuracy", "sampled accuracy"), ("greedy_accuracy", "greedy accuracy"),
+                       ("answer_ranking", "answer ranking")):
+        m = getattr(report, key)
+        console.print(f"{label:<17} {m.value:.3f}  (95% interval {m.ci95[0]:.3f} – {m.ci95[1]:.3f})")
+    console.print(f"{report.problems} {report.split} problems of {prompts}, {report.seconds:.0f} s → {out}")
+
+
+class _StageProgress:
+    """A line per stage of a long command when it is done, with a live count on a terminal."""
+
+    def __init__(self) -> None:
+        self.stage = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{stage}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+        elif done == total:
+            print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
+
+
 def _mount_training_apps() -> None:
     """Mount the trainers' and evaluators' command groups (they import torch lazily, inside commands)."""
     from training.bias_commands import eval_app, labor_app, train_debias
     from training.commands import inspect_app, train_app
 
     train_app.command("debias")(train_debias)
+    eval_app.command("task")(eval_task)
     app.add_typer(train_app, name="train")
     for name, group in (("inspect", inspect_app), ("labor", labor_app), ("eval", eval_app)):
         app.add_typer(group, name=name)

@@ -7,6 +7,7 @@ Rows become `PromptRecord`s (id = sha256 of the messages); bad rows fail with th
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -38,12 +39,28 @@ ARITHMETIC_TEMPLATES = [
 ]
 
 
-def arithmetic_prompts(n: int = 50, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` distinct arithmetic word problems with integer answers, reproducible from `seed`."""
+Split = str  # "train", "heldout" or "all" (configs.schema.PromptSourceConfig.split)
+HELD_OUT_ONE_IN = 5
+
+
+def held_out(key: str) -> bool:
+    """Whether the problem named by `key` (its text, or an occupation) is in the held-out split: a fixed fifth of
+    every set, the same on every machine and in every version, that synthesis never plays and `eval task`
+    scores on."""
+    digest = hashlib.sha256(f"prefsmith held-out split\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % HELD_OUT_ONE_IN == 0
+
+
+def in_split(key: str, split: Split) -> bool:
+    return split == "all" or held_out(key) == (split == "heldout")
+
+
+def arithmetic_prompts(n: int = 50, seed: int = 0, split: Split = "all") -> list[dict[str, Any]]:
+    """`n` distinct arithmetic word problems of `split` with integer answers, reproducible from `seed`."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    misses = 0  # draws in a row that repeated an earlier problem
+    misses = 0  # draws in a row that repeated an earlier problem or fell in the other split
     while len(rows) < n:
         if misses > 5000:
             raise ConfigError(
@@ -59,7 +76,7 @@ def arithmetic_prompts(n: int = 50, seed: int = 0) -> list[dict[str, Any]]:
             c = rng.randint(1, a + b - 1)
         expr = expression.format(a=a, b=b, c=c)
         prompt = template.format(a=a, b=b, c=c) + " Give the final answer as a number."
-        if prompt in seen:
+        if prompt in seen or not in_split(prompt, split):
             misses += 1
             continue
         misses = 0
@@ -132,10 +149,15 @@ def occupation_prompts() -> list[dict[str, Any]]:
     ]
 
 
+def _split(rows: list[dict[str, Any]], key: str, split: Split) -> list[dict[str, Any]]:
+    return [row for row in rows if in_split(str(row[key]), split)]
+
+
+# Each built-in set gives the rows of the source's split (which synthesis never sets to "heldout").
 BUILTIN_SETS: dict[str, Callable[[PromptSourceConfig], list[dict[str, Any]]]] = {
-    "arithmetic": lambda source: arithmetic_prompts(source.limit or 50, source.seed),
-    "coding": lambda source: coding_prompts(),
-    "occupations": lambda source: occupation_prompts(),
+    "arithmetic": lambda source: arithmetic_prompts(source.limit or 50, source.seed, source.split or "train"),
+    "coding": lambda source: _split(coding_prompts(), "prompt", source.split or "train"),
+    "occupations": lambda source: _split(occupation_prompts(), "occupation", source.split or "train"),
 }
 
 
@@ -254,9 +276,13 @@ def load_prompts(sources: list[PromptSourceConfig]) -> list[PromptRecord]:
             rows = _read_rows(path)
             if not rows:
                 raise PromptSourceError(f"{path}: no prompts in the file")
-        if source.limit is not None:
-            rows = rows[: source.limit]
+        kept = 0
         for where, row in rows:
+            if source.limit is not None and kept >= source.limit:
+                break
             record = row_to_record(row, where)
+            if source.path is not None and not in_split(record.id, source.split or "all"):
+                continue  # a file's split goes by each prompt's id (the sha256 of its messages)
+            kept += 1
             records.setdefault(record.id, record)
     return list(records.values())

@@ -273,6 +273,39 @@ class Export(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Checkpoint(Base):
+    """A trained model registered by name with its lineage: what it was trained from (a model name, a folder,
+    or an earlier checkpoint), on which export, by which trainer and settings, and how it evaluated. A config
+    can name it wherever a model is asked for."""
+
+    __tablename__ = "checkpoints"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    base_model: Mapped[str] = mapped_column(String(512))  # the policy it was trained from, as it was named
+    parent: Mapped[str | None] = mapped_column(ForeignKey("checkpoints.name"), nullable=True)  # when a checkpoint
+    export_id: Mapped[str | None] = mapped_column(ForeignKey("exports.id"), nullable=True)
+    trainer: Mapped[str] = mapped_column(String(32))
+    config_hash: Mapped[str] = mapped_column(String(64))  # of the training config
+    eval: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    iteration: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    round: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IterationStage(Base):
+    """A finished stage of `prefsmith iterate` (synthesize, export, train, evaluate of one round) with what it
+    produced: a rerun continues after the last finished stage and repeats none."""
+
+    __tablename__ = "iteration_stages"
+
+    iteration: Mapped[str] = mapped_column(String(128), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class RunLease(Base):
     """Who plays a run now: one live synthesizer per run. The holder renews `expires_at` while it plays;
     another synthesizer may take the run over once the lease has expired (or its holder is known dead)."""

@@ -203,6 +203,15 @@ def accepted_pairs(
     return rows
 
 
+def run_target_model(session: Session, run_id: str) -> str | None:
+    """The model the run's target played with, as its config names it (a checkpoint's name for `iterate`)."""
+    config = get_run(session, run_id).config or {}
+    try:
+        return str(config["models"][config["roles"]["target"]]["name"])
+    except (KeyError, TypeError):
+        return None
+
+
 def pair_quality(session: Session, run_id: str) -> dict[str, Any]:
     """How good a run's pairs are by its tools' verdicts, and whether the reward model agreed with them.
 

@@ -81,6 +81,35 @@ def test_builtin_arithmetic_limit_gives_that_many_distinct_prompts() -> None:
         arithmetic_prompts(10**6, seed=0)
 
 
+def test_held_out_split_is_fixed_disjoint_and_never_played_by_synthesis(tmp_path) -> None:
+    from configs.schema import PromptSourceConfig
+    from pipelines.prompt_sources import held_out, load_prompts
+
+    def texts(**source) -> set[str]:
+        return {r.messages[-1]["content"] for r in load_prompts([PromptSourceConfig(**source)])}
+
+    train, heldout = texts(builtin="arithmetic", limit=200), texts(builtin="arithmetic", limit=50, split="heldout")
+    assert len(train) == 200 and len(heldout) == 50 and not train & heldout
+    assert texts(builtin="arithmetic", limit=50, split="heldout") == heldout, "the same problems every time"
+    everything = texts(builtin="arithmetic", limit=1000, split="all")
+    assert 0.15 < sum(held_out(t) for t in everything) / len(everything) < 0.25, "about one in five"
+    occupations = load_prompts([PromptSourceConfig(builtin="occupations", split="heldout")])
+    assert 0 < len(occupations) < 30
+    assert not {r.meta["occupation"] for r in occupations} & {
+        r.meta["occupation"] for r in load_prompts([PromptSourceConfig(builtin="occupations")])}
+    # a run's stored config names the split it played; synthesis refuses the held-out one
+    config = load_config("quickstart")
+    assert [s.split for s in config.prompts] == ["train"] and config.model_dump()["prompts"][0]["split"] == "train"
+    with pytest.raises(ConfigError, match=r"prompts\[0\]\.split is 'heldout'"):
+        load_config("quickstart", ["prompts=[{builtin: arithmetic, split: heldout}]"])
+    # a file is used whole unless asked; asked, it splits by each prompt's id
+    rows = tmp_path / "p.jsonl"
+    rows.write_text("".join(f'{{"prompt": "question {i}", "answer": {i}}}\n' for i in range(100)))
+    whole = load_prompts([PromptSourceConfig(path=str(rows))])
+    kept = load_prompts([PromptSourceConfig(path=str(rows), split="heldout")])
+    assert len(whole) == 100 and 0 < len(kept) < 40 and all(held_out(r.id) for r in kept)
+
+
 def test_one_masking_function_hides_url_passwords_everywhere() -> None:
     from configs.secrets import mask_secrets, masked
     from pipelines.schedule import _database_url_to_env

@@ -14,7 +14,9 @@ from rich.table import Table
 labor_app = typer.Typer(
     help="BLS labor statistics (CPS table 11): download and inspect.", no_args_is_help=True
 )
-eval_app = typer.Typer(help="Evaluate models: occupational bias against BLS data.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate models: task skills on held-out problems, occupational bias against BLS data.", no_args_is_help=True
+)
 console = Console(soft_wrap=True, width=160)
 
 TableArgument = Annotated[Path, typer.Argument(help="CPS table 11 file (.xlsx, raw BLS CSV or cleaned CSV).")]

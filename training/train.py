@@ -147,3 +147,83 @@ def train_on_ray(job: SparsePOJob, num_workers: int, *, resume: bool = True) -> 
     )
     trainer.fit()
     return json.loads(Path(job.out_dir, "sparsepo_summary.json").read_text())
+
+
+PREFERENCE_TRAINERS = ("dpo", "sparsepo")
+
+
+def train_preference_local(
+    trainer_name: str,
+    training: TrainingConfig,
+    data: str,
+    out_dir: str | Path,
+    *,
+    db_url: str | None = None,
+    source: str = "defaults",
+) -> dict[str, Any]:
+    """Train `training.model` on a preference set in this process with TRL's DPOTrainer (`dpo`) or SparsePO,
+    resuming from the newest `checkpoint-*` in `out_dir`. The final model is saved in `out_dir` as a whole model
+    (a LoRA adapter is merged into its base), so a vLLM or transformers engine can serve it as a target."""
+    if trainer_name == "sparsepo":
+        summary = train_local(load_job_from(training, data, out_dir, db_url, source))
+    elif trainer_name == "dpo":
+        summary = _train_dpo(training, data, str(Path(out_dir).resolve()), db_url, source)
+    else:
+        raise ConfigError(f"unknown trainer {trainer_name!r} (have: {', '.join(PREFERENCE_TRAINERS)})")
+    _merge_adapter(Path(out_dir))
+    return summary
+
+
+def load_job_from(
+    training: TrainingConfig, data: str, out_dir: str | Path, db_url: str | None, source: str
+) -> SparsePOJob:
+    job = SparsePOJob(training, str(data), str(Path(out_dir).resolve()), db_url, source)
+    sparsepo_config(job)
+    return job
+
+
+def _train_dpo(
+    training: TrainingConfig, data: str, out_dir: str, db_url: str | None, source: str
+) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from agents.catalog import resolve_model
+    from storage.preference_sets import load_preference_set
+    from training.trainer_config import model_trainer_kwargs, trainer_config
+
+    args, model_config = trainer_config(DPOConfig, training, out_dir, source=source, trainer="dpo")
+    dataset = load_preference_set(data, db_url)
+    if len(dataset) == 0:
+        raise ConfigError(f"export {data!r} holds no pairs to train on")
+    model_path = resolve_model(training.model)
+    trainer = DPOTrainer(
+        model=model_path,
+        args=args,
+        train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(model_path),
+        **model_trainer_kwargs(model_config),
+    )
+    resumed_from = last_checkpoint(out_dir)
+    trainer.train(resume_from_checkpoint=resumed_from)
+    trainer.save_model(out_dir)
+    return {
+        "global_step": trainer.state.global_step,
+        "resumed_from": resumed_from,
+        "log_history": trainer.state.log_history,
+        "config": training.model_dump(),
+    }
+
+
+def _merge_adapter(out_dir: Path) -> None:
+    """Replace a LoRA adapter saved in `out_dir` by the whole model it makes with its base."""
+    if not (out_dir / "adapter_config.json").is_file():
+        return
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    merged = AutoPeftModelForCausalLM.from_pretrained(str(out_dir)).merge_and_unload()
+    merged.save_pretrained(str(out_dir))
+    AutoTokenizer.from_pretrained(str(out_dir)).save_pretrained(str(out_dir))
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        (out_dir / name).unlink(missing_ok=True)

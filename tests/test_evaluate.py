@@ -1,0 +1,76 @@
+"""`prefsmith eval task`: the near misses, the intervals and the problem loading (fast), and the whole
+evaluation on the real small model, twice, through the CLI and in process (the same figures: seeded)."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from pipelines.evaluate import (
+    EvalError,
+    EvalSettings,
+    bootstrap_ci,
+    distractors,
+    evaluate_task,
+    load_problems,
+    paired_difference,
+)
+from pipelines.prompt_sources import held_out
+from tests.test_cli import assert_user_error, prefsmith
+
+
+def test_near_misses_surround_the_gold_answer_and_include_the_plain_sum() -> None:
+    question = "A box holds 6 rows of 5 pencils. How many pencils are in 4 boxes?"
+    assert distractors(Fraction(120), question) == [Fraction(v) for v in (121, 119, 122, 118, 130, 110, 15)]
+    assert Fraction(3) not in distractors(Fraction(3), "What is 1 + 2?"), "the plain sum is the gold: dropped"
+
+
+def test_bootstrap_intervals_are_seeded_and_hold_the_mean() -> None:
+    values = [1.0] * 30 + [0.0] * 70
+    low, high = bootstrap_ci(values, seed=3)
+    assert low < 0.3 < high and (low, high) == bootstrap_ci(values, seed=3)
+    assert bootstrap_ci([1.0] * 10, seed=0) == (1.0, 1.0)
+    better = paired_difference([1.0] * 20, [0.0] * 5 + [1.0] * 15, seed=0)
+    assert better.value == 0.25 and better.ci95[0] > 0, "a paired improvement whose interval excludes zero"
+
+
+def test_built_in_problems_are_the_held_out_split_and_files_need_answers(tmp_path: Path) -> None:
+    problems, split = load_problems("builtin:arithmetic", limit=10)
+    assert split == "heldout" and len(problems) == 10
+    assert all(held_out(p.question) for p in problems), "synthesis never plays these"
+    no_answer = tmp_path / "q.jsonl"
+    no_answer.write_text('{"prompt": "What is 1 + 1?", "answer": 2}\n{"prompt": "Name a colour."}\n')
+    with pytest.raises(EvalError, match=r"q.jsonl: prompt 2 \('Name a colour.'\) has no 'answer' field"):
+        load_problems(str(no_answer))
+    with pytest.raises(EvalError, match="holds no number"):
+        no_answer.write_text('{"prompt": "Name a colour.", "answer": "blue"}\n')
+        load_problems(str(no_answer))
+    assert_user_error(prefsmith("eval", "task", "--prompts", "builtin:coding"), "has no 'answer' field")
+    assert_user_error(prefsmith("eval", "task", "--prompts", str(tmp_path / "missing.jsonl")), "missing.jsonl")
+
+
+@pytest.mark.model
+def test_eval_task_on_the_small_model_gives_the_same_figures_twice(small_model_path: Path, tmp_path: Path) -> None:
+    args = ["--prompts", "builtin:arithmetic", "--limit", "3", "--samples", "2", "--max-tokens", "16", "--seed", "5"]
+    done = prefsmith("eval", "task", *args, "--out", str(tmp_path / "report"))
+    assert done.returncode == 0, done.stderr
+    assert "answer ranking" in done.stdout and "3 heldout problems" in done.stdout
+    written = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"report.json", "report.md", "report.png"}
+    again = evaluate_task(
+        "smollm2-135m-instruct", "builtin:arithmetic", EvalSettings(samples=2, max_tokens=16, seed=5), limit=3
+    )
+    figures = json.loads(json.dumps(again.figures()))
+    written.pop("seconds")
+    assert written == figures, "seeded: the same figures from the CLI and in process"
+    assert written["problems"] == 3 and len(written["per_problem"]) == 3
+    for row in written["per_problem"]:
+        assert row["ranked_first"] == (row["gold_logprob"] > row["best_distractor_logprob"])
+        assert 0.0 <= row["sampled_correct"] <= 1.0
+    for key in ("sampled_accuracy", "greedy_accuracy", "answer_ranking"):
+        low, high = written[key]["ci95"]
+        assert low <= written[key]["value"] <= high
+    assert_user_error(prefsmith("eval", "task", *args, "--out", str(tmp_path / "report")), "pass --force")
