@@ -76,6 +76,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--before", "9a0f1d7")),
     Benchmark("ui_latency", "prefsmith ui: page latency with 10,000 and 1,000,000 pairs in PostgreSQL",
               ("--pairs", "10000", "1000000")),
+    Benchmark("iterate_loop", "prefsmith iterate: does training on our pairs make the model better (held-out)?",
+              ("--prompts", "64", "--rounds", "2", "--eval-limit", "50", "--eval-samples", "4")),
 )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,15 +125,20 @@ class _Loop:
 
     def play(self) -> list[dict[str, Any]]:
         base = self.config.models[self.config.roles.target].name
-        rows = [{"round": 0, "model": base, "eval": self.stage(0, "evaluate", self.evaluate, base, 0)}]
+        figures = self.stage(0, "evaluate", self.evaluate, base, 0)
+        rows = [{"round": 0, "model": base, "eval": figures, "seconds": {"evaluate": figures["seconds"]}}]
         policy = base
         for r in range(1, self.settings.rounds + 1):
             name = checkpoint_name(self.settings.name, r)  # round r's run and the checkpoint it trains
-            self.stage(r, "synthesize", self.synthesize, r, name, policy)
+            played = self.stage(r, "synthesize", self.synthesize, r, name, policy)
             exported = self.stage(r, "export", self.export, r, name)
-            self.stage(r, "train", self.train, r, name, policy, exported)
+            trained = self.stage(r, "train", self.train, r, name, policy, exported)
             figures = self.stage(r, "evaluate", self.assess, r, name)
-            rows.append({"round": r, "model": name, "run": name, "export": exported, "eval": figures})
+            results = (played, exported, trained, figures)
+            seconds = {stage: result["seconds"] for stage, result in zip(STAGES, results, strict=True)}
+            rows.append(
+                {"round": r, "model": name, "run": name, "export": exported, "eval": figures, "seconds": seconds}
+            )
             policy = name
         return rows
 
@@ -142,7 +148,8 @@ class _Loop:
         if (round_index, stage) in self.done:
             self.log(f"round {round_index} {stage}: finished before, not repeated")
             return self.done[(round_index, stage)]
-        result = work(*args)
+        started = time.perf_counter()
+        result = {**work(*args), "seconds": round(time.perf_counter() - started, 1)}
         with session_scope(self.engine) as session:
             finish_stage(session, self.settings.name, round_index, stage, result)
         self.done[(round_index, stage)] = result
