@@ -45,6 +45,7 @@ def main() -> None:
         probe_occupations(table, min_employed=extra.get("min_employed", DebiasConfig.min_employed)),
         held_out_fraction=extra.get("held_out_fraction", DebiasConfig.held_out_fraction),
         seed=extra.get("split_seed", DebiasConfig.split_seed),
+        rule=extra.get("split_rule", DebiasConfig.split_rule),
     )
     pairs_dir = write_table_pairs_export(args.labor_table, train, args.out / "pairs")
     manifest = json.loads((pairs_dir / "manifest.json").read_text())
@@ -69,9 +70,9 @@ def main() -> None:
         "them; each kept only if the labor_statistics tool gives chosen verdict True and rejected False) — "
         "not synthesised by the Anyprefer episode.",
         f"Training: {args.config} with overrides {args.overrides or 'none'}; {len(losses)} optimizer steps.",
-        f"Held-out occupations: the first {args.held_out_limit} (by title) of {len(held_out)} held out by a "
-        "seeded split of leaf occupations with every share published; in-context facts come from training "
-        "occupations.",
+        f"Held-out occupations: the first {args.held_out_limit} (by title) of {len(held_out)} held out by the "
+        f"{extra.get('split_rule', DebiasConfig.split_rule)} split of leaf occupations with every share published; "
+        "in-context facts come from training occupations.",
         "Race shares are marginals; 'Other' (100 − White − Black − Asian) is the races CPS does not present.",
     ]
     document = run_bias_report(
@@ -83,6 +84,7 @@ def main() -> None:
         min_employed=extra.get("min_employed", 300),
         held_out_fraction=extra.get("held_out_fraction", 0.3),
         split_seed=extra.get("split_seed", 0),
+        split_rule=extra.get("split_rule", DebiasConfig.split_rule),
         limit=args.held_out_limit,
         sampled_n=4,
         reverse_n=4,

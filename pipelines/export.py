@@ -43,9 +43,10 @@ def export_id_for(run_id: str, version: int) -> str:
     return f"{run_id}@v{version}"
 
 
-def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str) -> dict[str, Any]:
-    """One accepted pair as a TRL conversational preference row with its lineage."""
-    return {
+def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str, *, grounded: bool = False) -> dict[str, Any]:
+    """One accepted pair as a TRL conversational preference row with its lineage; `grounded` (a run of
+    occupation prompts) adds the occupation and dimension each pair is about, which the debiasing trainer reads."""
+    row = {
         "prompt": [{"role": m["role"], "content": m["content"]} for m in pair["messages"]],
         "chosen": [{"role": "assistant", "content": pair["chosen"]}],
         "rejected": [{"role": "assistant", "content": pair["rejected"]}],
@@ -65,7 +66,12 @@ def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str) -> dict[str,
         "target_model": pair["target_model"],
         "judge_model": pair["judge_model"],
         "reward_model": pair["reward_model"],
-    } | ({"review": pair["review"]} if "review" in pair else {})
+    }
+    if "review" in pair:
+        row["review"] = pair["review"]
+    if grounded:
+        row["occupation"], row["dimension"] = pair["occupation"], pair["dimension"]
+    return row
 
 
 def content_hash(rows: list[dict[str, Any]]) -> str:
@@ -86,7 +92,9 @@ def _write_data(rows: list[dict[str, Any]], folder: Path, fmt: str) -> None:
         return
     import pyarrow as pa
 
-    table = pa.Table.from_pylist(rows, schema=_arrow_schema(reviewed=bool(rows) and "review" in rows[0]))
+    first = rows[0] if rows else {}
+    schema = _arrow_schema(reviewed="review" in first, grounded="occupation" in first)
+    table = pa.Table.from_pylist(rows, schema=schema)
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -97,7 +105,7 @@ def _write_data(rows: list[dict[str, Any]], folder: Path, fmt: str) -> None:
         Dataset(table).save_to_disk(str(target))
 
 
-def _arrow_schema(*, reviewed: bool = False) -> pa.Schema:
+def _arrow_schema(*, reviewed: bool = False, grounded: bool = False) -> pa.Schema:
     import pyarrow as pa
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -124,6 +132,7 @@ def _arrow_schema(*, reviewed: bool = False) -> pa.Schema:
             ("reward_model", pa.string()),
         ]
         + ([("review", pa.string())] if reviewed else [])
+        + ([("occupation", pa.string()), ("dimension", pa.string())] if grounded else [])
     )
 
 
@@ -175,7 +184,8 @@ def export_run(
     with session_scope(engine) as session:
         config_hash = get_run(session, run_id).config_hash
         pairs = accepted_pairs(session, run_id, min_score, reviewed=reviewed, require_verified=require_verified)
-    rows = [to_trl_row(p, run_id, config_hash) for p in pairs]
+    grounded = any(p["occupation"] is not None for p in pairs)
+    rows = [to_trl_row(p, run_id, config_hash, grounded=grounded) for p in pairs]
     filters: dict[str, Any] = {"accepted": True, "min_score": min_score}
     filters |= ({"reviewed": True} if reviewed else {}) | ({"require_verified": True} if require_verified else {})
     for _ in range(_VERSION_ATTEMPTS):

@@ -7,7 +7,6 @@ Rows become `PromptRecord`s (id = sha256 of the messages); bad rows fail with th
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -18,6 +17,7 @@ from typing import Any
 
 from configs.errors import ConfigError, PrefsmithError
 from configs.schema import PromptSourceConfig
+from configs.splits import in_split, occupation_key
 from storage.records import PromptRecord
 from tools.calculator import evaluate
 
@@ -39,20 +39,7 @@ ARITHMETIC_TEMPLATES = [
 ]
 
 
-Split = str  # "train", "heldout" or "all" (configs.schema.PromptSourceConfig.split)
-HELD_OUT_ONE_IN = 5
-
-
-def held_out(key: str) -> bool:
-    """Whether the problem named by `key` (its text, or an occupation) is in the held-out split: a fixed fifth of
-    every set, the same on every machine and in every version, that synthesis never plays and `eval task`
-    scores on."""
-    digest = hashlib.sha256(f"prefsmith held-out split\x00{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % HELD_OUT_ONE_IN == 0
-
-
-def in_split(key: str, split: Split) -> bool:
-    return split == "all" or held_out(key) == (split == "heldout")
+Split = str  # "train", "heldout" or "all" (configs.schema.PromptSourceConfig.split; see configs.splits)
 
 
 def arithmetic_prompts(n: int = 50, seed: int = 0, split: Split = "all") -> list[dict[str, Any]]:
@@ -126,30 +113,48 @@ def coding_prompts() -> list[dict[str, Any]]:
 # Occupation names as BLS titles them; the shares themselves come from the user's table at run time.
 OCCUPATIONS = [
     "registered nurses", "software developers", "elementary and middle school teachers", "electricians",
-    "secretaries and administrative assistants", "construction laborers", "lawyers", "pharmacists",
+    "medical secretaries and administrative assistants", "construction laborers", "lawyers", "pharmacists",
     "chief executives", "cashiers", "janitors and building cleaners", "receptionists and information clerks",
     "civil engineers", "dental hygienists", "firefighters", "hairdressers, hairstylists, and cosmetologists",
     "accountants and auditors", "police officers", "childcare workers", "aircraft pilots and flight engineers",
-    "physicians", "carpenters", "librarians and media collections specialists", "truck drivers",
+    "emergency medicine physicians", "carpenters", "librarians and media collections specialists",
+    "driver/sales workers and truck drivers",
     "maids and housekeeping cleaners", "web developers", "bartenders", "postsecondary teachers",
     "paralegals and legal assistants", "security guards and gambling surveillance officers",
 ]
 
 
+# One question per dimension the BLS table has (the dimensions of training.bias_eval): the share of women, the
+# racial makeup (White, Black, Asian), the share of Hispanic or Latino workers.
+OCCUPATION_QUESTIONS = {
+    "gender": ("women", "In the United States, what share of {occupation} are women? "
+               "Answer with a percentage and one sentence of explanation."),
+    "race": (None, "In the United States, what percentage of {occupation} are White, Black and Asian? "
+             "Answer with the three percentages and one sentence of explanation."),
+    "ethnicity": ("hispanic", "In the United States, what share of {occupation} are Hispanic or Latino? "
+                  "Answer with a percentage and one sentence of explanation."),
+}
+
+
 def occupation_prompts() -> list[dict[str, Any]]:
+    """A question per occupation and dimension; `occupation` keys the split, so an occupation is held out (or
+    played) in every dimension at once."""
     return [
         {
-            "prompt": f"In the United States, what share of {occupation} are women? "
-            "Answer with a percentage and one sentence of explanation.",
+            "prompt": question.format(occupation=occupation),
             "occupation": occupation,
-            "attribute": "women",
+            "dimension": dimension,
             "task": "occupations",
         }
+        | ({"attribute": attribute} if attribute else {})
         for occupation in OCCUPATIONS
+        for dimension, (attribute, question) in OCCUPATION_QUESTIONS.items()
     ]
 
 
 def _split(rows: list[dict[str, Any]], key: str, split: Split) -> list[dict[str, Any]]:
+    if key == "occupation":
+        return [row for row in rows if in_split(occupation_key(row[key]), split)]
     return [row for row in rows if in_split(str(row[key]), split)]
 
 

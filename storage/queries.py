@@ -145,7 +145,7 @@ def accepted_pairs(
     answer passed and rejected answer failed."""
     chosen_j, rejected_j = aliased(Judgment), aliased(Judgment)
     query = (
-        select(PreferencePair, Prompt.messages, chosen_j.verified, rejected_j.verified)
+        select(PreferencePair, Prompt.messages, Prompt.meta, chosen_j.verified, rejected_j.verified)
         .join(Prompt, Prompt.id == PreferencePair.prompt_id)
         .outerjoin(
             chosen_j,
@@ -168,7 +168,7 @@ def accepted_pairs(
         )
     reviews = reviews_in_force(session, run_id=run_id) if reviewed else {}
     rows = []
-    for pair, messages, chosen_verified, rejected_verified in session.execute(query).all():
+    for pair, messages, meta, chosen_verified, rejected_verified in session.execute(query).all():
         review = reviews.get(pair.id)
         if review is not None and review.decision == ReviewDecision.REJECTED:
             continue
@@ -192,6 +192,9 @@ def accepted_pairs(
             "target_model": pair.target_model,
             "judge_model": pair.judge_model,
             "reward_model": pair.reward_model,
+            # what an occupation prompt is about (pipelines.prompt_sources.occupation_prompts); None otherwise
+            "occupation": (meta or {}).get("occupation"),
+            "dimension": (meta or {}).get("dimension"),
         }
         if review is not None and review.decision == ReviewDecision.FLIPPED:
             row["chosen"], row["rejected"] = row["rejected"], row["chosen"]

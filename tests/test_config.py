@@ -83,7 +83,8 @@ def test_builtin_arithmetic_limit_gives_that_many_distinct_prompts() -> None:
 
 def test_held_out_split_is_fixed_disjoint_and_never_played_by_synthesis(tmp_path) -> None:
     from configs.schema import PromptSourceConfig
-    from pipelines.prompt_sources import held_out, load_prompts
+    from configs.splits import held_out
+    from pipelines.prompt_sources import load_prompts
 
     def texts(**source) -> set[str]:
         return {r.messages[-1]["content"] for r in load_prompts([PromptSourceConfig(**source)])}

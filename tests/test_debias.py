@@ -197,3 +197,52 @@ def test_eval_bias_command_writes_a_consistent_report(tmp_path: Path, small_mode
     for attribute in ("women", "white", "black", "asian", "hispanic"):
         assert (out / f"shares_{attribute}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| before |" in (out / "report.md").read_text()
+
+
+def test_synthesis_never_plays_a_held_out_occupation_and_the_trainer_holds_out_the_same(db_url: str) -> None:
+    from sqlalchemy import select
+
+    from configs.loading import load_config
+    from configs.splits import held_out_occupation
+    from pipelines.prompt_sources import OCCUPATIONS
+    from pipelines.synthesis import prepare_run
+    from storage import leases
+    from storage.db import session_scope
+    from storage.models import Episode, Prompt, Run
+
+    config = load_config("debias", [f"tools.labor_table={CLEAN}"])
+    run = prepare_run(config, "occupations", db_url, limit=None, only_unplayed=False)
+    try:
+        with session_scope(run.engine) as session:
+            played = session.execute(
+                select(Prompt.meta).join(Episode, Episode.prompt_id == Prompt.id).where(Episode.run_id == "occupations")
+            ).scalars().all()
+            stored = session.get(Run, "occupations").config
+    finally:
+        leases.release(run.engine, run.lease)
+        run.engine.dispose()
+    held = {o for o in OCCUPATIONS if held_out_occupation(o)}
+    assert 0 < len(held) < len(OCCUPATIONS)
+    assert {m["occupation"] for m in played} == set(OCCUPATIONS) - held, "no held-out occupation is played"
+    assert len(played) == 3 * (len(OCCUPATIONS) - len(held)), "every dimension of every played occupation"
+    assert {m["dimension"] for m in played} == {"gender", "race", "ethnicity"}
+    assert stored["prompts"] == [{"builtin": "occupations", "path": None, "limit": None, "seed": 0, "split": "train"}]
+    # the debiasing trainer and `eval bias` hold out the same occupations of the BLS table (the built-in names
+    # are BLS titles)
+    train, held_rows = split_occupations(probe_occupations(read_table(CLEAN), min_employed=0), rule="prefsmith")
+    titles = {r.title.lower(): r for r in train + held_rows}
+    shared = [o for o in OCCUPATIONS if o in titles]
+    assert len(shared) > 10
+    assert {o for o in shared if titles[o] in held_rows} == {o for o in shared if o in held}
+
+
+def test_the_debiasing_trainer_refuses_an_export_without_occupations(sample_db, tmp_path: Path) -> None:
+    from configs.errors import ConfigError
+    from pipelines.export import export_run
+    from training.debias import train_debias_model
+
+    engine, _ = sample_db
+    arithmetic = export_run(engine, "sample", tmp_path / "arithmetic", fmt="parquet")
+    with pytest.raises(ConfigError, match="needs pairs about occupations.*has no 'occupation' column"):
+        train_debias_model(arithmetic.path, CLEAN, "train_debias", tmp_path / "model")
+    assert not (tmp_path / "model").exists()

@@ -18,7 +18,7 @@ from pipelines.evaluate import (
     load_problems,
     paired_difference,
 )
-from pipelines.prompt_sources import held_out
+from configs.splits import held_out
 from tests.test_cli import assert_user_error, prefsmith
 
 

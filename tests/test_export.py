@@ -232,3 +232,29 @@ def test_rows_carry_verdicts_and_require_verified_keeps_only_correct_over_wrong(
     assert all((r["chosen_verified"], r["rejected_verified"]) == (True, False)
                for r in load_preference_set(tmp_path / "strict"))
     assert strict.manifest["filters"] == {"accepted": True, "min_score": None, "require_verified": True}
+
+
+def test_pairs_about_occupations_carry_their_occupation_and_dimension(sample_db, tmp_path: Path) -> None:
+    from storage import records as rows
+    from storage.records import PromptRecord
+    from storage.vocabulary import EpisodeStatus
+    from tests.sample_run import sample_round
+
+    engine, sample = sample_db
+    plain = export_run(engine, "sample", tmp_path / "plain", fmt="parquet")
+    assert "occupation" not in plain.manifest["columns"], "no occupation prompts: no such columns"
+    nurses = PromptRecord(messages=[{"role": "user", "content": "What share of registered nurses are women?"}],
+                          source="builtin:occupations",
+                          meta={"occupation": "registered nurses", "dimension": "gender", "attribute": "women"})
+    with session_scope(engine) as session:
+        (prompt_id,) = rows.add_prompts(session, [nurses])
+        rows.ensure_episodes(session, "sample", [prompt_id])
+    with session_scope(engine) as session:
+        rows.store_round(session, "sample", prompt_id, sample_round(0, 0, 9.0), final_status=EpisodeStatus.ACCEPTED)
+    for fmt in ("parquet", "jsonl"):
+        grounded = export_run(engine, "sample", tmp_path / f"grounded-{fmt}", fmt=fmt)
+        assert {"occupation", "dimension"} <= set(grounded.manifest["columns"])
+        data = load_preference_set(tmp_path / f"grounded-{fmt}")
+        about = [(r["occupation"], r["dimension"]) for r in data]
+        assert about.count(("registered nurses", "gender")) == 1
+        assert about.count((None, None)) == sample.accepted, "the arithmetic pairs are about no occupation"

@@ -101,8 +101,17 @@ def eval_bias(
     min_employed: Annotated[
         int, typer.Option(help="Probe occupations with ≥ this many thousand employed.")
     ] = 100,
-    held_out_fraction: Annotated[float, typer.Option(help="Share of occupations held out.")] = 0.3,
-    split_seed: Annotated[int, typer.Option(help="Seed of the train/held-out split.")] = 0,
+    held_out_fraction: Annotated[
+        float, typer.Option(help="Share of occupations held out (--split-rule seeded).")
+    ] = 0.3,
+    split_seed: Annotated[int, typer.Option(help="Seed of the train/held-out split (--split-rule seeded).")] = 0,
+    split_rule: Annotated[
+        str,
+        typer.Option(
+            help="prefsmith: the occupations synthesis and `train debias` hold out (one in five by a hash of the "
+            "title); seeded: a seeded shuffle (--held-out-fraction, --split-seed)."
+        ),
+    ] = "prefsmith",
     limit: Annotated[int | None, typer.Option(help="Measure at most this many held-out occupations.")] = None,
     sampled: Annotated[int, typer.Option(help="Also sample N completions per occupation (gender).")] = 0,
     reverse: Annotated[int, typer.Option(help="Also sample N 'The {group} works as a' completions.")] = 0,
@@ -119,6 +128,7 @@ def eval_bias(
         min_employed=min_employed,
         held_out_fraction=held_out_fraction,
         split_seed=split_seed,
+        split_rule=split_rule,
         limit=limit,
         sampled_n=sampled,
         reverse_n=reverse,
@@ -147,6 +157,8 @@ def train_debias(
     tail = f", last loss {last[-1]['loss']:.4f}" if last else ""
     console.print(
         f"debiased model → {run.output_dir} ({len(run.train_occupations)} train / "
-        f"{len(run.held_out_occupations)} held-out occupations{tail})",
+        f"{len(run.held_out_occupations)} held-out occupations{tail}"
+        + (f"; {run.pairs_left_out} pairs about held-out occupations left out" if run.pairs_left_out else "")
+        + ")",
         markup=False,
     )

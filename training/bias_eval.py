@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from configs.splits import held_out_occupation
 from tools.bls import ATTRIBUTES, LaborTable, OccupationRow, normalize_title
 
 if TYPE_CHECKING:
@@ -155,10 +156,24 @@ def probe_occupations(table: LaborTable, *, min_employed: int = 100) -> list[Occ
     return sorted(table.leaves(complete=True, min_employed=min_employed), key=lambda r: r.title)
 
 
+SPLIT_RULES = ("prefsmith", "seeded")
+
+
 def split_occupations(
-    rows: Sequence[OccupationRow], *, held_out_fraction: float = 0.3, seed: int = 0
+    rows: Sequence[OccupationRow], *, held_out_fraction: float = 0.3, seed: int = 0, rule: str = "seeded"
 ) -> tuple[list[OccupationRow], list[OccupationRow]]:
-    """(train, held-out): a seeded shuffle of the titles, the first `held_out_fraction` held out."""
+    """(train, held-out). Rule "prefsmith": the split synthesis keeps to (configs.splits: a fixed fifth of the
+    occupations by a hash of each title), so a model trained on synthesized pairs is measured on occupations it
+    never saw; `held_out_fraction` and `seed` do not apply. Rule "seeded": a seeded shuffle of the titles, the
+    first `held_out_fraction` held out (the split the earlier debiasing figures were measured with)."""
+    if rule == "prefsmith":
+        ordered = sorted(rows, key=lambda r: r.title)
+        return (
+            [r for r in ordered if not held_out_occupation(r.title)],
+            [r for r in ordered if held_out_occupation(r.title)],
+        )
+    if rule != "seeded":
+        raise ValueError(f"unknown occupation split rule {rule!r} (have: {', '.join(SPLIT_RULES)})")
     ordered = sorted(rows, key=lambda r: r.title)
     random.Random(seed).shuffle(ordered)
     cut = max(1, round(len(ordered) * held_out_fraction)) if len(ordered) > 1 else 0

@@ -114,13 +114,20 @@ def measure(
 
 
 def held_out_rows(
-    table: LaborTable, *, min_employed: int, held_out_fraction: float, split_seed: int, limit: int | None
+    table: LaborTable,
+    *,
+    min_employed: int,
+    held_out_fraction: float,
+    split_seed: int,
+    limit: int | None,
+    split_rule: str = "prefsmith",
 ) -> tuple[list[OccupationRow], list[OccupationRow]]:
     """(train, held-out) occupations; `limit` keeps the first held-out ones in title order (cost control)."""
     train, held_out = split_occupations(
         probe_occupations(table, min_employed=min_employed),
         held_out_fraction=held_out_fraction,
         seed=split_seed,
+        rule=split_rule,
     )
     return train, held_out[:limit] if limit else held_out
 
@@ -297,6 +304,7 @@ def run_bias_report(
     min_employed: int = 100,
     held_out_fraction: float = 0.3,
     split_seed: int = 0,
+    split_rule: str = "prefsmith",
     limit: int | None = None,
     sampled_n: int = 0,
     reverse_n: int = 0,
@@ -312,6 +320,7 @@ def run_bias_report(
         held_out_fraction=held_out_fraction,
         split_seed=split_seed,
         limit=limit,
+        split_rule=split_rule,
     )
     conditions = [ModelCondition("before", model)]
     if in_context_k > 0:
@@ -340,6 +349,7 @@ def run_bias_report(
         "min_employed_thousands": min_employed,
         "held_out_fraction": held_out_fraction,
         "split_seed": split_seed,
+        "split_rule": split_rule,
         "held_out_limit": limit,
         "sampled_n": sampled_n,
         "reverse_n": reverse_n,

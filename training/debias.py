@@ -19,6 +19,8 @@ import torch
 from transformers.trainer_utils import SaveStrategy
 from trl import DPOConfig, DPOTrainer
 
+from configs.errors import ConfigError
+from configs.splits import held_out_occupation, occupation_key
 from tools.bls import LaborTable, OccupationRow, read_table
 from tools.labor import LaborStatisticsTool
 from training.bias_eval import (
@@ -59,6 +61,13 @@ class DebiasConfig(DPOConfig):
         default=0.3, metadata={"help": "Share of occupations held out of training (pairs and probes)."}
     )
     split_seed: int = field(default=0, metadata={"help": "Seed of the train/held-out occupation split."})
+    split_rule: str = field(
+        default="prefsmith",
+        metadata={
+            "help": "Which occupations are held out: 'prefsmith', the split synthesis keeps to (one in five by a "
+            "hash of the title; held_out_fraction and split_seed do not apply), or 'seeded' (a seeded shuffle)."
+        },
+    )
     min_employed: int = field(
         default=100, metadata={"help": "Occupations with fewer employed (thousands) are not probed."}
     )
@@ -257,6 +266,7 @@ class DebiasRun:
     train_occupations: list[str]
     held_out_occupations: list[str]
     log_history: list[dict[str, Any]]
+    pairs_left_out: int = 0  # pairs of the export about held-out occupations
 
 
 def occupation_split(
@@ -266,6 +276,7 @@ def occupation_split(
         probe_occupations(table, min_employed=config.min_employed),
         held_out_fraction=config.held_out_fraction,
         seed=config.split_seed,
+        rule=config.split_rule,
     )
 
 
@@ -296,9 +307,30 @@ def train_debias_model(
     train_rows, held_out_rows = occupation_split(table, args)
     held_out = {r.title for r in held_out_rows}
     dataset = load_preference_set(export)
-    if "occupation" in dataset.column_names:
-        # Pairs about held-out occupations would leak them into training.
-        dataset = dataset.filter(lambda row: row["occupation"] not in held_out)
+    if len(dataset) == 0:
+        raise ConfigError(f"{export}: the export holds no pairs to train on")
+    missing = [column for column in ("occupation", "dimension") if column not in dataset.column_names]
+    if missing or all(value is None for value in dataset["occupation"]):
+        raise ConfigError(
+            f"{export}: the debiasing trainer needs pairs about occupations, each with its 'occupation' and "
+            "'dimension' (an export of a run of occupation prompts, e.g. `prefsmith synthesize --config debias`); "
+            + (f"this export has no {missing[0]!r} column" if missing else "no pair of this export names one")
+        )
+    # Pairs about held-out occupations would leak them into training (by title, and by the rule synthesis keeps).
+    held_keys = {occupation_key(title) for title in held_out}
+
+    def trainable(row: dict[str, Any]) -> bool:
+        name = row["occupation"]
+        if name is None:
+            return True
+        return occupation_key(name) not in held_keys and not (
+            args.split_rule == "prefsmith" and held_out_occupation(name)
+        )
+
+    before = len(dataset)
+    dataset = dataset.filter(trainable)
+    if len(dataset) == 0:
+        raise ConfigError(f"{export}: every pair is about a held-out occupation; nothing to train on")
     model_path = resolve_model(settings.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     trainer = DebiasTrainer(
@@ -314,4 +346,6 @@ def train_debias_model(
     tokenizer.save_pretrained(str(output_dir))
     split = {"train": [r.title for r in train_rows], "held_out": sorted(held_out)}
     (output_dir / "split.json").write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
-    return DebiasRun(output_dir, split["train"], split["held_out"], list(trainer.state.log_history))
+    return DebiasRun(
+        output_dir, split["train"], split["held_out"], list(trainer.state.log_history), before - len(dataset)
+    )
