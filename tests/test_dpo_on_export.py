@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from storage.migrate import open_database
+from storage.migrate import open_database, upgrade
 from tests.sample_run import store_sample_run
 from tests.test_cli import prefsmith
 
@@ -52,3 +52,40 @@ def test_plain_dpo_trainer_consumes_an_export(tmp_path: Path, small_model_path: 
     assert math.isclose(logged["loss"], math.log(2), abs_tol=1e-4), logged
     changed = any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
     assert changed, "one optimizer step must move the policy"
+
+
+@pytest.mark.parametrize("trainer", ["dpo", "sparsepo"])
+def test_iterate_trainers_leave_a_whole_model_even_with_lora(
+    tmp_path: Path, small_model_path: Path, trainer: str
+) -> None:
+    """`prefsmith iterate` trains with `train_preference_local`: whatever the trainer, and with a LoRA adapter,
+    the folder it leaves is a whole model the next round's engine loads (the adapter merged into its base)."""
+    from transformers import AutoModelForCausalLM
+
+    from configs.loading import load_config
+    from configs.schema import TrainingConfig
+    from pipelines.export import export_run
+    from tests.test_sparsepo import save_tiny_llama
+    from training.train import train_preference_local
+
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    upgrade(url)
+    engine = open_database(url)
+    store_sample_run(engine, "sample", n_prompts=4)
+    export = export_run(engine, "sample", tmp_path / "export", fmt="parquet")
+    engine.dispose()
+    tiny = save_tiny_llama(tmp_path / "tiny", small_model_path)
+    training = load_config(
+        f"train_{trainer}",
+        [f"model={tiny}", "max_steps=1", "extra.use_peft=true", "extra.lora_r=4", "extra.lora_alpha=8",
+         "extra.lora_target_modules=[q_proj, v_proj]"],
+        schema=TrainingConfig,
+    )
+    out = tmp_path / "model"
+    summary = train_preference_local(trainer, training, str(export.path), out)
+    assert summary["global_step"] == 1
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(str(out))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny))
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    assert merged.config.num_hidden_layers == base.config.num_hidden_layers

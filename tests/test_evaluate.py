@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from configs.splits import held_out
 from pipelines.evaluate import (
     EvalError,
     EvalSettings,
@@ -18,7 +19,6 @@ from pipelines.evaluate import (
     load_problems,
     paired_difference,
 )
-from configs.splits import held_out
 from tests.test_cli import assert_user_error, prefsmith
 
 
