@@ -441,7 +441,13 @@ def iterate_command(
     name: Annotated[
         str | None, typer.Option("--name", help="Name of the loop; round r's run and checkpoint are NAME-rR.")
     ] = None,
-    trainer: Annotated[str, typer.Option("--trainer", help="dpo or sparsepo.")] = "dpo",
+    trainer: Annotated[
+        str, typer.Option("--trainer", help="dpo, sparsepo, or debias (occupation prompts; needs --labor-table).")
+    ] = "dpo",
+    labor_table: Annotated[
+        str | None,
+        typer.Option("--labor-table", help="--trainer debias: the BLS table to ground on and measure bias against."),
+    ] = None,
     train_config: Annotated[
         str | None, typer.Option("--train-config", help="Training config file or preset (default train_TRAINER).")
     ] = None,
@@ -451,7 +457,9 @@ def iterate_command(
     eval_prompts: Annotated[
         str, typer.Option("--eval-prompts", help="builtin:arithmetic (held-out split) or a file with answers.")
     ] = "builtin:arithmetic",
-    eval_limit: Annotated[int, typer.Option("--eval-limit", min=1)] = 50,
+    eval_limit: Annotated[
+        int, typer.Option("--eval-limit", min=1, help="Problems (debias: held-out occupations) evaluated.")
+    ] = 50,
     eval_samples: Annotated[int, typer.Option("--eval-samples", min=1)] = 4,
     eval_max_tokens: Annotated[int, typer.Option("--eval-max-tokens", min=1)] = 64,
     require_verified: Annotated[
@@ -479,6 +487,8 @@ def iterate_command(
         eval_limit=eval_limit,
         eval=EvalSettings(samples=eval_samples, max_tokens=eval_max_tokens, seed=synthesis.sampling.seed or 0),
         require_verified=require_verified,
+        training_overrides=tuple(train_set or []),
+        labor_table=labor_table,
     )
     rows = iterate(synthesis, settings, db_url=db, address=address, log=_say, progress=_Progress(),
                    eval_progress=_StageProgress())

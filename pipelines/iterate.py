@@ -48,6 +48,8 @@ class IterateSettings:
     eval_limit: int | None = 50
     eval: EvalSettings = field(default_factory=EvalSettings)
     require_verified: bool = False
+    training_overrides: tuple[str, ...] = ()  # as given, for the debiasing trainer (which loads its own config)
+    labor_table: str | None = None  # --trainer debias: the BLS table it grounds on and evaluates against
 
 
 def checkpoint_name(iteration: str, round_index: int) -> str:
@@ -68,8 +70,25 @@ def with_target(config: SynthesisConfig, model: str) -> SynthesisConfig:
     )
 
 
+TRAINERS = ("dpo", "sparsepo", "debias")
+# What the debiasing rounds are measured by (`prefsmith eval bias` on held-out occupations): bias in points.
+BIAS_MEASURES = (
+    ("bias_overall", "bias overall"),
+    ("bias_women", "women"),
+    ("bias_white", "White"),
+    ("bias_black", "Black"),
+    ("bias_asian", "Asian"),
+    ("bias_hispanic", "Hispanic or Latino"),
+)
+
+
+def measures_of(figures: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (key, label) of the measures an evaluation stage recorded."""
+    return [(str(m[0]), str(m[1])) for m in figures.get("measures", MEASURES)]
+
+
 def _measures(figures: dict[str, Any]) -> dict[str, Measure]:
-    return {key: Measure(figures[key]["value"], tuple(figures[key]["ci95"])) for key, _ in MEASURES}
+    return {key: Measure(figures[key]["value"], tuple(figures[key]["ci95"])) for key, _ in measures_of(figures)}
 
 
 def iterate(
@@ -84,11 +103,12 @@ def iterate(
 ) -> list[dict[str, Any]]:
     """Play `settings.rounds` rounds (see the module doc); returns one row per round (0 = the base model)."""
     from storage.migrate import open_database, upgrade
-    from training.train import PREFERENCE_TRAINERS
 
     check_slug(settings.name, "--name")
-    if settings.trainer not in PREFERENCE_TRAINERS:
-        raise IterateError(f"--trainer {settings.trainer!r}: iterate trains with {' or '.join(PREFERENCE_TRAINERS)}")
+    if settings.trainer not in TRAINERS:
+        raise IterateError(f"--trainer {settings.trainer!r}: iterate trains with {', '.join(TRAINERS)}")
+    if settings.trainer == "debias" and not settings.labor_table:
+        raise IterateError("--trainer debias needs --labor-table (the BLS table it grounds on and is measured by)")
     url = db_url or config.storage.url
     upgrade(url, create_dirs=url is None)
     engine = open_database(url)
@@ -201,14 +221,27 @@ class _Loop:
 
         training = self.settings.training.model_copy(update={"model": policy})
         out = checkpoints_dir() / name
-        summary = train_preference_local(
-            self.settings.trainer,
-            training,
-            exported["export_id"],
-            out,
-            db_url=self.url,
-            source=self.settings.training_source,
-        )
+        if self.settings.trainer == "debias":
+            from training.debias import train_debias_model
+
+            assert self.settings.labor_table is not None
+            debiased = train_debias_model(
+                exported["path"],
+                self.settings.labor_table,
+                self.settings.training_source,
+                out,
+                [*self.settings.training_overrides, f"model={policy}"],
+            )
+            summary = {"global_step": sum(1 for h in debiased.log_history if "loss" in h)}
+        else:
+            summary = train_preference_local(
+                self.settings.trainer,
+                training,
+                exported["export_id"],
+                out,
+                db_url=self.url,
+                source=self.settings.training_source,
+            )
         with session_scope(self.engine) as session:
             register_checkpoint(
                 session,
@@ -226,6 +259,8 @@ class _Loop:
         return {"checkpoint": name, "path": str(out), "steps": summary["global_step"]}
 
     def evaluate(self, model: str, r: int) -> dict[str, Any]:
+        if self.settings.trainer == "debias":
+            return self.evaluate_bias(model, r)
         s = self.settings
         report = evaluate_task(model, s.eval_prompts, s.eval, limit=s.eval_limit, progress=self.eval_progress)
         write_report(report, self.folder / f"r{r}" / "eval", replace=True)
@@ -239,26 +274,63 @@ class _Loop:
             "per_problem": [[p.sampled_correct, p.greedy_correct, p.ranked_first] for p in report.per_problem],
         }
 
+    def evaluate_bias(self, model: str, r: int) -> dict[str, Any]:
+        """`prefsmith eval bias` of `model` on the held-out occupations (the split synthesis keeps to)."""
+        from training.bias_report import run_bias_report
+
+        assert self.settings.labor_table is not None
+        document = run_bias_report(
+            model,
+            self.settings.labor_table,
+            self.folder / f"r{r}" / "eval",
+            min_employed=int(self.settings.training.extra.get("min_employed", 100)),
+            split_rule="prefsmith",
+            limit=self.settings.eval_limit,
+        )
+        measured, baseline = document["conditions"][0], document["conditions"][-1]
+
+        def points(score: dict[str, Any]) -> dict[str, Any]:
+            return {"value": score["value"], "ci95": [score["ci_low"], score["ci_high"]]}
+
+        attributes = {key: key.removeprefix("bias_") for key, _ in BIAS_MEASURES[1:]}
+        return {
+            "model": model,
+            "measures": [list(m) for m in BIAS_MEASURES],
+            "bias_overall": points(measured["overall"]),
+            **{key: points(measured["metrics"][a]["bias"]) for key, a in attributes.items()},
+            "perplexity": measured["perplexity"],
+            "train_mean_baseline": points(baseline["overall"]),
+            "problems": len(measured["shares"]),
+            "split": "heldout",
+        }
+
     def assess(self, r: int, name: str) -> dict[str, Any]:
         from storage.lineage import set_checkpoint_eval
 
         figures = self.evaluate(name, r)
+        source = self.settings.labor_table if self.settings.trainer == "debias" else self.settings.eval_prompts
         with session_scope(self.engine) as session:
-            set_checkpoint_eval(session, name, {self.settings.eval_prompts: {k: figures[k] for k, _ in MEASURES}})
+            set_checkpoint_eval(session, name, {str(source): {k: figures[k] for k, _ in measures_of(figures)}})
         return figures
 
 
 def round_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The per-round table as text lines: pairs, their quality, and the three measures with 95% intervals."""
-    lines = [f"{'round':<6}{'model':<28}{'pairs':>6}{'r>w':>6}  " + "  ".join(f"{label:<24}" for _, label in MEASURES)]
+    """The per-round table as text lines: pairs, their quality, and each measure with its 95% interval."""
+    measures = measures_of(rows[0]["eval"])
+    digits = 3 if measures == list(MEASURES) else 1  # shares of problems, or bias in points
+    width = 24 if digits == 3 else 20
+    lines = [
+        f"{'round':<6}{'model':<28}{'pairs':>6}{'r>w':>6}  " + "  ".join(f"{label:<{width}}" for _, label in measures)
+    ]
     for row in rows:
         export = row.get("export") or {}
         quality = export.get("quality") or {}
         share = quality.get("share")
         cells = []
-        for key, _ in MEASURES:
+        for key, _ in measures:
             m = row["eval"][key]
-            cells.append(f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]".ljust(24))
+            low, high = m["ci95"]
+            cells.append(f"{m['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]".ljust(width))
         lines.append(
             f"{row['round']:<6}{row['model'][:27]:<28}{export.get('pairs', '-')!s:>6}"
             f"{'-' if share is None else f'{share:.2f}':>6}  " + "  ".join(cells)
@@ -271,8 +343,12 @@ def _write_summary(rows: list[dict[str, Any]], folder: Path, settings: IterateSe
     (folder / "rounds.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     (folder / "rounds.md").write_text("```\n" + "\n".join(round_table(rows)) + "\n```\n")
     first = rows[0]["eval"]
+    measures = measures_of(first)
+    source = settings.labor_table if settings.trainer == "debias" else settings.eval_prompts
     plot_measures(
         {("base" if row["round"] == 0 else f"round {row['round']}"): _measures(row["eval"]) for row in rows},
         folder / "rounds.png",
-        f"{settings.name}: {settings.eval_prompts} ({first['split']}, {first['problems']} problems)",
+        f"{settings.name}: {source} ({first['split']}, {first['problems']} problems)",
+        measures,
+        "share of problems" if measures == list(MEASURES) else "bias (points; lower is better)",
     )

@@ -18,6 +18,7 @@ from storage.db import session_scope
 from storage.lineage import finished_stages, lineage
 from storage.migrate import open_database
 from storage.models import Export, IterationStage, Round
+from storage.preference_sets import load_preference_set
 from storage.queries import run_target_model
 from tests.test_faults import Synthesizer, _rounds, _wait_for
 from tests.test_synthesis import EASY, write_prompts
@@ -151,3 +152,46 @@ def test_two_rounds_killed_between_stages_resume_without_repeating_and_register_
     listed.command = [*listed.command[:3], "models", "list", "--db", url]
     assert listed.run(120) == 0
     assert "loop-r2  (checkpoint: dpo from loop-r1 on export loop-r2@v1" in listed.err()
+
+
+def test_a_debiasing_round_trains_on_synthesized_occupation_pairs_and_is_measured_on_held_out_ones(
+    tmp_path: Path, small_model_path: Path
+) -> None:
+    """`iterate --trainer debias`: occupation prompts played with the labor tool, the export (with occupation and
+    dimension) trained on by the debiasing trainer, and the checkpoint's bias measured on held-out occupations."""
+    from tests.conftest import LABOR_DATA
+
+    table = LABOR_DATA / "cpsaat11_2022_clean.csv"
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    os.symlink(small_model_path, home / "models" / small_model_path.name)
+    url = f"sqlite:///{tmp_path / 'debias.db'}"
+    loop = Iteration(tmp_path / "unused.yaml", url, home, tmp_path / "unused.jsonl")
+    loop.command = [
+        *loop.command[:3], "iterate", "--config", "debias", "--db", url, "--rounds", "1", "--name", "fair",
+        "--set", f"tools.labor_table={table}", "--set", "prompts=[{builtin: occupations, limit: 6}]",
+        "--set", "game.candidates=2", "--set", "game.max_rounds=1", "--set", "game.accept_threshold=1",
+        "--set", "sampling.max_tokens=48", "--trainer", "debias", "--labor-table", str(table),
+        "--train-set", "max_steps=2", "--train-set", "extra.min_employed=0", "--train-set",
+        "extra.grounding_batch_size=2", "--eval-limit", "3",
+    ]  # fmt: skip
+    assert loop.run(600) == 0, loop.err()[-4000:]
+    engine = open_database(url)
+    try:
+        with session_scope(engine) as session:
+            (checkpoint,) = lineage(session, "fair-r1")
+            stages = finished_stages(session, "fair")
+    finally:
+        engine.dispose()
+    assert (checkpoint["trainer"], checkpoint["base_model"], checkpoint["export_id"]) == ("debias", BASE, "fair-r1@v1")
+    measured = checkpoint["eval"][str(table)]
+    assert set(measured) == {"bias_overall", "bias_women", "bias_white", "bias_black", "bias_asian", "bias_hispanic"}
+    for r in (0, 1):
+        figures = stages[(r, "evaluate")]
+        assert figures["split"] == "heldout" and figures["problems"] == 3 and figures["perplexity"] > 1
+        low, high = figures["bias_overall"]["ci95"]
+        assert low <= figures["bias_overall"]["value"] <= high
+    pairs = load_preference_set(stages[(1, "export")]["path"])
+    assert len(pairs) == stages[(1, "export")]["pairs"] > 0
+    assert set(pairs["dimension"]) <= {"gender", "race", "ethnicity"} and all(pairs["occupation"])
+    assert "bias overall" in loop.err(), "the per-round table names the bias measures"
