@@ -80,7 +80,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("debias_loop", "Debiasing from the loop: synthesized occupation pairs, held-out bias vs. baseline",
               ("--labor-table", "{labor_table}", "--prompts", "36")),
     Benchmark("iterate_loop", "prefsmith iterate: does training on our pairs make the model better (held-out)?",
-              ("--prompts", "64", "--rounds", "2", "--eval-limit", "50", "--eval-samples", "4")),
+              ("--prompts", "128", "--candidates", "8", "--rounds", "2", "--eval-limit", "50", "--eval-samples", "4")),
 )  # fmt: skip
 
 
