@@ -5,11 +5,14 @@ makes it the next round's target. The base model is evaluated first (round 0), o
 Every finished stage is recorded in the database (`iteration_stages`) with what it produced, and every trained
 model is registered as a checkpoint with its lineage (`checkpoints`): kill the loop at any point and rerun the
 same command, and it continues after the last finished stage, repeating none (an unfinished synthesis resumes
-its run; an unfinished training resumes from its last trainer checkpoint).
+its run; an unfinished DPO or SparsePO training resumes from its last trainer checkpoint, the debiasing trainer,
+which keeps none, starts over). A larger --rounds continues a finished loop; other settings under the same
+--name are refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -143,7 +146,30 @@ class _Loop:
         with session_scope(engine) as session:
             self.done = finished_stages(session, settings.name)
 
+    def fingerprint(self) -> str:
+        """What makes two invocations the same loop: everything but the number of rounds."""
+        from configs.loading import config_hash
+
+        s = self.settings
+        described = {
+            "synthesis": config_hash(self.config),
+            "trainer": s.trainer,
+            "training": config_hash(s.training),
+            "training_overrides": list(s.training_overrides),
+            "eval": [s.eval_prompts, s.eval_limit, vars(s.eval)],
+            "require_verified": s.require_verified,
+            "labor_table": s.labor_table,
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
     def play(self) -> list[dict[str, Any]]:
+        fingerprint = self.fingerprint()
+        started = self.stage(0, "start", lambda: {"fingerprint": fingerprint})
+        if started["fingerprint"] != fingerprint:
+            raise IterateError(
+                f"iteration {self.settings.name!r} was started with other settings (synthesis or training config, "
+                "trainer, evaluation); rerun it with those, or choose another --name"
+            )
         base = self.config.models[self.config.roles.target].name
         figures = self.stage(0, "evaluate", self.evaluate, base, 0)
         rows = [{"round": 0, "model": base, "eval": figures, "seconds": {"evaluate": figures["seconds"]}}]

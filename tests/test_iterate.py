@@ -114,7 +114,7 @@ def test_two_rounds_killed_between_stages_resume_without_repeating_and_register_
         assert f"{done}: finished before, not repeated" in log
     after = _stages(url)
     assert {k: after[k] for k in before} == before, "no finished stage was played again"
-    assert set(after) == {(0, "evaluate")} | {
+    assert set(after) == {(0, "start"), (0, "evaluate")} | {
         (r, s) for r in (1, 2) for s in ("synthesize", "export", "train", "evaluate")
     }
     assert _rounds(url, "loop-r1") == rounds_r1, "round 1's synthesis played nothing more"
@@ -148,6 +148,9 @@ def test_two_rounds_killed_between_stages_resume_without_repeating_and_register_
     assert [r["model"] for r in rows] == [BASE, "loop-r1", "loop-r2"]
     assert (folder / "rounds.png").stat().st_size > 0 and (folder / "r2" / "eval" / "report.json").is_file()
     assert "loop-r2" in log and "answer ranking" in log, "the per-round table is printed"
+    other = Iteration(config, url, home, held)
+    other.command = [*other.command, "--train-set", "learning_rate=1e-5"]
+    assert other.run(120) == 2 and "was started with other settings" in other.err(), other.err()[-2000:]
     listed = Iteration(config, url, home, held)
     listed.command = [*listed.command[:3], "models", "list", "--db", url]
     assert listed.run(120) == 0
