@@ -54,17 +54,23 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a c
 def models_list(db: DbOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the models prefsmith knows by name: the catalog (and whether each is prepared) and the checkpoints
     registered in the database, each with its lineage and evaluation."""
+    from sqlalchemy.engine import make_url
+
     from agents.catalog import CATALOG, models_dir
-    from storage.db import session_scope
+    from storage.db import resolve_db_url, session_scope
     from storage.lineage import list_checkpoints
     from storage.migrate import open_database
 
-    engine = open_database(db)
-    try:
-        with session_scope(engine) as session:
-            checkpoints = list_checkpoints(session)
-    finally:
-        engine.dispose()
+    checkpoints: list[dict[str, Any]] = []
+    parsed = make_url(resolve_db_url(db))
+    # A SQLite file that does not exist yet holds no checkpoint (and is not created by looking).
+    if not (parsed.drivername.startswith("sqlite") and parsed.database and not Path(parsed.database).exists()):
+        engine = open_database(db)
+        try:
+            with session_scope(engine) as session:
+                checkpoints = list_checkpoints(session)
+        finally:
+            engine.dispose()
     if as_json:
         catalog = [
             {"name": name, "hf_id": entry.hf_id, "prepared": (models_dir() / name / "model.safetensors").is_file()}

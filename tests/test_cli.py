@@ -164,3 +164,15 @@ def test_passwords_in_urls_are_never_shown(tmp_path: Path) -> None:
     shown = prefsmith("config", "show", "--set", f"storage.url={url}")
     assert shown.returncode == 0, shown.stderr
     assert "hunter2" not in shown.stdout and "bob:***@127.0.0.1:5432/test" in shown.stdout
+
+
+def test_models_list_on_a_fresh_home_creates_no_database(tmp_path: Path) -> None:
+    env_db = os.environ.pop("PREFSMITH_DB", None)
+    try:
+        listed = prefsmith("models", "list", home=tmp_path)
+    finally:
+        if env_db is not None:
+            os.environ["PREFSMITH_DB"] = env_db
+    assert listed.returncode == 0, listed.stderr
+    assert "smollm2-135m-instruct" in listed.stdout and "not prepared" in listed.stdout
+    assert not (tmp_path / "prefsmith.db").exists(), "listing models creates no database"
