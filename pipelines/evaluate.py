@@ -209,12 +209,13 @@ def evaluate_task(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> TaskReport:
     """Evaluate `model` (a prefsmith model name, a checkpoint folder or an HF id) on `source`'s problems."""
+    started = time.perf_counter()
+    problems, split = load_problems(source, limit, settings.seed)  # a bad source fails before torch loads
+
     from agents.backends import ChatRequest
     from agents.backends.local_transformers import TransformersBackend
     from agents.game import derived_seed
 
-    started = time.perf_counter()
-    problems, split = load_problems(source, limit, settings.seed)
     backend = TransformersBackend(ModelConfig(name=model, dtype="float32", max_batch_size=settings.batch_size))
     try:
         sampled: list[list[str]] = []
