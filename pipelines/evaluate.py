@@ -166,11 +166,10 @@ def paired_difference(after: Sequence[float], before: Sequence[float], seed: int
     return measure(differences, seed)
 
 
-def _correct(answer: str, gold: Fraction) -> bool:
-    from tools.reference_answer import ReferenceAnswerTool
-
-    evidence = ReferenceAnswerTool().evidence({"candidate": answer, "gold": number_text(gold)})
-    return evidence.verdict is True
+def _correct(checker: Any, answer: str, gold: Fraction) -> bool:
+    """Whether `answer` is right by the reference-answer tool `checker` (the check that gives synthesis its
+    verdicts)."""
+    return checker.evidence({"candidate": answer, "gold": number_text(gold)}).verdict is True
 
 
 def answer_logprobs(model: Any, tokenizer: Any, messages: list[dict[str, str]], answers: list[str]) -> list[float]:
@@ -215,6 +214,9 @@ def evaluate_task(
     from agents.backends import ChatRequest
     from agents.backends.local_transformers import TransformersBackend
     from agents.game import derived_seed
+    from tools.reference_answer import ReferenceAnswerTool
+
+    checker = ReferenceAnswerTool()
 
     backend = TransformersBackend(ModelConfig(name=model, dtype="float32", max_batch_size=settings.batch_size))
     try:
@@ -253,8 +255,8 @@ def evaluate_task(
                     question=problem.question,
                     gold=number_text(problem.gold),
                     greedy=greedy[i],
-                    greedy_correct=_correct(greedy[i], problem.gold),
-                    sampled_correct=sum(_correct(t, problem.gold) for t in sampled[i]) / len(sampled[i]),
+                    greedy_correct=_correct(checker, greedy[i], problem.gold),
+                    sampled_correct=sum(_correct(checker, t, problem.gold) for t in sampled[i]) / len(sampled[i]),
                     gold_logprob=scores[0],
                     best_distractor=number_text(near[best - 1]),
                     best_distractor_logprob=scores[best],

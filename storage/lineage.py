@@ -69,11 +69,6 @@ def get_checkpoint(session: Session, name: str) -> Checkpoint:
     return found
 
 
-def find_checkpoint(session: Session, name: str) -> dict[str, Any] | None:
-    found = session.get(Checkpoint, name)
-    return checkpoint_dict(found) if found is not None else None
-
-
 def checkpoint_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     return {c.key: getattr(checkpoint, c.key) for c in Checkpoint.__table__.columns}
 

@@ -6,9 +6,9 @@ All return plain data (dataclasses / dicts) so callers never hold ORM objects pa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from configs.errors import NotFoundError
@@ -128,6 +128,22 @@ def get_run(session: Session, run_id: str) -> Run:
     return run
 
 
+SelectT = TypeVar("SelectT", bound=Select)
+
+
+def _with_verdicts(query: SelectT, chosen_j: Any, rejected_j: Any) -> SelectT:
+    """`query` over preference pairs joined with the judgments of their chosen (`chosen_j`) and rejected
+    (`rejected_j`) answers, which carry the tools' verdicts (outer joins: a pair may have none)."""
+    return query.outerjoin(
+        chosen_j,
+        (chosen_j.round_id == PreferencePair.round_id) & (chosen_j.generation_index == PreferencePair.chosen_index),
+    ).outerjoin(
+        rejected_j,
+        (rejected_j.round_id == PreferencePair.round_id)
+        & (rejected_j.generation_index == PreferencePair.rejected_index),
+    )
+
+
 def accepted_pairs(
     session: Session,
     run_id: str,
@@ -144,21 +160,15 @@ def accepted_pairs(
     rejected answer (True, False, or None without one); `require_verified` keeps only pairs whose chosen
     answer passed and rejected answer failed."""
     chosen_j, rejected_j = aliased(Judgment), aliased(Judgment)
-    query = (
-        select(PreferencePair, Prompt.messages, Prompt.meta, chosen_j.verified, rejected_j.verified)
-        .join(Prompt, Prompt.id == PreferencePair.prompt_id)
-        .outerjoin(
-            chosen_j,
-            (chosen_j.round_id == PreferencePair.round_id)
-            & (chosen_j.generation_index == PreferencePair.chosen_index),
-        )
-        .outerjoin(
-            rejected_j,
-            (rejected_j.round_id == PreferencePair.round_id)
-            & (rejected_j.generation_index == PreferencePair.rejected_index),
-        )
-        .where(PreferencePair.run_id == run_id, PreferencePair.accepted.is_(True))
-        .order_by(PreferencePair.id)
+    query = _with_verdicts(
+        select(PreferencePair, Prompt.messages, Prompt.meta, chosen_j.verified, rejected_j.verified).join(
+            Prompt, Prompt.id == PreferencePair.prompt_id
+        ),
+        chosen_j,
+        rejected_j,
+    )
+    query = query.where(PreferencePair.run_id == run_id, PreferencePair.accepted.is_(True)).order_by(
+        PreferencePair.id
     )
     if require_verified:
         query = query.where(chosen_j.verified.is_(True), rejected_j.verified.is_(False))
@@ -224,19 +234,8 @@ def pair_quality(session: Session, run_id: str) -> dict[str, Any]:
     above the threshold) matched the verdicts' (accept exactly the correct-over-wrong pairs): `pairs`, `agree`,
     `rate` (None without such pairs: with `game.verdicts_decide` verified pairs are not graded)."""
     chosen_j, rejected_j = aliased(Judgment), aliased(Judgment)
-    rows = session.execute(
-        select(PreferencePair.accepted, PreferencePair.reward_score, chosen_j.verified, rejected_j.verified)
-        .outerjoin(
-            chosen_j,
-            (chosen_j.round_id == PreferencePair.round_id) & (chosen_j.generation_index == PreferencePair.chosen_index),
-        )
-        .outerjoin(
-            rejected_j,
-            (rejected_j.round_id == PreferencePair.round_id)
-            & (rejected_j.generation_index == PreferencePair.rejected_index),
-        )
-        .where(PreferencePair.run_id == run_id)
-    ).all()
+    query = select(PreferencePair.accepted, PreferencePair.reward_score, chosen_j.verified, rejected_j.verified)
+    rows = session.execute(_with_verdicts(query, chosen_j, rejected_j).where(PreferencePair.run_id == run_id)).all()
     accepted = [r for r in rows if r[0]]
     correct = sum(1 for r in accepted if r[2] is True and r[3] is False)
     graded = [r for r in rows if r[1] is not None and r[2] is not None and r[3] is not None]

@@ -45,10 +45,7 @@ def load_job(
 
     training = load_config(config_path, overrides, schema=TrainingConfig)
     source = str(resolve_config_path(config_path)) if config_path is not None else "defaults"
-    job = SparsePOJob(training, str(data), str(Path(out_dir).resolve()), db_url, source)
-    # Built once here so that a bad setting fails before any model loads.
-    sparsepo_config(job)
-    return job
+    return load_job_from(training, data, out_dir, db_url, source)
 
 
 def sparsepo_config(job: SparsePOJob) -> tuple[SparsePOConfig, ModelConfig]:
@@ -177,6 +174,7 @@ def train_preference_local(
 def load_job_from(
     training: TrainingConfig, data: str, out_dir: str | Path, db_url: str | None, source: str
 ) -> SparsePOJob:
+    """A job of an already loaded `training` config, checked: a bad setting fails before any model loads."""
     job = SparsePOJob(training, str(data), str(Path(out_dir).resolve()), db_url, source)
     sparsepo_config(job)
     return job
