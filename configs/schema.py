@@ -61,6 +61,9 @@ class ModelConfig(Strict):
     replicas: int = execution(
         1, "Engine actors serving this model in a synthesis run; each call goes to the least loaded.", ge=1
     )
+    resources: dict[str, float] = execution(
+        {}, "Custom Ray resources each engine actor reserves (pins it to nodes that offer them).",
+    )
     kv_cache_gb: int = execution(1, "vLLM CPU build: KV cache GiB, unless VLLM_CPU_KVCACHE_SPACE is set.", ge=1)
     request_timeout_s: float = execution(120.0, "backend=openai: timeout of one HTTP request.", gt=0)
     max_retries: int = execution(
@@ -195,6 +198,17 @@ class RayConfig(Strict):
     address: str | None = execution(None, "Ray cluster address; None = $RAY_ADDRESS, else a local Ray.")
     num_cpus: int | None = execution(None, "CPUs of a local Ray; None = all.", ge=1)
     episodes_in_flight: int = execution(16, "K: episodes played concurrently.", ge=1)
+    episode_workers: int = execution(
+        0,
+        "Ray actors that play the K episodes (each an equal share); 0 plays them as threads of the driver. "
+        "Set it on a cluster: the driver then only hands prompts out and writes the rounds the workers "
+        "collect, in one transaction per tick.",
+        ge=0,
+    )
+    episode_worker_cpus: float = execution(0.25, "CPUs each episode worker reserves.", ge=0)
+    episode_worker_resources: dict[str, float] = execution(
+        {}, "Custom Ray resources each episode worker reserves (pins workers to nodes that offer them)."
+    )
     engine_restarts: int = execution(
         3, "Restarts of a dead or hung engine allowed per engine_restart_window_s; beyond, the run stops.", ge=0
     )

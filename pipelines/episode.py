@@ -98,6 +98,19 @@ class PromptRef:
     critique: str | None = None
 
 
+class Book(Protocol):
+    """What an episode asks of the run's prompt versions: a `PromptBook`, or a view of one held by an actor
+    when episodes play in several processes."""
+
+    def current(self) -> tuple[PromptRef, PromptRef]: ...
+
+    def get(self, role: str, version: int) -> PromptRef: ...
+
+    def propose(self, parent: PromptRef, text: str, critique: str) -> PromptRef: ...
+
+    def promote(self, ref: PromptRef) -> bool: ...
+
+
 class PromptBook:
     """The run's prompt versions, shared by its concurrent episodes.
 
@@ -267,7 +280,7 @@ RoundCallback = Callable[["EpisodeRecord", PlayedRound], None]
 def play_episode(
     prompt: EpisodePrompt,
     players: Players,
-    book: PromptBook,
+    book: Book,
     settings: GameSettings,
     *,
     first_round: int = 0,

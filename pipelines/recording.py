@@ -7,7 +7,8 @@ Idempotent: storing the same record twice stores it once (see `storage.records`)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from pipelines.episode import EpisodeRecord, PlayedRound, PromptRef
 from storage import records as rows
 from storage.db import session_scope
-from storage.vocabulary import RoundOutcome
+from storage.vocabulary import EpisodeStatus, RoundOutcome
 
 
 def _version_row(ref: PromptRef) -> rows.PromptVersionRecord:
@@ -87,6 +88,24 @@ def round_row(record: PlayedRound, model_ids: dict[str, str]) -> rows.RoundRecor
     )
 
 
+@dataclass(frozen=True)
+class RoundToStore:
+    """A played round with what its episode's state asks to be written with it: when the round ended the
+    episode, its final status and reason and the rewrites it promoted. Sent as is from an episode worker."""
+
+    prompt_id: str
+    record: PlayedRound
+    final_status: EpisodeStatus | None = None
+    reason: str | None = None
+    promoted: tuple[PromptRef, ...] = ()
+
+    @classmethod
+    def of(cls, episode: EpisodeRecord, record: PlayedRound) -> RoundToStore:
+        if not (episode.finished and record is episode.rounds[-1]):
+            return cls(episode.prompt.id, record)
+        return cls(episode.prompt.id, record, episode.status, episode.reason, tuple(episode.promoted))
+
+
 def store_played_round(
     engine: Engine,
     run_id: str,
@@ -100,24 +119,41 @@ def store_played_round(
     round ended the episode — the episode's final status and reason, and the rewrites it promoted as the
     run's current prompts. `fence(session)` runs first and may refuse the write (a synthesizer whose run
     lease was taken over)."""
-    closes = episode.finished and record is episode.rounds[-1]
+    store_rounds(engine, run_id, [RoundToStore.of(episode, record)], model_ids, fence=fence)
+
+
+def store_rounds(
+    engine: Engine,
+    run_id: str,
+    rounds: Sequence[RoundToStore],
+    model_ids: dict[str, str],
+    *,
+    failed: Sequence[tuple[str, str]] = (),
+    fence: Callable[[Session], None] | None = None,
+) -> None:
+    """Many rounds (in order) and the episodes that `failed` ((prompt id, reason): closed as failed) in one
+    transaction, as `store_played_round` writes each: what a scheduler collected from its episode workers."""
     with session_scope(engine) as session:
         if fence is not None:
             fence(session)
-        played = dict.fromkeys([record.target_prompt, record.judge_prompt, *(record.next_prompts or ())])
-        rows.store_prompt_versions(session, run_id, [_version_row(ref) for ref in played])
-        if closes and episode.promoted:
-            rows.update_run(
-                session, run_id, current_prompt_versions={ref.role: ref.version for ref in episode.promoted}
+        for item in rounds:
+            record = item.record
+            played = dict.fromkeys([record.target_prompt, record.judge_prompt, *(record.next_prompts or ())])
+            rows.store_prompt_versions(session, run_id, [_version_row(ref) for ref in played])
+            if item.promoted:
+                rows.update_run(
+                    session, run_id, current_prompt_versions={ref.role: ref.version for ref in item.promoted}
+                )
+            rows.store_round(
+                session,
+                run_id,
+                item.prompt_id,
+                round_row(record, model_ids),
+                final_status=item.final_status,
+                reason=item.reason,
             )
-        rows.store_round(
-            session,
-            run_id,
-            episode.prompt.id,
-            round_row(record, model_ids),
-            final_status=episode.status if closes else None,
-            reason=episode.reason if closes else None,
-        )
+        for prompt_id, reason in failed:
+            rows.fail_episode(session, run_id, prompt_id, reason)
 
 
 def store_episode(engine: Engine, run_id: str, episode: EpisodeRecord, model_ids: dict[str, str]) -> None:

@@ -14,11 +14,11 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from pydantic import BaseModel
@@ -36,7 +36,17 @@ from agents.game import EpisodePrompt
 from configs.loading import config_hash
 from configs.schema import ModelConfig, SynthesisConfig
 from configs.secrets import masked
-from pipelines.episode import EpisodeRecord, PlayedRound, Players, PromptBook, PromptRef, play_episode
+from pipelines.episode import (
+    Book,
+    EpisodeRecord,
+    GameSettings,
+    PlayedRound,
+    Players,
+    PromptBook,
+    PromptRef,
+    RoundCallback,
+    play_episode,
+)
 from pipelines.game_setup import build_players, game_settings, model_ids, new_prompt_book, used_model_keys
 from pipelines.prompt_sources import load_prompts
 from pipelines.recording import store_played_round
@@ -107,6 +117,9 @@ class EngineActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
 
 class EngineGroup:
     """Owns the engine actor of one configured model: creates it with the resources the config asks for
@@ -142,6 +155,7 @@ class EngineGroup:
             "max_concurrency": self.max_concurrency,
             "num_cpus": self.model.num_cpus,
             "num_gpus": self.model.num_gpus,
+            "resources": dict(self.model.resources),
             "runtime_env": {"env_vars": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}},
         }
         if self.model.tensor_parallel_size > 1 and self.model.num_gpus > 0:
@@ -179,10 +193,8 @@ class EngineGroup:
         """A fresh actor in place of `dead` (unless another caller already replaced it); None once the
         restarts inside the window are spent."""
         with self._lock:
-            if self.handle is not dead:
+            if self.handle is None or self.handle != dead:  # another caller replaced it (handles compare by actor)
                 return self.handle
-            if self.handle is None:
-                return None
             now = time.monotonic()
             while self._recent and now - self._recent[0] > self.window_s:
                 self._recent.popleft()
@@ -209,6 +221,18 @@ class EngineGroup:
             return self.handle
 
 
+class Engines(Protocol):
+    """Where a model's engine actor is found: an `EngineGroup` on the driver, or an episode worker's view of
+    one through the run's engine registry."""
+
+    key: str
+
+    @property
+    def handle(self) -> Any: ...
+
+    def replace(self, dead: Any, reason: str) -> Any | None: ...
+
+
 class ActorBackend(Backend):
     """The backend protocol on the driver side of a model's engine actors (its replicas). Each caller's
     requests go straight to the least loaded replica as one actor call; the actor's own backend batches the
@@ -219,7 +243,7 @@ class ActorBackend(Backend):
 
     def __init__(
         self,
-        groups: list[EngineGroup],
+        groups: Sequence[Engines],
         max_batch_size: int,
         call_timeout_s: float = ENGINE_CALL_TIMEOUT_S,
         abandon: threading.Event | None = None,
@@ -246,7 +270,7 @@ class ActorBackend(Backend):
     def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         return self.generate(requests)
 
-    def _call(self, group: EngineGroup, requests: list[ChatRequest]) -> list[ChatResult]:
+    def _call(self, group: Engines, requests: list[ChatRequest]) -> list[ChatResult]:
         handle = group.handle
         while handle is not None and not self.abandon.is_set():
             try:
@@ -357,6 +381,19 @@ class RunMetrics(BaseModel):
     # refresh — by any run with the same config hash), and pending ones that --limit left for a later run.
     already_played: int = 0
     not_selected: int = 0
+    # The Ray nodes this invocation played on: "engine:<model key>" (one per replica) and "episodes" (the
+    # driver's node when episodes ran in the driver, else one per episode worker).
+    nodes: dict[str, list[str]] = {}
+    episode_workers: int = 0  # Ray actors that played this invocation's episodes (0: threads of the driver)
+
+    def count_episode(self, status: EpisodeStatus) -> None:
+        self.episodes_done += 1
+        self.accepted += status == EpisodeStatus.ACCEPTED
+        self.failed += status == EpisodeStatus.FAILED
+
+    def count_round(self, record: PlayedRound) -> None:
+        self.rounds += 1
+        self.completion_tokens += sum(c.completion_tokens or 0 for c in record.candidates)
 
     @property
     def accept_rate(self) -> float:
@@ -395,6 +432,7 @@ class SynthesisReport:
             f"run {self.run_id}: " if not self.interrupted else f"run {self.run_id} interrupted ({self.interrupted}): "
         )
         left = f"{m.not_selected} not selected (--limit); " if m.not_selected else ""
+        workers = f" on {m.episode_workers} episode worker(s)" if m.episode_workers else ""
         unstored = (
             f"; its status could not be stored ({self.status_not_stored}): it shows as running until its lease expires"
             if self.status_not_stored
@@ -404,7 +442,7 @@ class SynthesisReport:
             f"{head}{m.episodes_done}/{m.episodes_total} episodes played this time, {m.accepted} accepted "
             f"({m.accept_rate:.0%}), {m.failed} failed, {m.rounds} rounds; {m.already_played} already played in "
             f"earlier runs; {left}{m.pairs_per_min:.2f} pairs/min, {m.tokens_per_s:.1f} target tokens/s over "
-            f"{m.seconds:.0f} s{unstored}"
+            f"{m.seconds:.0f} s{workers}{unstored}"
         )
 
 
@@ -590,6 +628,28 @@ def prepare_run(
     return PreparedRun(engine, prompts, pending, report, earlier_metrics, lease, config.storage.retry_s)
 
 
+def play_pending(
+    item: PendingEpisode,
+    prompt: PromptRecord,
+    players: Players,
+    book: Book,
+    settings: GameSettings,
+    on_round: RoundCallback,
+) -> EpisodeRecord:
+    """Play (or continue) `item`'s episode: from its next round, with the prompt versions it left off with."""
+    resume = item.resume_versions
+    prompts = None if resume is None else (book.get("target", resume["target"]), book.get("judge", resume["judge"]))
+    return play_episode(
+        EpisodePrompt(prompt.id, prompt.messages, prompt.meta),
+        players,
+        book,
+        settings,
+        first_round=item.rounds_played,
+        prompts=prompts,
+        on_round=on_round,
+    )
+
+
 class EpisodeRunner:
     """Plays the run's episodes, one call of `play` each (from many threads at once): stores every round as
     it finishes — only while the run's lease is this process's — and counts it into the run's metrics. One
@@ -627,30 +687,14 @@ class EpisodeRunner:
             self.stop.stop_now(str(exc))
             raise Abandoned() from exc
         with self._lock:
-            self.run.metrics.rounds += 1
-            self.run.metrics.completion_tokens += sum(c.completion_tokens or 0 for c in record.candidates)
+            self.run.metrics.count_round(record)
         if self.stop.requested and not episode.finished:
             raise Abandoned()  # stopping: the stored round is where a rerun continues
 
     def play(self, item: PendingEpisode) -> EpisodeRecord | None:
         p = self.run.prompts[item.prompt_id]
-        prompt = EpisodePrompt(p.id, p.messages, p.meta)
-        resume = item.resume_versions
-        prompts = (
-            None
-            if resume is None
-            else (self.book.get("target", resume["target"]), self.book.get("judge", resume["judge"]))
-        )
         try:
-            episode = play_episode(
-                prompt,
-                self.players,
-                self.book,
-                self.settings,
-                first_round=item.rounds_played,
-                prompts=prompts,
-                on_round=self._on_round,
-            )
+            episode = play_pending(item, p, self.players, self.book, self.settings, self._on_round)
         except Abandoned:
             return None
         except Exception as exc:  # one broken episode must not stop the run
@@ -674,28 +718,30 @@ class EpisodeRunner:
 
     def _count(self, status: EpisodeStatus) -> None:
         with self._lock:
-            self.run.metrics.episodes_done += 1
-            self.run.metrics.accepted += status == EpisodeStatus.ACCEPTED
-            self.run.metrics.failed += status == EpisodeStatus.FAILED
+            self.run.metrics.count_episode(status)
 
     def store_progress(self, status: RunStatus | None = None) -> None:
-        """Store the run's metrics so far and its current prompt versions (and `status`, when given)."""
-        metrics = self.run.metrics
-        metrics.seconds = time.perf_counter() - self.run.started
-        target, judge = self.book.current()
+        store_progress(self.run, self.book, status)
 
-        def write() -> None:
-            with session_scope(self.run.engine) as session:
-                self.fence(session)
-                rows.update_run(
-                    session,
-                    self.run.run_id,
-                    status=status,
-                    metrics=self.run.earlier_metrics | metrics.stored(),
-                    current_prompt_versions={"target": target.version, "judge": judge.version},
-                )
 
-        self.run.store(f"storing the progress of run {self.run.run_id}", write)
+def store_progress(run: PreparedRun, book: Book, status: RunStatus | None = None) -> None:
+    """Store the run's metrics so far and its current prompt versions (and `status`, when given)."""
+    metrics = run.metrics
+    metrics.seconds = time.perf_counter() - run.started
+    target, judge = book.current()
+
+    def write() -> None:
+        with session_scope(run.engine) as session:
+            leases.renew(session, run.lease)
+            rows.update_run(
+                session,
+                run.run_id,
+                status=status,
+                metrics=run.earlier_metrics | metrics.stored(),
+                current_prompt_versions={"target": target.version, "judge": judge.version},
+            )
+
+    run.store(f"storing the progress of run {run.run_id}", write)
 
 
 class LeaseKeeper:
@@ -729,17 +775,22 @@ class LeaseKeeper:
         self._thread.join(timeout=RAY_WAIT_S)
 
 
+def engine_prefix(run: PreparedRun) -> str:
+    """Engine actors are named after the run and its lease, so a synthesizer that took a run over never meets
+    its predecessor's actors."""
+    return f"prefsmith-engine-{run.run_id}-{{key}}-{run.lease.lease_id[:8]}"
+
+
 def start_engines(
-    config: SynthesisConfig, run: PreparedRun, factory: BackendFactory, stop: StopRequest
+    config: SynthesisConfig, prefix: str, factory: BackendFactory, on_unavailable: Callable[[str], None]
 ) -> dict[str, list[EngineGroup]]:
     """`replicas` engine actors per model that some role uses, each taking as many concurrent calls as K
-    episodes can make of it; named after the run and its lease, so a synthesizer that took a run over never
-    meets its predecessor's actors."""
+    episodes can make of it, named `prefix` with the model's key."""
     calls = max(8, 4 * config.ray.episodes_in_flight)
     engines: dict[str, list[EngineGroup]] = {}
     for key in used_model_keys(config):
         model = config.models[key]
-        base = f"prefsmith-engine-{run.run_id}-{key}-{run.lease.lease_id[:8]}"
+        base = prefix.format(key=key)
         engines[key] = [
             EngineGroup(
                 key,
@@ -749,7 +800,7 @@ def start_engines(
                 factory,
                 max_restarts=config.ray.engine_restarts,
                 window_s=config.ray.engine_restart_window_s,
-                on_unavailable=stop.stop_now,
+                on_unavailable=on_unavailable,
             )
             for replica in range(model.replicas)
         ]
@@ -788,10 +839,10 @@ def schedule_episodes(
                 last_stored = time.perf_counter()
 
 
-def shut_down(engines: dict[str, list[EngineGroup]], report: SynthesisReport) -> None:
-    """Put each model's restarts and usage (summed over its replicas, as far as they still answer) in the
-    report, then stop its actors and remove their placement groups."""
-    report.engine_restarts = {key: sum(g.restarts for g in groups) for key, groups in engines.items()}
+def shut_down(engines: dict[str, list[EngineGroup]]) -> EngineSummary:
+    """Each model's restarts, usage and nodes (summed over its replicas, as far as they still answer); then
+    stop its actors and remove their placement groups."""
+    summary = EngineSummary(restarts={key: sum(g.restarts for g in groups) for key, groups in engines.items()})
     for key, groups in engines.items():
         usages = []
         for g in groups:
@@ -799,6 +850,9 @@ def shut_down(engines: dict[str, list[EngineGroup]], report: SynthesisReport) ->
                 continue
             try:
                 usages.append(ray.get(g.handle.usage.remote(), timeout=RAY_WAIT_S))
+                summary.nodes.setdefault(f"engine:{key}", []).append(
+                    ray.get(g.handle.node_id.remote(), timeout=RAY_WAIT_S)
+                )
             except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
                 print(f"prefsmith: engine {key} gave no usage ({type(exc).__name__})", file=sys.stderr, flush=True)
             try:
@@ -807,7 +861,7 @@ def shut_down(engines: dict[str, list[EngineGroup]], report: SynthesisReport) ->
                 pass
             g.remove_placement_group()
         if usages:
-            report.engine_usage[key] = {
+            summary.usage[key] = {
                 "completion_tokens": sum(u["completion_tokens"] for u in usages),
                 "busy_s": sum(u["busy_s"] for u in usages),
                 "wall_s": max(u["wall_s"] for u in usages),
@@ -815,15 +869,30 @@ def shut_down(engines: dict[str, list[EngineGroup]], report: SynthesisReport) ->
                 "replicas": len(groups),
                 "per_replica_completion_tokens": [u["completion_tokens"] for u in usages],
             }
+    return summary
 
 
-def finish(run: PreparedRun, runner: EpisodeRunner | None, interrupted: str | None) -> None:
-    """Store the run's final status and metrics and give its lease up. A database that stays down leaves the
-    run `running` until its lease expires; the report says so, and a rerun resumes it either way."""
+@dataclass
+class EngineSummary:
+    """What a run's engines did: restarts, usage and Ray nodes by model key."""
+
+    restarts: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, list[str]] = field(default_factory=dict)
+
+    def into(self, report: SynthesisReport) -> None:
+        report.engine_restarts, report.engine_usage = self.restarts, self.usage
+        report.metrics.nodes |= self.nodes
+
+
+def finish(run: PreparedRun, book: Book | None, interrupted: str | None) -> None:
+    """Store the run's final status, metrics and prompt versions (`book`, once episodes played) and give its
+    lease up. A database that stays down leaves the run `running` until its lease expires; the report says
+    so, and a rerun resumes it either way."""
     status = RunStatus.INTERRUPTED if interrupted else RunStatus.COMPLETED
     try:
-        if runner is not None:
-            runner.store_progress(status)
+        if book is not None:
+            store_progress(run, book, status)
         else:
             run.store(f"closing run {run.run_id}", lambda: _set_status(run, status))
         run.store(f"releasing the lease of run {run.run_id}", lambda: leases.release(run.engine, run.lease))
@@ -838,6 +907,30 @@ def _set_status(run: PreparedRun, status: RunStatus) -> None:
     with session_scope(run.engine) as session:
         leases.renew(session, run.lease)
         rows.update_run(session, run.run_id, status=status)
+
+
+def play_in_driver(
+    config: SynthesisConfig,
+    run: PreparedRun,
+    book: PromptBook,
+    tools: dict[str, JudgeTool],
+    factory: BackendFactory,
+    stop: StopRequest,
+    progress: Callable[[RunMetrics], None] | None,
+) -> None:
+    """Episodes as threads of this process (`ray.episode_workers: 0`), the engines and tool tasks on Ray."""
+    engines = start_engines(config, engine_prefix(run), factory, stop.stop_now)
+    try:
+        backends = {
+            key: ActorBackend(groups, config.models[key].max_batch_size, abandon=stop.abandon)
+            for key, groups in engines.items()
+        }
+        wrap = functools.partial(wrap_tool, timeout_s=config.tools.call_timeout_s, abandon=stop.abandon)
+        players = build_players(config, backends, wrap_tool=wrap, tools=tools)
+        run.metrics.nodes["episodes"] = [ray.get_runtime_context().get_node_id()]
+        schedule_episodes(EpisodeRunner(run, config, players, book, stop), config.ray.episodes_in_flight, progress)
+    finally:
+        shut_down(engines).into(run.report)
 
 
 def synthesize(
@@ -863,31 +956,26 @@ def synthesize(
         finish(run, None, None)
         return run.report
 
-    runner: EpisodeRunner | None = None
+    played: Book | None = None  # the run's prompt book once episodes have played
     stop = StopRequest()
     try:
         book = run.store(
             f"loading the prompt versions of run {run.run_id}", lambda: restore_book(run.engine, run.run_id)
         )
         with ray_session(config, address), stop, LeaseKeeper(run, stop):
-            engines = start_engines(config, run, backend_factory, stop)
-            backends = {
-                key: ActorBackend(groups, config.models[key].max_batch_size, abandon=stop.abandon)
-                for key, groups in engines.items()
-            }
-            wrap = functools.partial(wrap_tool, timeout_s=config.tools.call_timeout_s, abandon=stop.abandon)
-            players = build_players(config, backends, wrap_tool=wrap, tools=tools)
-            runner = EpisodeRunner(run, config, players, book, stop)
-            try:
-                schedule_episodes(runner, config.ray.episodes_in_flight, progress)
-            finally:
-                shut_down(engines, run.report)
+            if config.ray.episode_workers:
+                from pipelines.episode_workers import play_on_workers  # it builds on this module
+
+                played = play_on_workers(config, run, book, backend_factory, stop, progress)
+            else:
+                played = book
+                play_in_driver(config, run, book, tools, backend_factory, stop, progress)
     except BaseException as exc:
         stop.reason = stop.reason or f"{type(exc).__name__}: {exc}"
-        finish(run, runner, stop.reason)
+        finish(run, played, stop.reason)
         raise
     run.report.interrupted = stop.reason
-    finish(run, runner, stop.reason)
+    finish(run, played, stop.reason)
     if progress is not None:
         progress(run.metrics)
     return run.report

@@ -63,10 +63,10 @@ ray: {{num_cpus: 2, episodes_in_flight: 1}}
 class Synthesizer:
     """One `prefsmith synthesize` process with a local Ray of its own, cleaned up by its PIDs."""
 
-    def __init__(self, config: Path, url: str, run: str) -> None:
+    def __init__(self, config: Path, url: str, run: str, *settings: str) -> None:
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="psfault-", dir="/tmp"))
         self.command = [sys.executable, "-m", "pipelines.cli", "synthesize", "--config", str(config), "--db", url,
-                        "--run-name", run]
+                        "--run-name", run, *(f"--set={s}" for s in settings)]
         self.env = dict(os.environ, RAY_TMPDIR=str(self.ray_tmp), PYTHONPATH=str(REPO))
         self.proc: subprocess.Popen | None = None
 
@@ -218,6 +218,24 @@ def test_kill_minus_nine_at_five_seeded_moments_equals_an_uninterrupted_run(stac
     assert "taking over from" in "".join(logs[1:]) + final.err(), "no synthesizer took over a killed one's lease"
     assert snapshot(url, "cut") == reference, f"kills after {cut_at} stored rounds changed what the run holds"
     print(json.dumps({"killed_after_rounds": cut_at, "moments": moments, "rounds": total}))
+
+
+def test_episode_workers_killed_with_the_synthesizer_leave_nothing_twice(stack) -> None:
+    """Episodes in a Ray actor (`ray.episode_workers: 1`) rather than the driver: kill -9 half-way through,
+    rerun → what an uninterrupted run with episodes in the driver holds. Rounds a worker had played but the
+    driver not yet written are played again, identically."""
+    config, url, reference = stack
+    total = sum(len(rounds) for _, _, rounds in reference["episodes"].values())
+    synth = Synthesizer(config, url, "workers", "ray.episode_workers=1").start()
+    reached = _wait_for(lambda: _rounds(url, "workers") >= total // 2, 400, synth)
+    assert reached and synth.proc is not None and synth.proc.poll() is None, synth.err()[-3000:]
+    cut_at = _rounds(url, "workers")
+    synth.kill()
+    final = Synthesizer(config, url, "workers", "ray.episode_workers=1")
+    assert final.run() == 0, final.err()[-3000:]
+    assert "on 1 episode worker(s)" in final.err(), final.err()[-2000:]
+    assert 0 < cut_at < total and _rounds(url, "workers") == total
+    assert snapshot(url, "workers") == reference, f"a kill after {cut_at} stored rounds changed what the run holds"
 
 
 def _terminate(admin, database: str) -> int:

@@ -30,7 +30,7 @@ from storage import leases
 from storage import records as rows
 from storage.db import session_scope
 from storage.migrate import open_database
-from storage.models import Episode, PreferencePair, Round
+from storage.models import Episode, PreferencePair, Round, Run
 from storage.vocabulary import EPISODE_FINISHED, EpisodeStatus
 from tests.conftest import REPO
 
@@ -288,33 +288,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+RAY_BIN = str(Path(sys.executable).with_name("ray"))
+
+
+def _start_node(ray_tmp: Path, env: dict[str, str], *args: str) -> int:
+    """`ray start` with ports of its own (the head's GCS port, returned, when `args` start none); stopped by
+    the caller through the PIDs under `ray_tmp`."""
+    gcs = free_port()
+    ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+             f"--metrics-export-port={free_port()}",
+             # workers below the ephemeral range (32768+ on Linux) that free_port() draws from, or a worker
+             # port can land on a component's port and `ray start` refuses to run
+             f"--min-worker-port={20000 + gcs % 120 * 100}", f"--max-worker-port={20099 + gcs % 120 * 100}"]
+    head = [] if any(a.startswith("--address") for a in args) else ["--head", f"--port={gcs}"]
+    started = subprocess.run(
+        [RAY_BIN, "start", *head, "--node-ip-address=127.0.0.1", f"--temp-dir={ray_tmp}", "--disable-usage-stats",
+         *ports, *args],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    return gcs
+
+
+def _ray_env() -> dict[str, str]:
+    # Token authentication, as Ray 2.60 clusters use by default; the nodes and the clients share the token.
+    return dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
+
+
 @pytest.mark.model
 @pytest.mark.ray
 def test_ray_job_submit_on_a_head_started_here(workspace, tmp_path: Path, small_model_path: Path) -> None:
     _, config_file = workspace
-    ray_bin = str(Path(sys.executable).with_name("ray"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="pshead-", dir="/tmp"))
-    gcs, dashboard = free_port(), free_port()
-    ports = [f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-             # workers below the ephemeral range (32768+ on Linux) that free_port() draws from, or a worker
-             # port can land on a component's port and `ray start` refuses to run
-             f"--min-worker-port={20000 + gcs % 120 * 100}", f"--max-worker-port={20100 + gcs % 120 * 100}"]
-    # Token authentication, as Ray 2.60 clusters use by default; the head and the client share the token.
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    dashboard = free_port()
+    env = _ray_env()
     url = f"sqlite:///{tmp_path / 'job.db'}"
     try:
-        started = subprocess.run(
-            [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--temp-dir={ray_tmp}",
-             "--include-dashboard=true", "--disable-usage-stats", *ports],
-            env=env, capture_output=True, text=True, timeout=180,
-        )
-        assert started.returncode == 0, started.stderr[-2000:]
+        _start_node(ray_tmp, env, "--num-cpus=2", "--include-dashboard=true", f"--dashboard-port={dashboard}",
+                    "--dashboard-host=127.0.0.1")
         runtime_env = {"env_vars": {"PREFSMITH_HOME": os.environ["PREFSMITH_HOME"], "HF_HUB_OFFLINE": "1",
                                     "OMP_NUM_THREADS": "1"}}
         job = subprocess.run(
-            [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
+            [RAY_BIN, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
              f"--runtime-env-json={json.dumps(runtime_env)}", "--",
              sys.executable, "-m", "pipelines.cli", "synthesize", "--config", str(config_file), "--db", url,
              "--run-name", "job", "--limit", "2"],
@@ -326,6 +342,47 @@ def test_ray_job_submit_on_a_head_started_here(workspace, tmp_path: Path, small_
         shutil.rmtree(ray_tmp, ignore_errors=True)
     stored = counts(url, "job")
     assert stored["episodes"] == stored["done"] == 2 and stored["rounds"] >= 2, "--limit 2: the run holds 2 prompts"
+
+
+@pytest.mark.model
+@pytest.mark.ray
+@pytest.mark.postgres
+def test_two_node_cluster_plays_episodes_and_engine_on_different_nodes(
+    workspace, tmp_path: Path, small_model_path: Path, fresh_postgres_url: str
+) -> None:
+    """A head node offering `engine_node` and a second node (its own raylet, on loopback) offering
+    `episode_node`: the engine actor lands on the head, two episode workers on the other node, the driver
+    only schedules and writes to PostgreSQL; the run completes and a rerun plays nothing."""
+    _, config_file = workspace
+    ray_tmp = Path(tempfile.mkdtemp(prefix="pscluster-", dir="/tmp"))
+    env = _ray_env() | {"PYTHONPATH": str(REPO)}
+    settings = ["models.default.resources={engine_node: 1}", "ray.episode_workers=2",
+                "ray.episode_worker_resources={episode_node: 1}", "ray.episodes_in_flight=4"]
+    command = [sys.executable, "-m", "pipelines.cli", "synthesize", "--config", str(config_file),
+               "--db", fresh_postgres_url, "--run-name", "cluster", "--limit", "4",
+               *(f"--set={s}" for s in settings)]
+    try:
+        gcs = _start_node(ray_tmp, env, "--num-cpus=1", "--resources={\"engine_node\": 1}")
+        _start_node(ray_tmp, env, f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
+                    "--resources={\"episode_node\": 2}")
+        played = subprocess.run([*command, f"--address=127.0.0.1:{gcs}"], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert played.returncode == 0, (played.stdout[-3000:], played.stderr[-3000:])
+        again = subprocess.run([*command, f"--address=127.0.0.1:{gcs}"], cwd=REPO, env=env, capture_output=True,
+                               text=True, timeout=600)
+        assert again.returncode == 0 and "0/0 episodes played this time" in again.stdout, again.stdout[-2000:]
+    finally:
+        _stop_pids(_ray_pids(str(ray_tmp)))
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert "on 2 episode worker(s)" in played.stdout, played.stdout[-2000:]
+    stored = counts(fresh_postgres_url, "cluster")
+    assert stored["episodes"] == stored["done"] == 4 and stored["rounds"] == 4, stored
+    engine = open_database(fresh_postgres_url)
+    with session_scope(engine) as session:
+        nodes = session.get(Run, "cluster").metrics["nodes"]
+    engine.dispose()
+    assert len(nodes["episodes"]) == 2 and len(set(nodes["episodes"])) == 1, nodes
+    assert len(nodes["engine:default"]) == 1 and set(nodes["engine:default"]).isdisjoint(nodes["episodes"]), nodes
 
 
 @pytest.mark.model  # `models prepare --force` converts the model in a subprocess

@@ -1,0 +1,369 @@
+"""Episodes off the driver (`ray.episode_workers: N`): N Ray actors play the run's K episodes in flight, each
+its equal share, on whatever nodes have room (or offer `ray.episode_worker_resources`).
+
+The driver is a thin scheduler. Every tick it hands out prompts to workers with free slots, collects each
+worker's finished rounds and ended episodes with one call per worker (never a round-trip per episode or
+round), and writes them in one transaction fenced by the run's lease. Rounds that a worker finished but the
+driver did not store yet are played again by a rerun, exactly as a round cut short would be: stored rounds
+are the only record. Engines are found through one registry actor, which also replaces a dead or hung engine
+once for every worker; the run's prompt book lives in one actor, so every episode plays with and promotes
+the same prompt versions.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from agents.backends import BackendFactory
+from configs.schema import SynthesisConfig
+from pipelines.episode import EpisodeRecord, PlayedRound, PromptBook, PromptRef
+from pipelines.game_setup import build_players, game_settings, model_ids
+from pipelines.recording import RoundToStore, store_rounds
+from pipelines.synthesis import (
+    PASSED_ENV,
+    RAY_WAIT_S,
+    Abandoned,
+    ActorBackend,
+    EngineSummary,
+    PendingEpisode,
+    PreparedRun,
+    RunMetrics,
+    StopRequest,
+    engine_prefix,
+    play_pending,
+    shut_down,
+    start_engines,
+    store_progress,
+    wrap_tool,
+)
+from storage import leases
+from storage.leases import LeaseLostError
+from storage.records import PromptRecord
+from storage.retries import StorageUnavailableError
+from storage.vocabulary import EpisodeStatus
+from tools.registry import build_tools
+
+TICK_S = 0.25  # how often the driver collects the workers' rounds
+STORE_PROGRESS_S = 10.0
+
+
+@dataclass(frozen=True)
+class EpisodeEnd:
+    """An episode a worker is done with: its final status, or None when it was left for a rerun (the run is
+    stopping); `failure` when it broke (the driver closes it as failed)."""
+
+    prompt_id: str
+    status: EpisodeStatus | None
+    failure: str | None = None
+
+
+class PromptBookActor:
+    """The run's `PromptBook`, shared by the episodes of every worker."""
+
+    def __init__(self, versions: list[PromptRef], current: dict[str, int]) -> None:
+        self.book = PromptBook.restore(versions, current)
+
+    def current(self) -> tuple[PromptRef, PromptRef]:
+        return self.book.current()
+
+    def get(self, role: str, version: int) -> PromptRef:
+        return self.book.get(role, version)
+
+    def propose(self, parent: PromptRef, text: str, critique: str) -> PromptRef:
+        return self.book.propose(parent, text, critique)
+
+    def promote(self, ref: PromptRef) -> bool:
+        return self.book.promote(ref)
+
+    def snapshot(self) -> tuple[list[PromptRef], dict[str, int]]:
+        target, judge = self.book.current()
+        return self.book.versions(), {"target": target.version, "judge": judge.version}
+
+
+class RemoteBook:
+    """A worker's view of the `PromptBookActor` (the `Book` an episode plays with)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def current(self) -> tuple[PromptRef, PromptRef]:
+        return ray.get(self.actor.current.remote(), timeout=RAY_WAIT_S)
+
+    def get(self, role: str, version: int) -> PromptRef:
+        return ray.get(self.actor.get.remote(role, version), timeout=RAY_WAIT_S)
+
+    def propose(self, parent: PromptRef, text: str, critique: str) -> PromptRef:
+        return ray.get(self.actor.propose.remote(parent, text, critique), timeout=RAY_WAIT_S)
+
+    def promote(self, ref: PromptRef) -> bool:
+        return ray.get(self.actor.promote.remote(ref), timeout=RAY_WAIT_S)
+
+
+def book_of(book: PromptBook) -> tuple[list[PromptRef], dict[str, int]]:
+    target, judge = book.current()
+    return book.versions(), {"target": target.version, "judge": judge.version}
+
+
+class EngineRegistry:
+    """Owns the run's engine actors (`start_engines`) when episodes play in workers: hands out each replica's
+    current handle and replaces a dead or hung one, once, whichever worker noticed first."""
+
+    def __init__(self, config: SynthesisConfig, prefix: str, factory: BackendFactory) -> None:
+        self.unavailable: str | None = None
+        self.engines = start_engines(config, prefix, factory, self._give_up)
+
+    def _give_up(self, reason: str) -> None:
+        self.unavailable = self.unavailable or reason
+
+    def handle(self, key: str, replica: int) -> Any:
+        return self.engines[key][replica].handle
+
+    def replace(self, key: str, replica: int, dead: Any, reason: str) -> Any | None:
+        return self.engines[key][replica].replace(dead, reason)
+
+    def why_unavailable(self) -> str | None:
+        return self.unavailable
+
+    def shut_down(self) -> EngineSummary:
+        return shut_down(self.engines)
+
+
+class RemoteEngines:
+    """A worker's view of one replica in the `EngineRegistry` (what `ActorBackend` calls)."""
+
+    def __init__(self, registry: Any, key: str, replica: int) -> None:
+        self.registry, self.key, self.replica = registry, key, replica
+        self._handle = ray.get(registry.handle.remote(key, replica), timeout=RAY_WAIT_S)
+
+    @property
+    def handle(self) -> Any:
+        return self._handle
+
+    def replace(self, dead: Any, reason: str) -> Any | None:
+        self._handle = ray.get(self.registry.replace.remote(self.key, self.replica, dead, reason), timeout=None)
+        return self._handle
+
+
+class EpisodeWorker:
+    """Plays up to `slots` episodes at once in this process; keeps what they produce until `collect`."""
+
+    def __init__(self, config: SynthesisConfig, registry: Any, book: Any, slots: int) -> None:
+        self.abandon = threading.Event()
+        self.stopping = False
+        backends = {
+            key: ActorBackend(
+                [RemoteEngines(registry, key, r) for r in range(config.models[key].replicas)],
+                config.models[key].max_batch_size,
+                abandon=self.abandon,
+            )
+            for key in dict.fromkeys(config.roles.model_dump().values())
+        }
+        wrap = functools.partial(wrap_tool, timeout_s=config.tools.call_timeout_s, abandon=self.abandon)
+        self.players = build_players(config, backends, wrap_tool=wrap, tools=build_tools(config.tools))
+        self.book = RemoteBook(book)
+        self.settings = game_settings(config)
+        self.pool = ThreadPoolExecutor(slots, thread_name_prefix="prefsmith-episode")
+        self._lock = threading.Lock()
+        self._rounds: list[RoundToStore] = []
+        self._ended: list[EpisodeEnd] = []
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def assign(self, items: list[tuple[PendingEpisode, PromptRecord]]) -> None:
+        for item, prompt in items:
+            self.pool.submit(self._play, item, prompt)
+
+    def collect(self) -> tuple[list[RoundToStore], list[EpisodeEnd]]:
+        """The rounds finished and the episodes ended since the last call."""
+        with self._lock:
+            rounds, self._rounds = self._rounds, []
+            ended, self._ended = self._ended, []
+        return rounds, ended
+
+    def stop(self, now: bool) -> None:
+        """Start no new episode; end each in-flight one after its current round (`now`: at once, unstored)."""
+        self.stopping = True
+        if now:
+            self.abandon.set()
+
+    def _on_round(self, episode: EpisodeRecord, record: PlayedRound) -> None:
+        if self.abandon.is_set():
+            raise Abandoned()
+        with self._lock:
+            self._rounds.append(RoundToStore.of(episode, record))
+        if self.stopping and not episode.finished:
+            raise Abandoned()
+
+    def _play(self, item: PendingEpisode, prompt: PromptRecord) -> None:
+        end = EpisodeEnd(item.prompt_id, None)
+        try:
+            if not self.stopping:
+                episode = play_pending(item, prompt, self.players, self.book, self.settings, self._on_round)
+                end = EpisodeEnd(item.prompt_id, episode.status)
+        except Abandoned:
+            pass
+        except Exception as exc:  # one broken episode must not stop the run
+            if not self.abandon.is_set():
+                end = EpisodeEnd(item.prompt_id, EpisodeStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        with self._lock:
+            self._ended.append(end)
+
+
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # already gone
+        pass
+
+
+class Scheduler:
+    """The driver's side: hands prompts out, collects and stores what the workers played, counts progress."""
+
+    def __init__(
+        self, run: PreparedRun, config: SynthesisConfig, workers: list[Any], registry: Any, stop: StopRequest
+    ) -> None:
+        self.run, self.workers, self.registry, self.stop = run, workers, registry, stop
+        self.model_ids = model_ids(config)
+        self.slots = math.ceil(config.ray.episodes_in_flight / len(workers))
+        self.in_flight = [0] * len(workers)
+        self.queue = iter(run.pending)
+        self.told_to_stop = False
+
+    def hand_out(self) -> None:
+        for w, worker in enumerate(self.workers):
+            batch: list[tuple[PendingEpisode, PromptRecord]] = []
+            while self.in_flight[w] + len(batch) < self.slots:
+                item = next(self.queue, None)
+                if item is None:
+                    break
+                batch.append((item, self.run.prompts[item.prompt_id]))
+            if batch:
+                worker.assign.remote(batch)
+                self.in_flight[w] += len(batch)
+
+    def collect(self) -> None:
+        """One call per worker; everything they finished stored in one transaction, then counted. An engine
+        the registry gave up on (it failed too often) stops the run."""
+        refs = [worker.collect.remote() for worker in self.workers]
+        try:
+            answers = ray.get(refs, timeout=RAY_WAIT_S)
+            unavailable = ray.get(self.registry.why_unavailable.remote(), timeout=RAY_WAIT_S)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+            self.stop.stop_now(f"an episode worker failed ({type(exc).__name__}); a rerun plays what it left")
+            return
+        if unavailable is not None:
+            self.stop.stop_now(unavailable)
+        rounds = [r for worker_rounds, _ in answers for r in worker_rounds]
+        ended = [e for _, worker_ended in answers for e in worker_ended]
+        failed = [(e.prompt_id, e.failure) for e in ended if e.failure is not None]
+        if rounds or failed:
+            try:
+                self.run.store(
+                    f"storing {len(rounds)} rounds of run {self.run.run_id}",
+                    lambda: store_rounds(
+                        self.run.engine,
+                        self.run.run_id,
+                        rounds,
+                        self.model_ids,
+                        failed=failed,
+                        fence=lambda session: leases.renew(session, self.run.lease),
+                    ),
+                )
+            except (StorageUnavailableError, LeaseLostError) as exc:
+                self.stop.stop_now(str(exc))
+                return
+        metrics = self.run.metrics
+        for r in rounds:
+            metrics.count_round(r.record)
+        for w, (_, worker_ended) in enumerate(answers):
+            self.in_flight[w] -= len(worker_ended)
+            for e in worker_ended:
+                if e.status is not None:
+                    metrics.count_episode(e.status)
+
+    def tell_stop(self, now: bool) -> None:
+        for worker in self.workers:
+            worker.stop.remote(now)
+
+    def run_to_end(self, book: RemoteBook, progress: Callable[[RunMetrics], None] | None) -> None:
+        last_stored = time.perf_counter()
+        while True:
+            if self.stop.abandon.is_set():
+                self.tell_stop(now=True)  # what the workers still hold is played again by a rerun
+                return
+            if self.stop.requested and not self.told_to_stop:
+                self.tell_stop(now=False)
+                self.told_to_stop = True
+            if not self.stop.requested:
+                self.hand_out()
+            if not any(self.in_flight):
+                return
+            time.sleep(TICK_S)
+            self.collect()
+            if progress is not None:
+                progress(self.run.metrics)
+            if time.perf_counter() - last_stored > STORE_PROGRESS_S and not self.stop.abandon.is_set():
+                try:
+                    store_progress(self.run, book)
+                except (StorageUnavailableError, LeaseLostError) as exc:
+                    self.stop.stop_now(str(exc))
+                last_stored = time.perf_counter()
+
+
+def play_on_workers(
+    config: SynthesisConfig,
+    run: PreparedRun,
+    book: PromptBook,
+    factory: BackendFactory,
+    stop: StopRequest,
+    progress: Callable[[RunMetrics], None] | None,
+) -> PromptBook:
+    """Play the run's pending episodes on `ray.episode_workers` actors; the prompt book as they left it."""
+    env = {"env_vars": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
+    registry: Any = (
+        ray.remote(EngineRegistry)
+        .options(num_cpus=0, max_concurrency=64, runtime_env=env)
+        .remote(config, engine_prefix(run), factory)
+    )
+    book_actor: Any = ray.remote(PromptBookActor).options(num_cpus=0, max_concurrency=1).remote(*book_of(book))
+    count = config.ray.episode_workers
+    slots = math.ceil(config.ray.episodes_in_flight / count)
+    workers: list[Any] = [
+        ray.remote(EpisodeWorker)
+        .options(
+            num_cpus=config.ray.episode_worker_cpus,
+            resources=dict(config.ray.episode_worker_resources),
+            max_concurrency=4,  # collect and stop answer while assign's episodes play on the worker's threads
+            runtime_env=env,
+        )
+        .remote(config, registry, book_actor, slots)
+        for _ in range(count)
+    ]
+    scheduler = Scheduler(run, config, workers, registry, stop)
+    try:
+        run.metrics.nodes["episodes"] = ray.get([w.node_id.remote() for w in workers])
+        run.metrics.episode_workers = len(workers)
+        scheduler.run_to_end(RemoteBook(book_actor), progress)
+        versions, current = ray.get(book_actor.snapshot.remote(), timeout=RAY_WAIT_S)
+        return PromptBook.restore(versions, current)
+    finally:
+        for worker in workers:
+            _kill(worker)
+        try:
+            ray.get(registry.shut_down.remote(), timeout=10 * RAY_WAIT_S).into(run.report)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+            print(f"prefsmith: the engines gave no usage ({type(exc).__name__})", file=sys.stderr, flush=True)
+        _kill(registry)
+        _kill(book_actor)
