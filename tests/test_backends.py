@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from agents.backends import (
     BackendUnavailableError,
     BadResponseError,
     ChatRequest,
+    ChatResult,
     ContextLengthError,
     InvalidRequestError,
     ParsedAnswer,
@@ -271,7 +272,8 @@ def test_concurrent_callers_share_one_engine_call(transformers_backend: Backend)
 @pytest.mark.model
 def test_a_batch_answers_as_each_request_would_alone(transformers_backend: Backend) -> None:
     """Rows of very different prompt and answer lengths, greedy, seeded and grammar-bound, share one decode
-    loop that drops each row as it ends: every answer is the one the request gets on its own."""
+    loop that drops each row as it ends, whether they start it together or join it one by one while a long
+    answer decodes: every answer is the one the request gets on its own."""
     backend = transformers_backend
     requests = [
         ask("Hi.", max_tokens=3),
@@ -288,6 +290,168 @@ def test_a_batch_answers_as_each_request_would_alone(transformers_backend: Backe
     assert summary == [[(c.text, c.finish_reason, c.completion_tokens) for c in r.completions] for r in alone]
     assert summary[0][0][1:] == ("length", 3) and summary[1][0][1:] == ("length", 24)  # rows of unequal length
     JudgeRating.model_validate_json(summary[3][0][0])
+
+    # the same requests, each joining the loop of a long answer at a later step (wider and narrower prompts)
+    joined_before = backend.joined_waves
+    with LongAnswer(backend) as long:
+        joining: list[list[ChatResult]] = [[] for _ in requests]
+        callers = []
+        for index, request in enumerate(requests):
+            callers.append(threading.Thread(target=lambda i=index, r=request: joining[i].extend(backend.generate([r]))))
+            callers[-1].start()
+            wait_until(lambda i=index: backend.joined_waves - joined_before > i)
+        for caller in callers:
+            caller.join(timeout=120)
+        assert long.running(), "the long answer ended before every request had joined and finished"
+    assert backend.joined_waves - joined_before == len(requests)
+    assert [[(c.text, c.finish_reason, c.completion_tokens) for c in r[0].completions] for r in joining] == summary
+
+
+LONG_STORY = "Write a long story about a lighthouse keeper and the storms of one winter."  # greedy: 200+ tokens
+
+
+class LongAnswer:
+    """A long greedy answer decoding in a thread of its own; entered once its admission wave is in the loop,
+    so the requests made inside join a loop that is running."""
+
+    def __init__(self, backend: Backend, max_tokens: int = 200) -> None:
+        self.backend, self.done = backend, threading.Event()
+        self.request = ask(LONG_STORY, max_tokens=max_tokens)
+        self.results: list[ChatResult] = []
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        try:
+            self.results = self.backend.generate([self.request])
+        finally:
+            self.done.set()
+
+    def running(self) -> bool:
+        return not self.done.is_set()
+
+    def __enter__(self) -> LongAnswer:
+        before = self.backend.engine_calls
+        self.thread.start()
+        wait_until(lambda: self.backend.engine_calls > before)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(timeout=120)
+        assert not self.thread.is_alive()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.mark.model
+def test_a_short_request_joins_a_running_loop_and_returns_first(transformers_backend: Backend) -> None:
+    """Continuous batching: a request made while a long answer decodes joins its loop at the next step and
+    returns as soon as its own tokens are out, not when the long answer ends."""
+    backend = transformers_backend
+    calls, joined = backend.engine_calls, backend.joined_waves
+    with LongAnswer(backend) as long:
+        short = backend.generate([ask("What is the capital of France?", max_tokens=4)])
+        returned_first = long.running()
+    assert returned_first, "the short request waited for the long one"
+    assert backend.joined_waves - joined == 1 and backend.engine_calls - calls == 2
+    assert [(c.finish_reason, c.completion_tokens) for c in short[0].completions] == [("length", 4)]
+    assert [(c.finish_reason, c.completion_tokens) for c in long.results[0].completions] == [("length", 200)]
+
+
+@pytest.mark.model
+def test_grammar_bound_requests_join_a_loop_of_free_text(transformers_backend: Backend) -> None:
+    """JSON-schema rows joining free-text rows in two waves (the grammar bitmask is made, then grown) answer
+    valid JSON, and the free-text rows are not constrained by it."""
+    backend = transformers_backend
+    schema = JudgeRating.model_json_schema()
+    joined = backend.joined_waves
+    with LongAnswer(backend) as long:
+        first = backend.generate([judge_request(*case, json_schema=schema) for case in JUDGE_CASES[:2]])
+        second = backend.generate([judge_request(*case, json_schema=schema) for case in JUDGE_CASES[2:5]])
+        assert long.running()
+    assert backend.joined_waves - joined == 2
+    for result in [*first, *second]:
+        JudgeRating.model_validate_json(result.completions[0].text)
+    assert not long.results[0].completions[0].text.startswith("{")
+
+
+@pytest.mark.model
+def test_max_batch_size_caps_the_requests_decoding_at_once(
+    transformers_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for two requests, the third of one call waits in the queue and joins when the first ends.
+    `Backend.generate` (the base) still runs the same requests as closed engine calls, with the same answers."""
+    backend = transformers_backend
+    monkeypatch.setattr(backend, "max_batch_size", 2)
+    requests = [ask("Hi.", max_tokens=2), ask("List three colours.", max_tokens=10), ask("Name a fruit.", max_tokens=6)]
+    calls, joined = backend.engine_calls, backend.joined_waves
+    results = backend.generate(requests)
+    assert backend.engine_calls - calls == 2 and backend.joined_waves - joined == 1
+    assert [r.texts for r in results] == [backend.generate([request])[0].texts for request in requests]
+    calls = backend.engine_calls
+    closed = Backend.generate(backend, requests)  # the base protocol's closed engine calls: two and two only
+    assert backend.engine_calls - calls == 2 and [r.texts for r in closed] == [r.texts for r in results]
+
+
+@pytest.mark.model
+def test_caches_that_cannot_be_laid_side_by_side_admit_between_loops(
+    transformers_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose KV cache cannot be padded and joined (sliding-window layers) prefills each wave padded
+    and admits nothing mid-loop: a request made while the loop runs waits for it to drain, then is answered."""
+    from agents.backends import local_transformers
+
+    monkeypatch.setattr(local_transformers, "_side_by_side", lambda cache: False)
+    backend = transformers_backend
+    calls, joined = backend.engine_calls, backend.joined_waves
+    with LongAnswer(backend, max_tokens=40) as long:
+        short = backend.generate([ask("What is the capital of France?", max_tokens=4)])
+        assert not long.running()
+    assert backend.engine_calls - calls == 2 and backend.joined_waves == joined
+    assert [(c.finish_reason, c.completion_tokens) for c in short[0].completions] == [("length", 4)]
+    assert [(c.finish_reason, c.completion_tokens) for c in long.results[0].completions] == [("length", 40)]
+
+
+@pytest.mark.model
+def test_a_failure_in_the_loop_reaches_every_caller(
+    transformers_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception inside the loop (here while a joining request is prefilled) is raised to every caller
+    the loop had taken; none is left waiting, and the next call starts a fresh loop."""
+    backend = transformers_backend
+    joined = backend.joined_waves
+    step = backend._step
+
+    def failing_step(*args: object) -> object:
+        if backend.joined_waves == joined and backend._loop.batch is not None and len(backend._loop.orders) > 1:
+            raise RuntimeError("engine on fire")
+        return step(*args)
+
+    monkeypatch.setattr(backend, "_step", failing_step)
+    failures: list[BaseException] = []
+
+    def call(request: ChatRequest) -> None:
+        try:
+            backend.generate([request])
+        except RuntimeError as exc:
+            failures.append(exc)
+
+    first = threading.Thread(target=call, args=(ask(LONG_STORY, max_tokens=200),))
+    before = backend.engine_calls
+    first.start()
+    wait_until(lambda: backend.engine_calls > before)
+    second = threading.Thread(target=call, args=(ask("Hi.", max_tokens=4),))
+    second.start()
+    for thread in (first, second):
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    assert [str(failure) for failure in failures] == ["engine on fire"] * 2
+    monkeypatch.undo()
+    assert backend.generate([ask("Hi.", max_tokens=2)])[0].ok
 
 
 # ---------------------------------------------------------------------------------------------- HTTP failures
