@@ -242,9 +242,11 @@ class Scheduler:
         self.told_to_stop = False
 
     def hand_out(self) -> None:
+        """Keep every worker holding twice the episodes it plays at once: the next ones wait on the worker,
+        not on the driver's next tick."""
         for w, worker in enumerate(self.workers):
             batch: list[tuple[PendingEpisode, PromptRecord]] = []
-            while self.in_flight[w] + len(batch) < self.slots:
+            while self.in_flight[w] + len(batch) < 2 * self.slots:
                 item = next(self.queue, None)
                 if item is None:
                     break
