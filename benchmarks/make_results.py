@@ -67,6 +67,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--n", "50", "--candidates", "2", "--rounds", "1", "--max-tokens", "24", "--in-flight", "25")),
     Benchmark("verdicts_decide", "Verdicts decide: pairs per minute when tools spare the judge and reward model",
               ("--n", "16")),
+    Benchmark("pairs_per_min", "Pairs per minute end to end, before and after the throughput work", ("--n", "24")),
     Benchmark("sparsepo_vs_dpo", "SparsePO vs. TRL DPO: step time and peak memory", ("--steps", "3")),
     # the recorded figures were measured on the seeded occupation split (before the split synthesis keeps to)
     Benchmark("debias_smollm2", "Occupational bias of SmolLM2-135M-Instruct before and after debiasing",

