@@ -59,7 +59,8 @@ class Benchmark:
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("synthesis", "Synthesis on Ray: pipeline vs. raw engine, batching, orchestration overhead",
-              ("--prompts", "16", "--episodes", "1000")),
+              ("--prompts", "16", "--episodes", "1000", "10000", "--episode-workers", "0", "2", "--backend", "vllm"),
+              drop=VLLM_LOG_LINE),
     Benchmark("backends", "Model backends: tokens/s and the speedup of batching",
               ("--prompts", "8", "--samples", "2", "--max-tokens", "32"), drop=VLLM_LOG_LINE),
     Benchmark("forward_cost", "Cost of a forward pass of the local model, by batch size"),
@@ -68,6 +69,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("verdicts_decide", "Verdicts decide: pairs per minute when tools spare the judge and reward model",
               ("--n", "16")),
     Benchmark("pairs_per_min", "Pairs per minute end to end, before and after the throughput work", ("--n", "24")),
+    Benchmark("quickstart_engines", "The quickstart end to end on the transformers and the vLLM CPU engine",
+              drop=VLLM_LOG_LINE),
     Benchmark("sparsepo_vs_dpo", "SparsePO vs. TRL DPO: step time and peak memory", ("--steps", "3")),
     # the recorded figures were measured on the seeded occupation split (before the split synthesis keeps to)
     Benchmark("debias_smollm2", "Occupational bias of SmolLM2-135M-Instruct before and after debiasing",

