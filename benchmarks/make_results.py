@@ -36,6 +36,9 @@ NOTES_TAG = re.compile(r"<!-- notes for the figures of (?P<date>\d{4}-\d{2}-\d{2
 # vLLM writes its own log lines to stdout ("INFO 11-29 09:12:01 [file.py:12] ...", also prefixed by the
 # engine-core process); they are not the benchmark's figures.
 VLLM_LOG_LINE = r"^(\(\S+ pid=\d+\) )?(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d "
+# Ray's own log lines ("2026-12-05 19:08:46,552	INFO worker.py:2038 -- Started a local Ray instance.").
+RAY_LOG_LINE = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING|ERROR) "
+ENGINE_LOG_LINES = f"{VLLM_LOG_LINE}|{RAY_LOG_LINE}"
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Benchmark:
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("synthesis", "Synthesis on Ray: pipeline vs. raw engine, batching, orchestration overhead",
               ("--prompts", "16", "--episodes", "1000", "10000", "--episode-workers", "0", "2", "--backend", "vllm"),
-              drop=VLLM_LOG_LINE),
+              drop=ENGINE_LOG_LINES),
     Benchmark("backends", "Model backends: tokens/s and the speedup of batching",
               ("--prompts", "8", "--samples", "2", "--max-tokens", "32"), drop=VLLM_LOG_LINE),
     Benchmark("forward_cost", "Cost of a forward pass of the local model, by batch size"),
@@ -70,7 +73,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--n", "16")),
     Benchmark("pairs_per_min", "Pairs per minute end to end, before and after the throughput work", ("--n", "24")),
     Benchmark("quickstart_engines", "The quickstart end to end on the transformers and the vLLM CPU engine",
-              drop=VLLM_LOG_LINE),
+              drop=ENGINE_LOG_LINES),
     Benchmark("sparsepo_vs_dpo", "SparsePO vs. TRL DPO: step time and peak memory", ("--steps", "3")),
     # the recorded figures were measured on the seeded occupation split (before the split synthesis keeps to)
     Benchmark("debias_smollm2", "Occupational bias of SmolLM2-135M-Instruct before and after debiasing",
