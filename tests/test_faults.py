@@ -8,7 +8,8 @@ SmolLM2 engine, PostgreSQL. Episodes of two rounds, so a run is cut inside episo
 - PostgreSQL connections terminated mid-run → the run goes on; the database away for longer than
   `storage.retry_s` → the run stops (exit 75, `interrupted`, no episode failed for it), and a rerun makes
   it hold what the uninterrupted run holds;
-- a tool that hangs: SIGTERM once, and twice, → the process exits within a bound, the run `interrupted`.
+- a tool that hangs: SIGTERM once, and twice, → the process exits within a bound, the run `interrupted`;
+- episodes in a worker actor, and the vLLM engine: kill -9 and a rerun store every round once.
 """
 
 from __future__ import annotations
@@ -104,7 +105,10 @@ class Synthesizer:
 
 
 def _count(url: str, query) -> int:
-    engine = open_database(url)
+    try:
+        engine = open_database(url)
+    except Exception:  # the run has not created its schema yet
+        return 0
     try:
         with session_scope(engine) as session:
             return len(session.execute(query).all())
@@ -236,6 +240,32 @@ def test_episode_workers_killed_with_the_synthesizer_leave_nothing_twice(stack) 
     assert "on 1 episode worker(s)" in final.err(), final.err()[-2000:]
     assert 0 < cut_at < total and _rounds(url, "workers") == total
     assert snapshot(url, "workers") == reference, f"a kill after {cut_at} stored rounds changed what the run holds"
+
+
+@pytest.mark.vllm
+def test_vllm_engine_kill_minus_nine_and_rerun_store_each_round_once(tmp_path: Path, fresh_postgres_url: str) -> None:
+    """`backend: vllm` (the vLLM CPU engine in the engine actor): the synthesizer killed with -9 after its first
+    stored round, the same command again → every episode finished, each round stored once, every stored round
+    left as it was."""
+    config = _config(tmp_path)
+    settings = ("models.default.backend=vllm", "models.default.max_model_len=2048", "models.default.kv_cache_gb=1")
+    synth = Synthesizer(config, fresh_postgres_url, "vllm", *settings).start()
+    assert _wait_for(lambda: _rounds(fresh_postgres_url, "vllm") >= 1, 400, synth), synth.err()[-3000:]
+    synth.kill()
+    before = snapshot(fresh_postgres_url, "vllm")["episodes"]
+    final = Synthesizer(config, fresh_postgres_url, "vllm", *settings)
+    assert final.run() == 0, final.err()[-3000:]
+    after = snapshot(fresh_postgres_url, "vllm")
+    assert after["status"] == "completed" and len(after["episodes"]) == 3
+    assert all(status in {"accepted", "gave_up", "failed"} for status, _, _ in after["episodes"].values())
+    assert sum(len(r) for _, _, r in before.values()) < sum(len(r) for _, _, r in after["episodes"].values())
+    for prompt_id, (_, _, rounds) in before.items():  # what the killed run stored is kept, unchanged
+        assert after["episodes"][prompt_id][2][: len(rounds)] == rounds
+    engine = open_database(fresh_postgres_url)
+    with session_scope(engine) as session:
+        stored = session.execute(select(Round.episode_id, Round.index)).all()
+    engine.dispose()
+    assert len(stored) == len(set(stored)) == sum(len(r) for _, _, r in after["episodes"].values())
 
 
 def _terminate(admin, database: str) -> int:
