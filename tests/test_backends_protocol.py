@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -84,6 +86,29 @@ def test_recording_backend_writes_every_engine_call_for_replay(tmp_path: Path) -
     results = recording.generate(requests)
     assert [r.texts for r in results] == [[f"q{i}"] for i in range(5)]
     calls = recorded_calls(path)
-    assert [len(call) for call in calls] == [2, 2, 1] and recording.engine_calls == 3
+    assert [len(call) for call in calls] == [5] and recording.engine_calls == 3  # the engine's own batches
     assert [r for call in calls for r in call] == requests, "a replay must send exactly what ran"
     assert recording.supports_json_schema
+
+
+class MeetingBackend(EchoBackend):
+    """An engine that answers only once two callers are inside it at the same time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.both_inside = threading.Barrier(2, timeout=10)
+
+    def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        self.both_inside.wait()
+        return self._generate_batch(requests)
+
+
+def test_recording_passes_concurrent_calls_through_concurrently(tmp_path: Path) -> None:
+    """A continuous-batching engine must see each caller's request as it arrives, recorded or not: the
+    recorder never holds one caller back until another's call has ended."""
+    recording = RecordingBackend(MeetingBackend(), tmp_path / "calls.jsonl")
+    requests = [ChatRequest(messages=[{"role": "user", "content": f"q{i}"}]) for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda r: recording.generate([r]), requests))
+    assert [r[0].texts for r in results] == [["q0"], ["q1"]]
+    assert sorted(len(call) for call in recorded_calls(tmp_path / "calls.jsonl")) == [1, 1]
