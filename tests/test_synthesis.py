@@ -327,7 +327,9 @@ def test_ray_job_submit_on_a_two_node_cluster_plays_episodes_and_engine_on_diffe
     raylet, on loopback) offering `episode_node`. The engine actor lands on the head, two episode workers on
     the other node, the driver only schedules and writes to PostgreSQL; the run completes."""
     _, config_file = workspace
+    # A temp dir per node: nodes sharing one would unpack the job's working dir into the same folder at once.
     ray_tmp = Path(tempfile.mkdtemp(prefix="pscluster-", dir="/tmp"))
+    node_tmp = Path(tempfile.mkdtemp(prefix="pscluster-node-", dir="/tmp"))
     dashboard = free_port()
     env = _ray_env()
     settings = ["models.default.resources={engine_node: 1}", "ray.episode_workers=2",
@@ -337,7 +339,7 @@ def test_ray_job_submit_on_a_two_node_cluster_plays_episodes_and_engine_on_diffe
     try:
         gcs = _start_node(ray_tmp, env, "--num-cpus=1", "--resources={\"engine_node\": 1}",
                           "--include-dashboard=true", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1")
-        _start_node(ray_tmp, env, f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--resources={\"episode_node\": 2}")
+        _start_node(node_tmp, env, f"--address=127.0.0.1:{gcs}", "--num-cpus=1", "--resources={\"episode_node\": 2}")
         job = subprocess.run(
             [RAY_BIN, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
              f"--runtime-env-json={json.dumps(runtime_env)}", "--",
@@ -345,9 +347,11 @@ def test_ray_job_submit_on_a_two_node_cluster_plays_episodes_and_engine_on_diffe
              "--db", fresh_postgres_url, "--run-name", "cluster", "--limit", "4", *(f"--set={s}" for s in settings)],
             env=env, capture_output=True, text=True, timeout=600,
         )
-        assert job.returncode == 0 and "succeeded" in job.stdout.lower(), (job.stdout[-3000:], job.stderr[-2000:])
+        failure = job.stdout[job.stdout.find("Traceback"):][:4000] if "Traceback" in job.stdout else job.stdout[-3000:]
+        assert job.returncode == 0 and "succeeded" in job.stdout.lower(), f"{failure}\n{job.stderr[-2000:]}"
     finally:
-        _stop_pids(_ray_pids(str(ray_tmp)))
+        _stop_pids(_ray_pids(str(node_tmp)) + _ray_pids(str(ray_tmp)))
+        shutil.rmtree(node_tmp, ignore_errors=True)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert "on 2 episode worker(s)" in job.stdout, job.stdout[-2000:]
     stored = counts(fresh_postgres_url, "cluster")
