@@ -209,6 +209,12 @@ class RayConfig(Strict):
     episode_worker_resources: dict[str, float] = execution(
         {}, "Custom Ray resources each episode worker reserves (pins workers to nodes that offer them)."
     )
+    episode_worker_restarts: int = execution(
+        3,
+        "Episode workers that may die or hang in one run and be replaced (their episodes play again from their "
+        "last stored round); beyond, the run stops and a rerun resumes it.",
+        ge=0,
+    )
     engine_restarts: int = execution(
         3, "Restarts of a dead or hung engine allowed per engine_restart_window_s; beyond, the run stops.", ge=0
     )

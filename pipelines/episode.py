@@ -126,6 +126,7 @@ class PromptBook:
             "judge": [PromptRef("judge", 0, judge)],
         }
         self._current = {"target": 0, "judge": 0}
+        self._proposed: dict[tuple[str, int | None, str, str | None], PromptRef] = {}  # (role, parent, text, critique)
 
     @classmethod
     def restore(cls, versions: list[PromptRef], current: dict[str, int]) -> PromptBook:
@@ -136,6 +137,7 @@ class PromptBook:
             if mine:
                 book._versions[role] = mine
                 book._current[role] = current.get(role, mine[-1].version)
+        book._proposed = {(v.role, v.parent, v.text, v.critique): v for v in versions if v.parent is not None}
         return book
 
     def current(self) -> tuple[PromptRef, PromptRef]:
@@ -161,10 +163,16 @@ class PromptBook:
             return self._ref(role, version)
 
     def propose(self, parent: PromptRef, text: str, critique: str) -> PromptRef:
+        """A new version: `text` rewritten from `parent`. The same rewrite of the same parent proposed again
+        (a round played again after its episode worker died unstored) is the version it was the first time."""
+        key = (parent.role, parent.version, text, critique)
         with self._lock:
+            if key in self._proposed:
+                return self._proposed[key]
             versions = self._versions[parent.role]
             ref = PromptRef(parent.role, versions[-1].version + 1, text, parent.version, critique)
             versions.append(ref)
+            self._proposed[key] = ref
             return ref
 
     def promote(self, ref: PromptRef) -> bool:

@@ -3,9 +3,10 @@ its equal share, on whatever nodes have room (or offer `ray.episode_worker_resou
 
 The driver is a thin scheduler. Every tick it hands out prompts to workers with free slots, collects each
 worker's finished rounds and ended episodes with one call per worker (never a round-trip per episode or
-round), and writes them in one transaction fenced by the run's lease. Rounds that a worker finished but the
-driver did not store yet are played again by a rerun, exactly as a round cut short would be: stored rounds
-are the only record. Engines are found through one registry actor, which also replaces a dead or hung engine
+round), and writes them in one transaction fenced by the run's lease. Stored rounds are the only record: a
+worker that dies or hangs is replaced, and the episodes it held continue on the new one from their last
+stored round, so rounds it finished that the driver did not store yet are played again, exactly as a rerun
+plays a round cut short. Engines are found through one registry actor, which also replaces a dead or hung engine
 once for every worker; the run's prompt book lives in one actor, so every episode plays with and promotes
 the same prompt versions.
 """
@@ -18,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +50,8 @@ from pipelines.synthesis import (
     wrap_tool,
 )
 from storage import leases
+from storage import records as rows
+from storage.db import session_scope
 from storage.leases import LeaseLostError
 from storage.records import PromptRecord
 from storage.retries import StorageUnavailableError
@@ -175,6 +179,9 @@ class EpisodeWorker:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def assign(self, items: list[tuple[PendingEpisode, PromptRecord]]) -> None:
         for item, prompt in items:
             self.pool.submit(self._play, item, prompt)
@@ -223,46 +230,84 @@ def _kill(actor: Any) -> None:
 
 
 class Scheduler:
-    """The driver's side: hands prompts out, collects and stores what the workers played, counts progress."""
+    """The driver's side: hands prompts out, collects and stores what the workers played, counts progress, and
+    replaces a worker that died or hung (at most `ray.episode_worker_restarts` times): its episodes play again
+    on the new one from their last stored round, as a rerun would play them."""
 
     def __init__(
-        self, run: PreparedRun, config: SynthesisConfig, workers: list[Any], registry: Any, stop: StopRequest
+        self,
+        run: PreparedRun,
+        config: SynthesisConfig,
+        new_worker: Callable[[int], Any],
+        registry: Any,
+        stop: StopRequest,
     ) -> None:
-        self.run, self.workers, self.registry, self.stop = run, workers, registry, stop
+        self.run, self.new_worker, self.registry, self.stop = run, new_worker, registry, stop
         self.model_ids = model_ids(config)
-        self.slots = math.ceil(config.ray.episodes_in_flight / len(workers))
-        self.in_flight = [0] * len(workers)
+        count = config.ray.episode_workers
+        self.slots = math.ceil(config.ray.episodes_in_flight / count)
+        self.restarts_left = config.ray.episode_worker_restarts
+        self.workers: list[Any] = [new_worker(w) for w in range(count)]
+        self.assigned: list[dict[str, PendingEpisode]] = [{} for _ in range(count)]  # handed out, not ended
         self.queue = iter(run.pending)
+        self.again: deque[PendingEpisode] = deque()  # a replaced worker's episodes, handed out first
         self.told_to_stop = False
+        self.failures: dict[int, str] = {}  # this tick's workers that died or hung, and how
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(mine) for mine in self.assigned)
+
+    def _next(self) -> PendingEpisode | None:
+        return self.again.popleft() if self.again else next(self.queue, None)
 
     def hand_out(self) -> None:
         """Keep every worker holding twice the episodes it plays at once: the next ones wait on the worker,
         not on the driver's next tick."""
         for w, worker in enumerate(self.workers):
             batch: list[tuple[PendingEpisode, PromptRecord]] = []
-            while self.in_flight[w] + len(batch) < 2 * self.slots:
-                item = next(self.queue, None)
+            while len(self.assigned[w]) + len(batch) < 2 * self.slots:
+                item = self._next()
                 if item is None:
                     break
                 batch.append((item, self.run.prompts[item.prompt_id]))
             if batch:
                 worker.assign.remote(batch)
-                self.in_flight[w] += len(batch)
+                self.assigned[w].update((item.prompt_id, item) for item, _ in batch)
+
+    def _answers(self) -> list[tuple[list[RoundToStore], list[EpisodeEnd]] | None]:
+        """Each worker's rounds and ended episodes since the last tick; None for one that died or hung (it is
+        replaced once what the others sent is stored)."""
+        refs = [worker.collect.remote() for worker in self.workers]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=RAY_WAIT_S)
+        answers: list[tuple[list[RoundToStore], list[EpisodeEnd]] | None] = []
+        for w, ref in enumerate(refs):
+            if ref not in ready:
+                self.failures[w] = f"did not answer within {RAY_WAIT_S:.0f} s"
+                answers.append(None)
+                continue
+            try:
+                answers.append(ray.get(ref))
+            except ray.exceptions.RayError as exc:
+                self.failures[w] = f"died ({type(exc).__name__})"
+                answers.append(None)
+        return answers
 
     def collect(self) -> None:
-        """One call per worker; everything they finished stored in one transaction, then counted. An engine
-        the registry gave up on (it failed too often) stops the run."""
-        refs = [worker.collect.remote() for worker in self.workers]
+        """One call per worker; everything they finished stored in one transaction, then counted; then a
+        worker that died or hung is replaced. An engine the registry gave up on (it failed too often) stops the
+        run."""
+        self.failures = {}
+        answers = self._answers()
         try:
-            answers = ray.get(refs, timeout=RAY_WAIT_S)
             unavailable = ray.get(self.registry.why_unavailable.remote(), timeout=RAY_WAIT_S)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
-            self.stop.stop_now(f"an episode worker failed ({type(exc).__name__}); a rerun plays what it left")
+            self.stop.stop_now(f"the engine registry failed ({type(exc).__name__}); a rerun plays what is left")
             return
         if unavailable is not None:
             self.stop.stop_now(unavailable)
-        rounds = [r for worker_rounds, _ in answers for r in worker_rounds]
-        ended = [e for _, worker_ended in answers for e in worker_ended]
+        rounds = [r for answer in answers if answer is not None for r in answer[0]]
+        ended = [e for answer in answers if answer is not None for e in answer[1]]
         failed = [(e.prompt_id, e.failure) for e in ended if e.failure is not None]
         if rounds or failed:
             try:
@@ -283,11 +328,44 @@ class Scheduler:
         metrics = self.run.metrics
         for r in rounds:
             metrics.count_round(r.record)
-        for w, (_, worker_ended) in enumerate(answers):
-            self.in_flight[w] -= len(worker_ended)
-            for e in worker_ended:
+        for w, answer in enumerate(answers):
+            for e in answer[1] if answer is not None else ():
+                self.assigned[w].pop(e.prompt_id, None)
                 if e.status is not None:
                     metrics.count_episode(e.status)
+        for w, reason in self.failures.items():
+            if not self.stop.abandon.is_set():
+                self.replace(w, reason)
+
+    def replace(self, w: int, reason: str) -> None:
+        """A new worker in place of worker `w`; the episodes it held continue from where the database has
+        them (rounds it played but the driver never collected are played again, identically)."""
+        if self.restarts_left <= 0:
+            self.stop.stop_now(f"an episode worker {reason}, and no restart is left; a rerun plays what it left")
+            return
+        self.restarts_left -= 1
+        _kill(self.workers[w])
+        held = list(self.assigned[w])
+        try:
+            pending, statuses = self.run.store(
+                f"loading the episodes of a replaced worker of run {self.run.run_id}",
+                lambda: stored_state(self.run.engine, self.run.run_id, held),
+            )
+        except (StorageUnavailableError, LeaseLostError) as exc:
+            self.stop.stop_now(str(exc))
+            return
+        for status in statuses:  # ended with its last round stored; the worker died before saying so
+            self.run.metrics.count_episode(status)
+        self.again.extendleft(reversed(pending))
+        self.assigned[w] = {}
+        self.workers[w] = self.new_worker(w)
+        self.run.metrics.episode_worker_restarts += 1
+        print(
+            f"prefsmith: episode worker {w} {reason}; replaced it, {len(pending)} of its episodes play again "
+            "from their last stored round",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def tell_stop(self, now: bool) -> None:
         for worker in self.workers:
@@ -304,7 +382,7 @@ class Scheduler:
                 self.told_to_stop = True
             if not self.stop.requested:
                 self.hand_out()
-            if not any(self.in_flight):
+            if not self.in_flight:
                 return
             time.sleep(TICK_S)
             self.collect()
@@ -316,6 +394,17 @@ class Scheduler:
                 except (StorageUnavailableError, LeaseLostError) as exc:
                     self.stop.stop_now(str(exc))
                 last_stored = time.perf_counter()
+
+
+def stored_state(engine: Any, run_id: str, prompt_ids: list[str]) -> tuple[list[PendingEpisode], list[EpisodeStatus]]:
+    """Of `prompt_ids`' episodes in run `run_id`: those still to finish, as a rerun would resume them, and the
+    final statuses of those that did."""
+    with session_scope(engine) as session:
+        resume = rows.resume_prompt_versions(session, run_id)
+        played = dict(rows.pending_episodes(session, run_id))
+        finished = rows.episode_statuses(session, run_id, [p for p in prompt_ids if p not in played])
+    pending = [PendingEpisode(p, played[p], resume.get(p)) for p in prompt_ids if p in played]
+    return pending, [EpisodeStatus(status) for status in finished.values()]
 
 
 def play_on_workers(
@@ -334,28 +423,33 @@ def play_on_workers(
         .remote(config, engine_prefix(run), factory)
     )
     book_actor: Any = ray.remote(PromptBookActor).options(num_cpus=0, max_concurrency=1).remote(*book.snapshot())
-    count = config.ray.episode_workers
-    slots = math.ceil(config.ray.episodes_in_flight / count)
-    workers: list[Any] = [
-        ray.remote(EpisodeWorker)
-        .options(
-            num_cpus=config.ray.episode_worker_cpus,
-            resources=dict(config.ray.episode_worker_resources),
-            max_concurrency=4,  # collect and stop answer while assign's episodes play on the worker's threads
-            runtime_env=env,
+    slots = math.ceil(config.ray.episodes_in_flight / config.ray.episode_workers)
+    started = [0]
+
+    def new_worker(w: int) -> Any:
+        started[0] += 1
+        return (
+            ray.remote(EpisodeWorker)
+            .options(
+                name=f"prefsmith-episodes-{run.run_id}-{run.lease.lease_id[:8]}-{w}-{started[0]}"[:120],
+                namespace="prefsmith",
+                num_cpus=config.ray.episode_worker_cpus,
+                resources=dict(config.ray.episode_worker_resources),
+                max_concurrency=4,  # collect and stop answer while assign's episodes play on the worker's threads
+                runtime_env=env,
+            )
+            .remote(config, registry, book_actor, slots)
         )
-        .remote(config, registry, book_actor, slots)
-        for _ in range(count)
-    ]
-    scheduler = Scheduler(run, config, workers, registry, stop)
+
+    scheduler = Scheduler(run, config, new_worker, registry, stop)
     try:
-        run.metrics.nodes["episodes"] = ray.get([w.node_id.remote() for w in workers])
-        run.metrics.episode_workers = len(workers)
+        run.metrics.nodes["episodes"] = ray.get([w.node_id.remote() for w in scheduler.workers])
+        run.metrics.episode_workers = len(scheduler.workers)
         scheduler.run_to_end(RemoteBook(book_actor), progress)
         versions, current = ray.get(book_actor.snapshot.remote(), timeout=RAY_WAIT_S)
         return PromptBook.restore(versions, current)
     finally:
-        for worker in workers:
+        for worker in scheduler.workers:
             _kill(worker)
         try:
             ray.get(registry.shut_down.remote(), timeout=10 * RAY_WAIT_S).into(run.report)

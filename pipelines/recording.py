@@ -1,5 +1,6 @@
 """Stores an episode's record: every round with its candidates, judgments, tool evidence, pair, reward and
-prompt versions, one transaction per round, and the episode's final status with its last round.
+prompt versions, and the episode's final status with its last round. A round is one transaction, or part of
+one shared with the rounds other episodes finished at the same moment (`GroupCommit`).
 
 Idempotent: storing the same record twice stores it once (see `storage.records`).
 """
@@ -7,7 +8,9 @@ Idempotent: storing the same record twice stores it once (see `storage.records`)
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +157,84 @@ def store_rounds(
             )
         for prompt_id, reason in failed:
             rows.fail_episode(session, run_id, prompt_id, reason)
+
+
+class GroupCommit:
+    """Rounds that many episode threads finish at about the same time, written together (group commit).
+
+    `store(item)` returns once `item` is committed, exactly as a write of its own would, or raises what the
+    write raised. Meanwhile one writer thread takes everything that arrived while its previous transaction ran
+    and writes it with `write` in one transaction (one lease renewal, one commit): episodes stop queueing for
+    the database one by one, and a round that finds the writer idle is written at once. A batch that fails with
+    an error other than `whole_batch` (the database is down, the lease is lost: every round would fail alike)
+    is written again round by round, so a round that cannot be stored fails only its own episode.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list[RoundToStore]], None],
+        whole_batch: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self.write, self.whole_batch = write, whole_batch
+        self.transactions = 0  # batches written (a round written again on its own counts too)
+        self._cond = threading.Condition()
+        self._queue: list[tuple[RoundToStore, Future[None]]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="prefsmith-round-writer", daemon=True)
+        self._thread.start()
+
+    def store(self, item: RoundToStore) -> None:
+        done: Future[None] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the round writer is closed")
+            self._queue.append((item, done))
+            self._cond.notify()
+        done.result()
+
+    @property
+    def backlog(self) -> int:
+        """Rounds waiting for the writer (not yet in a transaction)."""
+        with self._cond:
+            return len(self._queue)
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def __enter__(self) -> GroupCommit:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                batch, self._queue = self._queue, []
+                if not batch and self._closed:
+                    return
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[RoundToStore, Future[None]]]) -> None:
+        try:
+            self.transactions += 1
+            self.write([item for item, _ in batch])
+        except BaseException as exc:
+            if len(batch) == 1 or isinstance(exc, self.whole_batch):
+                for _, done in batch:
+                    done.set_exception(exc)
+                return
+            for one in batch:  # find the round that cannot be stored; the others are written
+                self._write([one])
+            return
+        for _, done in batch:
+            done.set_result(None)
 
 
 def store_episode(engine: Engine, run_id: str, episode: EpisodeRecord, model_ids: dict[str, str]) -> None:

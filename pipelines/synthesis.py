@@ -49,7 +49,7 @@ from pipelines.episode import (
 )
 from pipelines.game_setup import build_players, game_settings, model_ids, new_prompt_book, used_model_keys
 from pipelines.prompt_sources import load_prompts
-from pipelines.recording import store_played_round
+from pipelines.recording import GroupCommit, RoundToStore, store_rounds
 from storage import leases
 from storage import records as rows
 from storage.db import session_scope
@@ -385,6 +385,7 @@ class RunMetrics(BaseModel):
     # driver's node when episodes ran in the driver, else one per episode worker).
     nodes: dict[str, list[str]] = {}
     episode_workers: int = 0  # Ray actors that played this invocation's episodes (0: threads of the driver)
+    episode_worker_restarts: int = 0  # episode workers that died or hung and were replaced
 
     def count_episode(self, status: EpisodeStatus) -> None:
         self.episodes_done += 1
@@ -433,6 +434,8 @@ class SynthesisReport:
         )
         left = f"{m.not_selected} not selected (--limit); " if m.not_selected else ""
         workers = f" on {m.episode_workers} episode worker(s)" if m.episode_workers else ""
+        if m.episode_worker_restarts:
+            workers += f" ({m.episode_worker_restarts} replaced)"
         unstored = (
             f"; its status could not be stored ({self.status_not_stored}): it shows as running until its lease expires"
             if self.status_not_stored
@@ -663,26 +666,27 @@ class EpisodeRunner:
         self.settings = game_settings(config)
         self.model_ids = model_ids(config)
         self._lock = threading.Lock()
+        # rounds finished together share a transaction; each episode still waits until its round is stored
+        self.writer = GroupCommit(self._write, whole_batch=(StorageUnavailableError, LeaseLostError))
 
     def fence(self, session: Any) -> None:
         leases.renew(session, self.run.lease)
 
+    def _write(self, rounds: list[RoundToStore]) -> None:
+        what = (
+            f"storing round {rounds[0].record.index} of prompt {rounds[0].prompt_id[:12]}"
+            if len(rounds) == 1
+            else f"storing {len(rounds)} rounds of run {self.run.run_id}"
+        )
+        self.run.store(
+            what, lambda: store_rounds(self.run.engine, self.run.run_id, rounds, self.model_ids, fence=self.fence)
+        )
+
     def _on_round(self, episode: EpisodeRecord, record: PlayedRound) -> None:
         if self.stop.abandon.is_set():
             raise Abandoned()  # a round finished after "stop now" may be cut short: a rerun plays it again
-        what = f"storing round {record.index} of prompt {episode.prompt.id[:12]}"
         try:
-            self.run.store(
-                what,
-                lambda: store_played_round(
-                    self.run.engine,
-                    self.run.run_id,
-                    episode,
-                    record,
-                    self.model_ids,
-                    fence=self.fence,
-                ),
-            )
+            self.writer.store(RoundToStore.of(episode, record))
         except (StorageUnavailableError, LeaseLostError) as exc:
             self.stop.stop_now(str(exc))
             raise Abandoned() from exc
@@ -816,7 +820,7 @@ def schedule_episodes(
     queue = iter(runner.run.pending)
     in_flight: set[Future] = set()
     last_stored = time.perf_counter()
-    with ThreadPoolExecutor(in_flight_limit, thread_name_prefix="prefsmith-episode") as pool:
+    with runner.writer, ThreadPoolExecutor(in_flight_limit, thread_name_prefix="prefsmith-episode") as pool:
         # Backpressure: never more than K episodes submitted, however many prompts the run has.
         while True:
             while not runner.stop.requested and len(in_flight) < in_flight_limit:

@@ -410,6 +410,16 @@ def pending_episodes(session: Session, run_id: str) -> list[tuple[str, int]]:
     return [(prompt_id, rounds) for prompt_id, rounds in result.all()]
 
 
+def episode_statuses(session: Session, run_id: str, prompt_ids: list[str]) -> dict[str, str]:
+    """The stored status of run `run_id`'s episodes of `prompt_ids` (those it has)."""
+    if not prompt_ids:
+        return {}
+    result = session.execute(
+        select(Episode.prompt_id, Episode.status).where(Episode.run_id == run_id, Episode.prompt_id.in_(prompt_ids))
+    )
+    return {prompt_id: status for prompt_id, status in result.all()}
+
+
 def run_prompt_ids(session: Session, run_id: str) -> set[str]:
     """Prompts run `run_id` has an episode for (played or not): the run's prompt set so far."""
     return set(session.execute(select(Episode.prompt_id).where(Episode.run_id == run_id)).scalars())

@@ -239,19 +239,25 @@ def test_prompt_book_first_promotion_wins_and_versions_are_unique() -> None:
     proposals: list[PromptRef] = []
     lock = threading.Lock()
 
-    def propose_many() -> None:
+    def propose_many(thread: int) -> None:
         for i in range(50):
-            ref = shared.propose(child, f"text {i}", "c")
+            ref = shared.propose(child, f"text {thread}.{i}", "c")
             with lock:
                 proposals.append(ref)
 
-    threads = [threading.Thread(target=propose_many) for _ in range(4)]
+    threads = [threading.Thread(target=propose_many, args=(t,)) for t in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     versions = [p.version for p in proposals]
     assert len(versions) == len(set(versions)) == 200
+    # the same rewrite of the same parent proposed again (a round replayed after its worker died) is the same
+    # version; another parent or critique is a new one
+    again = shared.propose(child, "text 2.7", "c")
+    assert again == next(p for p in proposals if p.text == "text 2.7")
+    assert shared.propose(child, "text 2.7", "other critique").version == max(versions) + 1
+    assert shared.propose(rival_b, "text 2.7", "c").version == max(versions) + 2
 
 
 def test_tool_call_targets_and_evidence_shape() -> None:

@@ -9,7 +9,8 @@ SmolLM2 engine, PostgreSQL. Episodes of two rounds, so a run is cut inside episo
   `storage.retry_s` → the run stops (exit 75, `interrupted`, no episode failed for it), and a rerun makes
   it hold what the uninterrupted run holds;
 - a tool that hangs: SIGTERM once, and twice, → the process exits within a bound, the run `interrupted`;
-- episodes in a worker actor, and the vLLM engine: kill -9 and a rerun store every round once.
+- episodes in a worker actor, and the vLLM engine: kill -9 and a rerun store every round once; the worker
+  actor alone killed mid-run → it is replaced and the run completes holding what an uninterrupted run holds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -240,6 +242,47 @@ def test_episode_workers_killed_with_the_synthesizer_leave_nothing_twice(stack) 
     assert "on 1 episode worker(s)" in final.err(), final.err()[-2000:]
     assert 0 < cut_at < total and _rounds(url, "workers") == total
     assert snapshot(url, "workers") == reference, f"a kill after {cut_at} stored rounds changed what the run holds"
+
+
+def _episode_worker_pids(synth: Synthesizer) -> list[int]:
+    """The episode worker actors' processes of `synth`'s own Ray (they inherit its RAY_TMPDIR)."""
+    marker = f"RAY_TMPDIR={synth.ray_tmp}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::EpisodeWorker"):
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_an_episode_worker_killed_mid_run_is_replaced_and_the_run_holds_what_an_uninterrupted_one_does(
+    stack,
+) -> None:
+    """The worker actor playing the episodes is killed with -9 mid-run: the synthesizer replaces it, the
+    episodes it held continue on the new one from their last stored round, and the run completes holding
+    what an uninterrupted run holds (rounds the dead worker had played unstored are played again,
+    identically; their prompt rewrites keep their version numbers)."""
+    config, url, reference = stack
+    total = sum(len(rounds) for _, _, rounds in reference["episodes"].values())
+    synth = Synthesizer(config, url, "replaced", "ray.episode_workers=1").start()
+    try:
+        reached = _wait_for(lambda: _rounds(url, "replaced") >= 1 and _episode_worker_pids(synth), 400, synth, 0.1)
+        assert reached, synth.err()[-3000:]
+        cut_at = _rounds(url, "replaced")
+        (victim,) = _episode_worker_pids(synth)
+        os.kill(victim, signal.SIGKILL)
+        code = synth.proc.wait(timeout=600) if synth.proc is not None else None
+    finally:
+        synth.kill()
+    log = synth.err()
+    assert code == 0, log[-3000:]
+    assert cut_at < total, "the run ended before the worker was killed"
+    assert re.search(r"episode worker 0 died \(\w+\); replaced it", log), log[-3000:]
+    assert "on 1 episode worker(s) (1 replaced)" in log, log[-2000:]
+    assert snapshot(url, "replaced") == reference, f"a worker killed after {cut_at} stored rounds changed the run"
 
 
 @pytest.mark.vllm

@@ -5,6 +5,7 @@ resumed mid-way through storage continuing exactly as if it had never stopped. S
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -274,3 +275,100 @@ def test_errors_that_will_not_pass_are_not_retried(db_url: str) -> None:
         with_retries(missing, "reading", budget_s=30)
     assert calls == [1, 2]
     engine.dispose()
+
+
+def _round_writer_setup(url: str, n: int):
+    """A run with an episode for each of `n` prompts, a lease on it, and one played round to store for each."""
+    from pipelines.recording import RoundToStore
+
+    engine = open_database(url)
+    prompts = [PromptRecord([{"role": "user", "content": f"What is {i} + 2?"}]) for i in range(n)]
+    with session_scope(engine) as session:
+        rows.ensure_run(session, "r1", "h" * 64, {})
+        rows.add_prompts(session, prompts)
+        rows.ensure_episodes(session, "r1", [p.id for p in prompts])
+    lease = leases.acquire(engine, "r1", ttl_s=30)
+    played = play_episode(
+        STORED,
+        players(ScriptedTarget([["4", "5"]]), ScriptedJudge([[8, 4]]), ScriptedReward([9])),
+        book(),
+        SETTINGS,
+    )
+    items = [RoundToStore(p.id, played.rounds[0], played.status, played.reason) for p in prompts]
+    return engine, lease, items
+
+
+def _stored_rounds(engine) -> int:
+    with session_scope(engine) as session:
+        return session.execute(select(func.count()).select_from(Round)).scalar_one()
+
+
+def test_rounds_finished_together_share_a_transaction_and_a_bad_one_fails_alone(db_url: str) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.recording import GroupCommit, store_rounds
+
+    engine, lease, items = _round_writer_setup(db_url, 8)
+    bad = dataclasses.replace(items[3], prompt_id="x" * 64)  # no episode of the run: cannot be stored
+    items[3] = bad
+    first_write_started, first_write_may_go = threading.Event(), threading.Event()
+    batches: list[int] = []
+
+    def write(rounds):
+        if not first_write_started.is_set():
+            first_write_started.set()
+            first_write_may_go.wait(30)  # the rest queue up meanwhile
+        batches.append(len(rounds))
+        store_rounds(engine, "r1", rounds, MODEL_IDS, fence=lambda s: leases.renew(s, lease))
+
+    outcomes: dict[str, str] = {}
+
+    def store(item):
+        try:
+            writer.store(item)
+            outcomes[item.prompt_id] = "stored"
+        except StorageError as exc:
+            outcomes[item.prompt_id] = str(exc)
+
+    with GroupCommit(write, whole_batch=(StorageUnavailableError, leases.LeaseLostError)) as writer:
+        with ThreadPoolExecutor(8) as pool:
+            pool.submit(store, items[0])
+            assert first_write_started.wait(30)  # the first round is being written...
+            rest = [pool.submit(store, item) for item in items[1:]]
+            while writer.backlog < 7:  # ...while the other seven wait for the writer
+                time.sleep(0.01)
+            first_write_may_go.set()
+            for future in rest:
+                future.result()
+    stored = _stored_rounds(engine)
+    engine.dispose()
+    assert batches[:2] == [1, 7], "the seven rounds that arrived during the first write went in one transaction"
+    assert batches[2:] == [1] * 7, "the failed batch was written again round by round"
+    assert stored == 7
+    assert outcomes.pop("x" * 64) == "episode of prompt xxxxxxxxxxxx is not part of run 'r1'"
+    assert set(outcomes.values()) == {"stored"} and len(outcomes) == 7
+
+
+def test_a_lost_lease_fails_every_round_of_the_batch_and_stores_none(db_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.recording import GroupCommit, store_rounds
+
+    engine, lease, items = _round_writer_setup(db_url, 4)
+    stale = dataclasses.replace(lease, lease_id="someone-else")
+    writes = []
+
+    def write(rounds):
+        writes.append(len(rounds))
+        store_rounds(engine, "r1", rounds, MODEL_IDS, fence=lambda s: leases.renew(s, stale))
+
+    with GroupCommit(write, whole_batch=(StorageUnavailableError, leases.LeaseLostError)) as writer:
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(writer.store, item) for item in items]
+            errors = [type(f.exception(30)).__name__ for f in futures]
+    stored = _stored_rounds(engine)
+    engine.dispose()
+    assert errors == ["LeaseLostError"] * 4
+    assert sum(writes) == 4, "no round was retried on its own: the lease is the run's, not the round's"
+    assert stored == 0
