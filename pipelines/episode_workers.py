@@ -43,6 +43,7 @@ from pipelines.synthesis import (
     RunMetrics,
     StopRequest,
     engine_prefix,
+    pending_episodes,
     play_pending,
     shut_down,
     start_engines,
@@ -252,7 +253,6 @@ class Scheduler:
         self.queue = iter(run.pending)
         self.again: deque[PendingEpisode] = deque()  # a replaced worker's episodes, handed out first
         self.told_to_stop = False
-        self.failures: dict[int, str] = {}  # this tick's workers that died or hung, and how
 
     @property
     def in_flight(self) -> int:
@@ -275,30 +275,30 @@ class Scheduler:
                 worker.assign.remote(batch)
                 self.assigned[w].update((item.prompt_id, item) for item, _ in batch)
 
-    def _answers(self) -> list[tuple[list[RoundToStore], list[EpisodeEnd]] | None]:
-        """Each worker's rounds and ended episodes since the last tick; None for one that died or hung (it is
-        replaced once what the others sent is stored)."""
+    def _answers(self) -> tuple[list[tuple[list[RoundToStore], list[EpisodeEnd]] | None], dict[int, str]]:
+        """Each worker's rounds and ended episodes since the last tick, None for one that died or hung; and
+        those workers, with how they failed (each is replaced once what the others sent is stored)."""
         refs = [worker.collect.remote() for worker in self.workers]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=RAY_WAIT_S)
         answers: list[tuple[list[RoundToStore], list[EpisodeEnd]] | None] = []
+        failures: dict[int, str] = {}
         for w, ref in enumerate(refs):
             if ref not in ready:
-                self.failures[w] = f"did not answer within {RAY_WAIT_S:.0f} s"
+                failures[w] = f"did not answer within {RAY_WAIT_S:.0f} s"
                 answers.append(None)
                 continue
             try:
                 answers.append(ray.get(ref))
             except ray.exceptions.RayError as exc:
-                self.failures[w] = f"died ({type(exc).__name__})"
+                failures[w] = f"died ({type(exc).__name__})"
                 answers.append(None)
-        return answers
+        return answers, failures
 
     def collect(self) -> None:
         """One call per worker; everything they finished stored in one transaction, then counted; then a
         worker that died or hung is replaced. An engine the registry gave up on (it failed too often) stops the
         run."""
-        self.failures = {}
-        answers = self._answers()
+        answers, failures = self._answers()
         try:
             unavailable = ray.get(self.registry.why_unavailable.remote(), timeout=RAY_WAIT_S)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
@@ -333,7 +333,7 @@ class Scheduler:
                 self.assigned[w].pop(e.prompt_id, None)
                 if e.status is not None:
                     metrics.count_episode(e.status)
-        for w, reason in self.failures.items():
+        for w, reason in failures.items():
             if not self.stop.abandon.is_set():
                 self.replace(w, reason)
 
@@ -400,10 +400,9 @@ def stored_state(engine: Any, run_id: str, prompt_ids: list[str]) -> tuple[list[
     """Of `prompt_ids`' episodes in run `run_id`: those still to finish, as a rerun would resume them, and the
     final statuses of those that did."""
     with session_scope(engine) as session:
-        resume = rows.resume_prompt_versions(session, run_id)
-        played = dict(rows.pending_episodes(session, run_id))
-        finished = rows.episode_statuses(session, run_id, [p for p in prompt_ids if p not in played])
-    pending = [PendingEpisode(p, played[p], resume.get(p)) for p in prompt_ids if p in played]
+        unfinished = {item.prompt_id: item for item in pending_episodes(session, run_id)}
+        finished = rows.episode_statuses(session, run_id, [p for p in prompt_ids if p not in unfinished])
+    pending = [unfinished[p] for p in prompt_ids if p in unfinished]
     return pending, [EpisodeStatus(status) for status in finished.values()]
 
 

@@ -176,7 +176,6 @@ class GroupCommit:
         whole_batch: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.write, self.whole_batch = write, whole_batch
-        self.transactions = 0  # batches written (a round written again on its own counts too)
         self._cond = threading.Condition()
         self._queue: list[tuple[RoundToStore, Future[None]]] = []
         self._closed = False
@@ -223,7 +222,6 @@ class GroupCommit:
 
     def _write(self, batch: list[tuple[RoundToStore, Future[None]]]) -> None:
         try:
-            self.transactions += 1
             self.write([item for item, _ in batch])
         except BaseException as exc:
             if len(batch) == 1 or isinstance(exc, self.whole_batch):

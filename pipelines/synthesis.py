@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import ray
 from pydantic import BaseModel
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from agents.backends import (
     Backend,
@@ -577,6 +578,13 @@ class PendingEpisode:
     resume_versions: dict[str, int] | None = None
 
 
+def pending_episodes(session: Session, run_id: str) -> list[PendingEpisode]:
+    """Run `run_id`'s episodes still to finish, each with the rounds it played and the prompt versions its
+    next round resumes with (what a rerun plays, and what a replaced episode worker's episodes play)."""
+    resume = rows.resume_prompt_versions(session, run_id)
+    return [PendingEpisode(pid, played, resume.get(pid)) for pid, played in rows.pending_episodes(session, run_id)]
+
+
 def prepare_run(
     config: SynthesisConfig, run_id: str, db_url: str | None, *, limit: int | None, only_unplayed: bool
 ) -> PreparedRun:
@@ -611,12 +619,7 @@ def prepare_run(
             unplayed = [pid for pid in prompts if pid not in existing and pid not in skip]
             room = len(unplayed) if limit is None else max(0, limit - sum(pid in existing for pid in prompts))
             rows.ensure_episodes(session, run_id, unplayed[:room])
-            resume = rows.resume_prompt_versions(session, run_id)
-            pending = [
-                PendingEpisode(pid, played, resume.get(pid))
-                for pid, played in rows.pending_episodes(session, run_id)
-                if pid in prompts
-            ]
+            pending = [item for item in pending_episodes(session, run_id) if item.prompt_id in prompts]
             rows.update_run(session, run_id, status=RunStatus.RUNNING)
     except BaseException:
         leases.release(engine, lease)
