@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: install
-	OMP_NUM_THREADS=1 $(VENV)/bin/prefsmith quickstart
+	$(VENV)/bin/prefsmith quickstart
 
 # Tests are grouped by the marks that say what they need (pyproject.toml, tests/conftest.py). `make test` runs
 # one pytest process per group, so the memory of the model-heavy groups (trainers; vLLM engines) is returned

@@ -27,7 +27,6 @@ import tempfile
 from io import BytesIO
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 GAME = ["game.max_rounds=2", "sampling.max_tokens=64", "sampling.temperature=0.8", "sampling.seed=0"]
 VLLM = ["models.default.backend=vllm", "models.default.max_model_len=2048", "models.default.kv_cache_gb=2"]

@@ -7,6 +7,7 @@ memory); `config_hash` leaves them out, so changing them never invalidates data 
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -51,7 +52,12 @@ class ModelConfig(Strict):
     enforce_eager: bool = execution(False, "vLLM: disable CUDA graphs (required on the CPU build).")
     num_gpus: float = execution(0, "GPUs the engine actor reserves.", ge=0)
     num_cpus: float = execution(1, "CPUs the engine actor reserves.", ge=0)
-    threads: int = execution(1, "torch intra-op threads for the transformers backend.", ge=1)
+    threads: int | None = execution(
+        None,
+        "torch intra-op threads of the engine (transformers backend); None = $OMP_NUM_THREADS if set, else every "
+        "CPU the engine's process may run on.",
+        ge=1,
+    )
     max_batch_size: int = execution(32, "Most requests one engine call batches together.", ge=1)
     vllm_engine: Literal["async", "sync"] = execution(
         "async",
@@ -70,6 +76,24 @@ class ModelConfig(Strict):
         3, "backend=openai: retries (with backoff) after 429/5xx/connection errors.", ge=0
     )
     max_concurrency: int = execution(8, "backend=openai: HTTP requests in flight at once.", ge=1)
+
+    def torch_threads(self) -> int:
+        """The engine's torch threads: `threads`, else $OMP_NUM_THREADS, else every CPU this process may use.
+        (An engine actor is given `threads` by the synthesizer: Ray sets OMP_NUM_THREADS in its workers.)"""
+        if self.threads is not None:
+            return self.threads
+        return omp_threads() or usable_cpus()
+
+
+def omp_threads() -> int | None:
+    """$OMP_NUM_THREADS when it names a positive count."""
+    named = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(named) if named.isdigit() and int(named) > 0 else None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class SamplingConfig(Strict):

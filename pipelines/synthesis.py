@@ -35,7 +35,7 @@ from agents.backends import (
 )
 from agents.game import EpisodePrompt
 from configs.loading import config_hash
-from configs.schema import ModelConfig, SynthesisConfig
+from configs.schema import ModelConfig, SynthesisConfig, omp_threads, usable_cpus
 from configs.secrets import masked
 from pipelines.episode import (
     Book,
@@ -84,7 +84,10 @@ class EngineActor:
     def __init__(self, model_config: ModelConfig, factory: BackendFactory = create_backend) -> None:
         import torch
 
-        torch.set_num_threads(model_config.threads)
+        if model_config.threads is None:  # not Ray's OMP_NUM_THREADS: every CPU of this node
+            model_config = model_config.model_copy(update={"threads": usable_cpus()})
+        self.threads = model_config.torch_threads()
+        torch.set_num_threads(self.threads)
         self.backend = factory(model_config)
         self.completion_tokens = 0
         self.busy_s = 0.0
@@ -110,6 +113,7 @@ class EngineActor:
                 "busy_s": self.busy_s,
                 "wall_s": window,
                 "engine_calls": self.backend.engine_calls,
+                "threads": self.threads,
             }
 
     def engine_calls(self) -> int:
@@ -181,7 +185,12 @@ class EngineGroup:
                     self._placement_group, placement_group_capture_child_tasks=True
                 ),
             }
-        return ray.remote(EngineActor).options(**options).remote(self.model, self.factory)
+        # Ray sets OMP_NUM_THREADS in its workers to the CPUs they reserve; the engine's own default is the
+        # synthesizer's $OMP_NUM_THREADS if set, else every CPU of its node (as vLLM's CPU build binds them all).
+        model = self.model
+        if model.threads is None:
+            model = model.model_copy(update={"threads": omp_threads()})
+        return ray.remote(EngineActor).options(**options).remote(model, self.factory)
 
     def remove_placement_group(self) -> None:
         if self._placement_group is not None:
@@ -875,6 +884,7 @@ def shut_down(engines: dict[str, list[EngineGroup]]) -> EngineSummary:
                 "engine_calls": sum(u["engine_calls"] for u in usages),
                 "replicas": len(groups),
                 "per_replica_completion_tokens": [u["completion_tokens"] for u in usages],
+                "per_replica_threads": [u["threads"] for u in usages],
             }
     return summary
 

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 from pydantic import BaseModel, Field, ValidationError
 
 from agents.backends import (
@@ -532,3 +533,34 @@ def test_openai_backend_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         create_backend(
             ModelConfig(backend="openai", base_url="http://127.0.0.1:1/v1", api_key_env="PREFSMITH_TEST_KEY")
         )
+
+
+def _draw_with_a_full_sort(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Top-p sampling as its definition reads: every token ranked, the smallest prefix reaching top_p kept."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    ranked, order = torch.sort(probs, descending=True)
+    outside = torch.cumsum(ranked, dim=-1) - ranked >= top_p
+    ranked[outside] = 0.0
+    return int(torch.multinomial(torch.zeros_like(probs).scatter_(0, order, ranked), 1, generator=generator))
+
+
+@pytest.mark.parametrize("spread", [0.5, 3.0, 8.0])
+def test_top_p_draws_the_token_a_full_sort_draws(spread: float) -> None:
+    """The transformers engine ranks only the first tokens to find a top-p nucleus: narrow nuclei (peaked
+    logits), nuclei wider than its guess (near-flat logits: it falls back to a full sort) and the ones between
+    draw, seed for seed, the token that ranking the whole 49k vocabulary draws."""
+    from agents.backends.local_transformers import NUCLEUS_GUESS, _draw
+
+    logits = torch.randn(40, 49152, generator=torch.Generator().manual_seed(7)) * spread
+    nucleus_sizes = []
+    for i, row in enumerate(logits):
+        for top_p in (0.5, 0.9, 0.95, 0.999):
+            ours = _draw(row, 0.8, top_p, torch.Generator().manual_seed(i))
+            reference = _draw_with_a_full_sort(row, 0.8, top_p, torch.Generator().manual_seed(i))
+            assert ours == reference, (i, top_p)
+            ranked = torch.sort(torch.softmax(row / 0.8, -1), descending=True).values
+            nucleus_sizes.append(int((torch.cumsum(ranked, -1) - ranked < top_p).sum()))
+    if spread == 0.5:
+        assert min(nucleus_sizes) > NUCLEUS_GUESS  # every draw took the fallback
+    if spread == 8.0:
+        assert max(nucleus_sizes) < NUCLEUS_GUESS  # every draw took the top-k path

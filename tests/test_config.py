@@ -39,6 +39,23 @@ def test_hash_ignores_execution_knobs_but_not_data_settings() -> None:
         assert config_hash(load_config("quickstart", [data_change])) != base, data_change
 
 
+def test_engine_threads_come_from_the_setting_else_omp_num_threads_else_the_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    model = load_config("quickstart").models["default"]
+    assert model.threads is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert model.torch_threads() == 3
+    assert model.model_copy(update={"threads": 5}).torch_threads() == 5
+    for unusable in ("", "0", "many"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert model.torch_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert model.torch_threads() == len(os.sched_getaffinity(0))
+
+
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("sampling:\n  temperature: 0.5\n  top_p: 0.9: 1\ngame: {}\n")

@@ -201,15 +201,21 @@ def test_engine_actor_killed_twice_mid_run(local_ray, tmp_path: Path) -> None:
 
 @pytest.mark.model
 @pytest.mark.ray
-def test_two_replicas_serve_one_run(local_ray, tmp_path: Path) -> None:
+def test_two_replicas_serve_one_run(local_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two engine actors share one run's calls. Their torch threads are left to the default with no
+    OMP_NUM_THREADS in the synthesizer: every CPU of the node, not the 1 that Ray puts in its workers' env."""
     prompts = tmp_path / "replicas.jsonl"
     write_prompts(prompts, EASY[:4])
-    config = load_config(write_config(tmp_path, prompts, in_flight=4), ["models.default.replicas=2"])
+    config = load_config(
+        write_config(tmp_path, prompts, in_flight=4), ["models.default.replicas=2", "models.default.threads=null"]
+    )
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     report = synthesize(config, run_id="replicas", db_url=f"sqlite:///{tmp_path / 'replicas.db'}")
     usage = report.engine_usage["default"]
     assert report.metrics.episodes_done == 4 and not report.interrupted
     assert usage["replicas"] == 2 and all(tokens > 0 for tokens in usage["per_replica_completion_tokens"]), usage
     assert sum(usage["per_replica_completion_tokens"]) == usage["completion_tokens"]
+    assert usage["per_replica_threads"] == [len(os.sched_getaffinity(0))] * 2, usage
     deadline = time.time() + 30
     while [a for a in ray.util.list_named_actors(all_namespaces=True) if "replicas" in a["name"]]:
         assert time.time() < deadline, "the run's engine actors outlived it"
