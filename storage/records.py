@@ -61,7 +61,9 @@ def insert_ignore(session: Session, model: type, rows: list[dict[str, Any]], key
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
         insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-        session.execute(insert(model).values(rows).on_conflict_do_nothing(index_elements=keys))
+        # The rows as parameters of one statement (executemany), not as literal VALUES: the statement then
+        # compiles once per table and is reused from SQLAlchemy's cache, where VALUES would compile per call.
+        session.execute(insert(model.__table__).on_conflict_do_nothing(index_elements=keys), rows)
         return
     for row in rows:
         exists = session.execute(
