@@ -11,14 +11,15 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from configs.errors import StorageError
 from storage.models import (
+    Base,
     Episode,
     Generation,
     Judgment,
@@ -54,7 +55,7 @@ def pair_id_for(episode_id: str, round_index: int) -> str:
     return sha256_hex("pair", episode_id, str(round_index))
 
 
-def insert_ignore(session: Session, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
+def insert_ignore(session: Session, model: type[Base], rows: list[dict[str, Any]], keys: list[str]) -> None:
     """INSERT … ON CONFLICT (keys) DO NOTHING on SQLite and PostgreSQL; a per-row check elsewhere."""
     if not rows:
         return
@@ -63,7 +64,7 @@ def insert_ignore(session: Session, model: type, rows: list[dict[str, Any]], key
         insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
         # The rows as parameters of one statement (executemany), not as literal VALUES: the statement then
         # compiles once per table and is reused from SQLAlchemy's cache, where VALUES would compile per call.
-        session.execute(insert(model.__table__).on_conflict_do_nothing(index_elements=keys), rows)
+        session.execute(insert(cast(Table, model.__table__)).on_conflict_do_nothing(index_elements=keys), rows)
         return
     for row in rows:
         exists = session.execute(

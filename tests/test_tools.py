@@ -8,6 +8,7 @@ import ctypes.util
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from configs.errors import ConfigError
 from configs.schema import ToolsConfig
 from tests.test_cli import assert_user_error, prefsmith
-from tools.base import PromptContext
+from tools.base import Evidence, JudgeTool, PromptContext
 from tools.calculator import CalculatorError, CalculatorTool, evaluate
 from tools.jail import SYSCALLS, plan_for, seccomp_filter
 from tools.reference_answer import ReferenceAnswerTool
@@ -258,3 +259,40 @@ def test_cheap_tools_run_in_the_episodes_process_and_untrusted_code_does_not() -
     from tests.hung_tool import HungTool
 
     assert not HungTool.runs_in_process, "a plug-in's cost is unknown: it runs as a Ray task, with a timeout"
+
+
+class _ManagedTool(JudgeTool):
+    """A plug-in written the LangChain way: its `_run` takes the callback manager, so it needs `invoke`."""
+
+    name: str = "managed"
+    description: str = "Says whether it was given a callback manager."
+
+    def _run(self, candidate: str, run_manager: Any = None) -> dict[str, Any]:
+        return {"tool": self.name, "ok": True, "verdict": run_manager is not None, "data": {"candidate": candidate}}
+
+    def arguments_for(self, prompt: PromptContext, candidate: str | None) -> dict[str, Any] | None:
+        return None if candidate is None else {"candidate": candidate}
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        (ReferenceAnswerTool(), {"candidate": "so it is 17", "gold": "17"}),
+        (ReferenceAnswerTool(), {"candidate": "17.4", "gold": "17", "kind": "numeric", "tolerance": "0.5"}),
+        (ReferenceAnswerTool(), {"candidate": "Answer: B", "gold": "C", "kind": "multiple_choice", "extra": 1}),
+        (CalculatorTool(), {"expression": "12 * (3 + 4)", "candidate": "The answer is 84."}),
+        (CalculatorTool(), {"expression": "2 ** 4096"}),
+    ],
+)
+def test_evidence_is_what_langchain_invoke_gives(tool: JudgeTool, arguments: dict[str, Any]) -> None:
+    # evidence() skips LangChain's per-call machinery; the checked arguments and the result must not change
+    assert tool.evidence(arguments) == Evidence.model_validate(tool.invoke(arguments))
+
+
+def test_evidence_rejects_bad_arguments_by_field_and_keeps_langchain_tools_working() -> None:
+    bad = ReferenceAnswerTool().evidence({"candidate": "17", "gold": "17", "tolerance": "not a number"})
+    assert not bad.ok and bad.verdict is None and "tolerance" in (bad.error or "")
+    missing = CalculatorTool().evidence({"candidate": "3"})
+    assert not missing.ok and "expression" in (missing.error or "")
+    managed = _ManagedTool().evidence({"candidate": "x"})
+    assert managed.ok and managed.verdict is True, "a _run that takes run_manager is called through invoke"

@@ -7,6 +7,8 @@ goes on and the record says why a tool had nothing to say.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, ClassVar
 
 from langchain_core.tools import BaseTool
@@ -48,8 +50,29 @@ class JudgeTool(BaseTool):
         raise NotImplementedError
 
     def evidence(self, arguments: dict[str, Any]) -> Evidence:
-        """Run the tool; any exception becomes failed evidence rather than a crashed round."""
+        """Run the tool; any exception becomes failed evidence rather than a crashed round.
+
+        The arguments are checked against `args_schema` and handed to `_run`, as LangChain's `invoke` does,
+        without its per-call callback and signature machinery (which cost more than a reference-answer check
+        itself: a synthesis run calls this for every candidate). A `_run` that takes LangChain's
+        `run_manager` or `config` still goes through `invoke`.
+        """
         try:
-            return Evidence.model_validate(self.invoke(arguments))
+            if _takes_langchain_extras(type(self)):
+                return Evidence.model_validate(self.invoke(arguments))
+            return Evidence.model_validate(self._run(**self._checked(arguments)))
         except Exception as exc:  # a tool failure is evidence, never a crash
             return Evidence(tool=self.name, ok=False, error=f"{type(exc).__name__}: {exc}")
+
+    def _checked(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """`arguments` validated (and coerced) by `args_schema`: the keys given, as LangChain passes them."""
+        schema = self.args_schema
+        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+            return dict(arguments)
+        checked = schema.model_validate(arguments)
+        return {key: getattr(checked, key) for key in type(checked).model_fields if key in arguments}
+
+
+@functools.cache
+def _takes_langchain_extras(cls: type[JudgeTool]) -> bool:
+    return bool({"run_manager", "config", "callbacks"} & set(inspect.signature(cls._run).parameters))
