@@ -119,10 +119,11 @@ def main() -> None:
         print(f"{label:<44}{r['accepted']:>9}{r['correct_over_wrong']:>5}{share:>7}{r['seconds']:>9}"
               f"{r['pairs_per_min']:>10}{r['correct_over_wrong_per_min']:>9}")
     base = next((r for label, r in results.items() if label.startswith("before")), None)
-    if base and base["pairs_per_min"]:
+    if base and base["accepted"]:
         for label, r in results.items():
-            if not label.startswith("before"):
-                print(f"pairs/min, {label} / before: {r['pairs_per_min'] / base['pairs_per_min']:.2f}")
+            if not label.startswith("before"):  # from the counts and seconds, not the rounded per-minute figures
+                ratio = (r["accepted"] / r["seconds"]) / (base["accepted"] / base["seconds"])
+                print(f"pairs/min, {label} / before: {ratio:.2f}")
     print(json.dumps({"n": args.n, "results": results}))
 
 
