@@ -10,14 +10,12 @@ needs the token from $PREFSMITH_UI_TOKEN; with `read_only` nothing can be writte
 from __future__ import annotations
 
 import difflib
-import hmac
 import json
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -26,7 +24,6 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 from sqlalchemy import Engine
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from configs.errors import NotFoundError, PrefsmithError
 from configs.secrets import masked
@@ -49,18 +46,11 @@ from storage.queries import get_run, list_runs, run_summary
 from storage.reviews import add_review
 from storage.vocabulary import ReviewDecision
 from ui.artifacts import bias_report, find_artifacts, resolve_artifact
+from ui.security import ARTIFACT_CSP, Guard, form_refusal, remember_token, safe_next, token_matches
 
 HERE = Path(__file__).resolve().parent
 TEXT_LIMIT = 20_000  # characters of one text shown on a page; the rest is behind the "whole text" link
 PAGE_SIZE = 50
-CSRF_COOKIE = "prefsmith_csrf"
-TOKEN_COOKIE = "prefsmith_token"
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-    "frame-src 'self'; base-uri 'none'; frame-ancestors 'none'"
-)
-# Artifacts of our own renderers (SparsePO masks) carry inline styles; they get a policy of their own, sandboxed.
-ARTIFACT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; sandbox"
 
 
 @dataclass
@@ -123,59 +113,9 @@ def _environment() -> Environment:
     return env
 
 
-def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("origin") or request.headers.get("referer")
-    if not origin:
-        return True  # non-browser clients send neither; the CSRF token still has to match
-    return urlsplit(origin).netloc == request.headers.get("host", "")
-
-
-def _safe_next(target: str | None) -> str:
-    return target if target and target.startswith("/") and not target.startswith("//") else "/"
-
-
-class Guard(BaseHTTPMiddleware):
-    """Token check (when one is configured), a CSRF cookie for every browser, security headers on every reply."""
-
-    def __init__(self, app: Any, settings: UiSettings) -> None:
-        super().__init__(app)
-        self.settings = settings
-
-    def _authorised(self, request: Request) -> bool:
-        token = self.settings.token
-        if token is None:
-            return True
-        given = request.cookies.get(TOKEN_COOKIE, "")
-        header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer "):
-            given = header[7:].strip()
-        return hmac.compare_digest(given.encode(), token.encode())
-
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        path = request.url.path
-        response: Response
-        if not (path.startswith("/static/") or path == "/login" or self._authorised(request)):
-            if request.method == "GET":
-                response = RedirectResponse(f"/login?{urlencode({'next': str(request.url.path)})}", status_code=303)
-            else:
-                response = PlainTextResponse("a token is needed (see `prefsmith ui --help`)", status_code=401)
-        else:
-            csrf = request.cookies.get(CSRF_COOKIE)
-            request.state.csrf = csrf or secrets.token_urlsafe(24)
-            response = await call_next(request)
-            if not csrf:
-                response.set_cookie(CSRF_COOKIE, request.state.csrf, httponly=True, samesite="strict")
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" would make forms send Origin: null
-        response.headers["X-Frame-Options"] = "SAMEORIGIN"
-        response.headers["Cache-Control"] = "no-store"
-        return response
-
-
 def create_app(settings: UiSettings) -> FastAPI:
     app = FastAPI(title="prefsmith", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(Guard, settings=settings)
+    app.add_middleware(Guard, token=settings.token)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(env=_environment())
 
@@ -204,16 +144,16 @@ def create_app(settings: UiSettings) -> FastAPI:
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/") -> HTMLResponse:
-        return page(request, "login.html", next=_safe_next(next), failed=False)
+        return page(request, "login.html", next=safe_next(next), failed=False)
 
     @app.post("/login")
     async def login(request: Request) -> Response:
         form = await request.form()
-        given, target = str(form.get("token", "")), _safe_next(str(form.get("next", "/")))
-        if settings.token is None or not hmac.compare_digest(given.encode(), settings.token.encode()):
+        given, target = str(form.get("token", "")), safe_next(str(form.get("next", "/")))
+        if settings.token is None or not token_matches(given, settings.token):
             return page(request, "login.html", status_code=401, next=target, failed=settings.token is not None)
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict")
+        remember_token(response, given)
         return response
 
     @app.get("/", response_class=HTMLResponse)
@@ -318,11 +258,9 @@ def create_app(settings: UiSettings) -> FastAPI:
         if settings.read_only:
             return problem(request, "this UI was started read-only (--read-only): reviews are off", 403)
         form = await request.form()
-        cookie = request.cookies.get(CSRF_COOKIE, "")
-        if not cookie or not hmac.compare_digest(str(form.get("csrf", "")).encode(), cookie.encode()):
-            return problem(request, "the form's CSRF token does not match: reload the page and try again", 403)
-        if not _same_origin(request):
-            return problem(request, "a review must come from this UI's own pages", 403)
+        refusal = form_refusal(request, str(form.get("csrf", "")))
+        if refusal is not None:
+            return problem(request, refusal, 403)
         reviewer = str(form.get("reviewer", ""))
         with session_scope(settings.engine) as session:
             add_review(session, pair_id, str(form.get("decision", "")), str(form.get("note", "")), reviewer)

@@ -1,6 +1,6 @@
 """`prefsmith ui`: the web UI over a database, served on one interface.
 
-The UI itself is `ui.app`.
+The UI itself is `ui.app`; who may serve and reach it, on which interface with which token, is `ui.security`.
 """
 
 from __future__ import annotations
@@ -14,20 +14,6 @@ import typer
 from configs.errors import PrefsmithError
 from pipelines.cli.options import DbOption
 from pipelines.cli.terminal import say
-
-UI_TOKEN_ENV = "PREFSMITH_UI_TOKEN"
-UI_TOKEN_MIN_CHARS = 16
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def ui_command(
@@ -57,12 +43,9 @@ def ui_command(
     from storage.folders import prefsmith_home
     from storage.migrate import open_database
     from ui.app import UiSettings, create_app
+    from ui.security import is_loopback, serving_token
 
-    token = os.environ.get(UI_TOKEN_ENV) or None
-    if not _is_loopback(host) and token is None:
-        raise PrefsmithError(f"--host {host} is reachable from other machines: set {UI_TOKEN_ENV} to a secret first")
-    if token is not None and len(token) < UI_TOKEN_MIN_CHARS:
-        raise PrefsmithError(f"{UI_TOKEN_ENV} is shorter than {UI_TOKEN_MIN_CHARS} characters")
+    token = serving_token(host, os.environ)
     if not 0 < port < 65536:
         raise PrefsmithError(f"--port {port} is not a TCP port")
     roots = [folder.expanduser().resolve() for folder in artifacts or []]
@@ -72,7 +55,7 @@ def ui_command(
     engine = open_database(db)
     settings = UiSettings(engine, read_only=read_only, token=token, artifacts=roots or [prefsmith_home()],
                           reviewer=reviewer or getpass.getuser())
-    shown = "localhost" if _is_loopback(host) else host
+    shown = "localhost" if is_loopback(host) else host
     say(f"prefsmith ui: http://{shown}:{port}/ on {redact_url(resolve_db_url(db))}"
         + (" (read-only)" if read_only else "") + (" (token required)" if token else ""))
     try:
