@@ -114,7 +114,7 @@ def test_every_layer_imports_only_downward() -> None:
         ("storage.migrations.env", "from ..records import x\n", []),
         ("storage.queries", "from tests.sample_run import store\n", ["storage.queries:1 imports tests.sample_run"]),
         ("storage.records", "import torch\nfrom configs.errors import StorageError\nfrom . import models\n", []),
-        ("pipelines.cli", "from training.commands import train_app\nfrom agents.catalog import prepare\n", []),
+        ("pipelines.cli.training", "from training.train import load_job\nfrom agents.catalog import prepare\n", []),
     ],
 )
 def test_checker_flags_exactly_the_upward_imports(module: str, source: str, expected: list[str]) -> None:

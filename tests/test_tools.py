@@ -18,11 +18,12 @@ from configs.schema import ToolsConfig
 from tests.test_cli import assert_user_error, prefsmith
 from tools.base import Evidence, JudgeTool, PromptContext
 from tools.calculator import CalculatorError, CalculatorTool, evaluate
-from tools.jail import SYSCALLS, plan_for, seccomp_filter
+from tools.jail import SandboxPolicy, plan_for
 from tools.reference_answer import ReferenceAnswerTool
 from tools.registry import build_tools
 from tools.retrieval import CorpusError, RetrievalTool
 from tools.sandbox import PythonSandboxTool, extract_code, run_python
+from tools.seccomp import SYSCALLS, seccomp_filter
 
 
 def test_calculator_is_exact_and_refuses_code() -> None:
@@ -149,6 +150,27 @@ def test_sandbox_refuses_to_run_unprotected(tmp_path: Path, monkeypatch: pytest.
         assert "user namespace" not in ran["data"]["isolation"]
     finally:
         plan_for.cache_clear()
+
+
+def test_a_call_that_cannot_compile_or_start_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests that do not compile, and a sandbox that cannot start, are answered without a file descriptor or a
+    scratch folder left on the host (they used to leak the report's pipes, and the throwaway folder)."""
+    import dataclasses
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    weaker = dataclasses.replace(plan_for(SandboxPolicy()), bwrap=None)  # runs in a throwaway folder
+    unstartable = dataclasses.replace(weaker, interpreter=str(tmp_path / "no-python"))
+    fds = len(os.listdir("/proc/self/fd"))
+    uncompiled = run_python("x = 1", "assert (")
+    unstarted = run_python("x = 1", "assert x == 1", _plan=unstartable, _require=False)
+    assert (uncompiled.outcome, unstarted.outcome) == ("failed", "refused") and "cannot start" in unstarted.reason
+    assert len(os.listdir("/proc/self/fd")) == fds and list(tmp_path.iterdir()) == []
+    ran = run_python("x = 1", "assert x == 1", _plan=weaker, _require=False)
+    assert ran.passed and list(tmp_path.iterdir()) == []
 
 
 def test_sandbox_settings_are_bounded_when_the_config_loads() -> None:

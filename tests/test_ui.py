@@ -25,7 +25,8 @@ from storage.reviews import add_review, reviews_in_force
 from tests.hostile_texts import HUGE, store_hostile_run
 from tests.hostile_texts import RUN as HOSTILE_RUN
 from tests.test_cli import assert_user_error, prefsmith
-from ui.app import CSRF_COOKIE, UiSettings, create_app
+from ui.app import UiSettings, create_app
+from ui.security import CSRF_COOKIE
 
 PAIR_LINK = re.compile(r'<a href="/pairs/([0-9a-f]{64})">')
 
@@ -280,3 +281,19 @@ def test_cli_refuses_to_serve_off_loopback_without_a_token(tmp_path: Path) -> No
     assert_user_error(prefsmith("ui", "--host", "0.0.0.0", home=tmp_path), "PREFSMITH_UI_TOKEN")
     result = prefsmith("export", "--help")
     assert "--reviewed" in result.stdout
+
+
+def test_the_serving_rules_need_a_long_enough_token_off_loopback() -> None:
+    from configs.errors import PrefsmithError
+    from ui.security import UI_TOKEN_ENV, is_loopback, serving_token
+
+    assert [is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.2", "box")] == [
+        True, True, True, True, False, False, False]
+    secret = "x" * 16
+    assert serving_token("127.0.0.1", {}) is None and serving_token("127.0.0.1", {UI_TOKEN_ENV: ""}) is None
+    assert serving_token("0.0.0.0", {UI_TOKEN_ENV: secret}) == secret
+    assert serving_token("::1", {UI_TOKEN_ENV: secret}) == secret  # set: required on loopback too
+    with pytest.raises(PrefsmithError, match="reachable from other machines"):
+        serving_token("0.0.0.0", {})
+    with pytest.raises(PrefsmithError, match="shorter than 16 characters"):
+        serving_token("localhost", {UI_TOKEN_ENV: secret[:-1]})

@@ -6,8 +6,8 @@ Layers (README "Security model"):
 - bubblewrap: new user, mount, PID, network, IPC, UTS and cgroup namespaces; a read-only view of /usr (and
   the interpreter's prefix) and nothing else of the host; one size-limited tmpfs as the only writable place;
   no /proc, /etc, /tmp or /home; all capabilities dropped; no nested user namespaces; its own session.
-- seccomp: a BPF filter (built here, no library needed) refusing syscalls the code never needs (ptrace,
-  process_vm_*, mount, bpf, perf_event_open, io_uring, keyctl, kexec, modules...).
+- seccomp: a BPF filter (built by tools/seccomp.py, no library needed) refusing syscalls the code never needs
+  (ptrace, process_vm_*, mount, bpf, perf_event_open, io_uring, keyctl, kexec, modules...).
 - as root the whole sandbox runs as `nobody`; rlimits (CPU, address space, file size, open files, processes
   counted inside the sandbox's own user namespace) are set by the harness before candidate code runs.
 - the harness (tools/sandbox_harness.py) forks the process that runs the code before it reads anything, and
@@ -23,7 +23,6 @@ call is refused rather than run unprotected.
 from __future__ import annotations
 
 import ast
-import errno
 import functools
 import hmac
 import marshal
@@ -33,14 +32,17 @@ import pwd
 import selectors
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from tools.seccomp import seccomp_filter
 
 HARNESS = (Path(__file__).parent / "sandbox_harness.py").read_text(encoding="utf-8")
 SCRATCH = "/sandbox"
@@ -98,69 +100,6 @@ class SandboxResult:
     missing: list[str] = field(default_factory=list)
     tests: list[TestOutcome] = field(default_factory=list)
     interpreter: str = ""
-
-
-# ---------------------------------------------------------------------------------------------------- seccomp
-
-# Syscalls candidate code never needs and that are the usual ways out of a namespace sandbox or into the
-# kernel's rarely-audited corners. Numbers per architecture; tests/test_tools.py checks them against
-# libseccomp where it is installed.
-_DENIED = (
-    "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load", "mount", "umount2",
-    "pivot_root", "chroot", "setns", "unshare", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
-    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "init_module", "finit_module",
-    "delete_module", "swapon", "swapoff", "reboot", "acct", "settimeofday", "clock_settime", "clock_adjtime",
-    "adjtimex", "quotactl", "open_by_handle_at", "name_to_handle_at", "personality", "syslog", "fanotify_init",
-    "vhangup", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "kcmp",
-)
-SYSCALLS: dict[str, tuple[int, dict[str, int]]] = {
-    # machine: (AUDIT_ARCH_*, {name: number})
-    "x86_64": (0xC000003E, {
-        "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kexec_load": 246,
-        "kexec_file_load": 320, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161, "setns": 308,
-        "unshare": 272, "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298,
-        "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-        "init_module": 175, "finit_module": 313, "delete_module": 176, "swapon": 167, "swapoff": 168,
-        "reboot": 169, "acct": 163, "settimeofday": 164, "clock_settime": 227, "clock_adjtime": 305,
-        "adjtimex": 159, "quotactl": 179, "open_by_handle_at": 304, "name_to_handle_at": 303,
-        "personality": 135, "syslog": 103, "fanotify_init": 300, "vhangup": 153, "open_tree": 428,
-        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-        "mount_setattr": 442, "kcmp": 312,
-    }),
-    "aarch64": (0xC00000B7, {
-        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kexec_load": 104,
-        "kexec_file_load": 294, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "setns": 268,
-        "unshare": 97, "keyctl": 219, "add_key": 217, "request_key": 218, "bpf": 280, "perf_event_open": 241,
-        "userfaultfd": 282, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-        "init_module": 105, "finit_module": 273, "delete_module": 106, "swapon": 224, "swapoff": 225,
-        "reboot": 142, "acct": 89, "settimeofday": 170, "clock_settime": 112, "clock_adjtime": 266,
-        "adjtimex": 171, "quotactl": 60, "open_by_handle_at": 265, "name_to_handle_at": 264,
-        "personality": 92, "syslog": 116, "fanotify_init": 262, "vhangup": 58, "open_tree": 428,
-        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-        "mount_setattr": 442, "kcmp": 272,
-    }),
-}
-_X32_SYSCALL_BIT = 0x40000000
-_RET_ALLOW, _RET_KILL_PROCESS, _RET_ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
-_LD_ABS_W, _JEQ, _JGE, _RET = 0x20, 0x15, 0x35, 0x06
-
-
-def seccomp_filter(machine: str | None = None) -> bytes | None:
-    """The compiled BPF program (struct sock_filter[]) bwrap loads with --seccomp, or None on an
-    architecture without a table. Another architecture's syscalls are killed outright; denied ones get EPERM."""
-    entry = SYSCALLS.get(machine or platform.machine())
-    if entry is None:
-        return None
-    arch, numbers = entry
-    program = [(_LD_ABS_W, 0, 0, 4), (_JEQ, 1, 0, arch), (_RET, 0, 0, _RET_KILL_PROCESS), (_LD_ABS_W, 0, 0, 0)]
-    denied = sorted({numbers[name] for name in _DENIED})
-    # Jump targets count from the next instruction: the EPERM return sits after the list and ALLOW.
-    if arch == SYSCALLS["x86_64"][0]:  # the x32 ABI aliases every syscall above this bit
-        program.append((_JGE, len(denied) + 1, 0, _X32_SYSCALL_BIT))
-    for position, number in enumerate(denied):
-        program.append((_JEQ, len(denied) - position, 0, number))
-    program += [(_RET, 0, 0, _RET_ALLOW), (_RET, 0, 0, _RET_ERRNO | errno.EPERM)]
-    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -242,7 +181,12 @@ def _bwrap_command(plan: _Plan, limits: SandboxLimits, seccomp_fd: int | None) -
     ]
     if seccomp_fd is not None:
         command += ["--seccomp", str(seccomp_fd)]
-    return [*command, "--", plan.interpreter, "-I", "-S", "-B", "-u", "-c", HARNESS]
+    return [*command, "--", *_harness_command(plan)]
+
+
+def _harness_command(plan: _Plan) -> list[str]:
+    """The harness in an isolated interpreter: no site, no user paths, no bytecode written, unbuffered."""
+    return [plan.interpreter, "-I", "-S", "-B", "-u", "-c", HARNESS]
 
 
 def _spawn(command: list[str], plan: _Plan, pass_fds: tuple[int, ...], cwd: str | None) -> subprocess.Popen[bytes]:
@@ -317,6 +261,29 @@ def isolation_problem(policy: SandboxPolicy) -> str | None:
 # -------------------------------------------------------------------------------------------------- running
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    """What a call came to: its outcome, why, and each test's outcome as far as the harness got."""
+
+    outcome: Outcome
+    reason: str
+    tests: list[TestOutcome] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Capture:
+    """What the host read of one sandbox, bounded: exit status, output, the harness's report, the seconds it
+    ran, and whether reading stopped at the wall clock or the output limit. The default: it never started."""
+
+    returncode: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    report: bytes = b""
+    seconds: float = 0.0
+    timed_out: bool = False
+    overflow: bool = False
+
+
 def _read_report(raw: bytes, key: bytes) -> tuple[list[list[str]], str | None]:
     """The harness's records in order, or the reason the report cannot be trusted."""
     records: list[list[str]] = []
@@ -355,9 +322,8 @@ _BLOCKED_MARKERS = ("PermissionError", "BlockingIOError", "Read-only file system
                     "sandbox:", "Operation not permitted")
 
 
-def _verdict(
-    records: list[list[str]], returncode: int | None, stderr: str
-) -> tuple[bool, Outcome, str, list[TestOutcome]]:
+def _verdict(records: list[list[str]], returncode: int | None, stderr: str) -> _Verdict:
+    """What the signed report says, read with the exit status: every test to its end, or why not."""
     tests: list[TestOutcome] = []
     started = code_ok = ended = False
     code_error = ""
@@ -377,29 +343,29 @@ def _verdict(
     gone = next((record for record in records if record[0] == "X" and len(record) >= 3), None)
     if gone is not None and not ended:
         if gone[1] == "timeout":
-            return False, "timeout", "wall-clock limit reached while the tests waited for the code", tests
+            return _Verdict("timeout", "wall-clock limit reached while the tests waited for the code", tests)
         if gone[1] == "signal" and gone[2].isdigit():
             signalled = int(gone[2])
             returncode = 128 + signalled
         elif gone[1] == "exit" and gone[2].isdigit():
             returncode = int(gone[2])
         else:
-            return False, "incomplete", f"the tests could not be finished: {gone[2]}", tests
+            return _Verdict("incomplete", f"the tests could not be finished: {gone[2]}", tests)
         if signalled not in (signal.SIGXCPU, signal.SIGXFSZ) and "MemoryError" not in stderr:
-            return False, "incomplete", (
+            return _Verdict("incomplete", (
                 f"the code's process ended before the tests did ({_exit_reason(returncode)}): the code left "
                 "early or was killed"
-            ), tests
+            ), tests)
     if not ended or returncode != 0:
         if signalled == signal.SIGXCPU:
-            return False, "cpu_limit", "CPU time limit reached", tests
+            return _Verdict("cpu_limit", "CPU time limit reached", tests)
         if signalled == signal.SIGXFSZ:
-            return False, "output_limit", "file size limit reached", tests
+            return _Verdict("output_limit", "file size limit reached", tests)
         if "MemoryError" in stderr:
-            return False, "memory_limit", "memory limit reached", tests
-        return False, "incomplete", (
+            return _Verdict("memory_limit", "memory limit reached", tests)
+        return _Verdict("incomplete", (
             f"the harness did not report every test ({_exit_reason(returncode)}): the code left early or was killed"
-        ), tests
+        ), tests)
     failure = code_error if not code_ok else next((t.error for t in tests if not t.passed), "")
     if not code_ok:
         reason = f"the code raised {code_error}" if started else code_error
@@ -407,12 +373,12 @@ def _verdict(
         first = next(t for t in tests if not t.passed)
         reason = f"test {first.index + 1} failed: {first.source} ({first.error})"
     else:
-        return True, "passed", f"all {len(tests)} tests passed", tests
+        return _Verdict("passed", f"all {len(tests)} tests passed", tests)
     if failure.startswith("MemoryError"):
-        return False, "memory_limit", reason, tests
+        return _Verdict("memory_limit", reason, tests)
     if any(marker in failure for marker in _BLOCKED_MARKERS):
-        return False, "blocked", reason, tests
-    return False, "failed", reason, tests
+        return _Verdict("blocked", reason, tests)
+    return _Verdict("failed", reason, tests)
 
 
 def split_tests(tests: str) -> list[tuple[str, int]]:
@@ -431,54 +397,16 @@ def split_tests(tests: str) -> list[tuple[str, int]]:
     return [("\n".join(lines[start - 1 : end]), start) for start, end in units]
 
 
-def _refused(plan: _Plan, problem: str) -> SandboxResult:
-    return SandboxResult(
-        False, "refused", problem, None, "", "", 0.0, list(plan.isolation), list(plan.missing),
-        interpreter=plan.interpreter,
-    )
-
-
-def run_python(  # one pass of spawn, pump and judge
-    code: str,
-    tests: str = "",
-    limits: SandboxLimits | None = None,
-    policy: SandboxPolicy | None = None,
-    *,
-    _plan: _Plan | None = None,
-    _require: bool = True,
-) -> SandboxResult:
-    """Run `code`, then each top-level statement of `tests`, in a fresh sandbox. Passed means the harness
-    reported, signed, that the code and every test ran to their end without an exception."""
-    limits = limits or SandboxLimits()
-    policy = policy or SandboxPolicy()
-    plan = _plan or plan_for(policy)
-    if _require:
-        problem = isolation_problem(policy)
-        if problem is not None:
-            return _refused(plan, problem)
-    key = os.urandom(32)
-    report_read, report_write = os.pipe()
-    pass_fds = [report_write]
-    seccomp_read = None
-    workdir = None
-    filter_program = seccomp_filter() if plan.bwrap else None
-    if plan.bwrap and filter_program is not None:
-        seccomp_read, seccomp_write = os.pipe()
-        os.write(seccomp_write, filter_program)  # a few hundred bytes: fits the pipe buffer
-        os.close(seccomp_write)
-        pass_fds.append(seccomp_read)
-    try:
-        statements = split_tests(tests)
-    except SyntaxError as exc:
-        return SandboxResult(False, "failed", f"the tests do not compile: {exc}", None, "", "", 0.0,
-                             list(plan.isolation), list(plan.missing), interpreter=plan.interpreter)
+def _request(code: str, statements: list[tuple[str, int]], key: bytes, limits: SandboxLimits, plan: _Plan,
+             report_fd: int) -> bytes:
+    """What the harness reads on stdin: the code, the tests, the report's key and fd, and the limits to set."""
     # marshal: built into every Python, so the harness imports nothing to read it; version 4 reads on 3.4+.
-    request = marshal.dumps({
+    return marshal.dumps({
         "code": code,
         "tests": statements,
         "key": key,
         "confine": plan.bwrap is None,
-        "report_fd": report_write,
+        "report_fd": report_fd,
         "limits": {
             "cpu_seconds": limits.cpu_seconds,
             "memory_bytes": limits.memory_mb * 1024 * 1024,
@@ -487,36 +415,73 @@ def run_python(  # one pass of spawn, pump and judge
             "wall_seconds": limits.wall_seconds,
         },
     }, 4)
+
+
+@dataclass
+class _Fds:
+    """File descriptors of one call, each closed once: when `close` names it, or when the block ends (closing
+    one twice could close an fd another thread's sandbox has opened since)."""
+
+    open: set[int] = field(default_factory=set)
+
+    def __enter__(self) -> _Fds:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close(*self.open)
+
+    def pipe(self) -> tuple[int, int]:
+        read, write = os.pipe()
+        self.open |= {read, write}
+        return read, write
+
+    def close(self, *fds: int | None) -> None:
+        for fd in {fd for fd in fds if fd in self.open}:
+            self.open.remove(fd)
+            os.close(fd)
+
+
+def _seccomp_pipe(fds: _Fds) -> int | None:
+    """The read end of a pipe holding the seccomp program for bwrap's --seccomp (None: no table here)."""
+    program = seccomp_filter()
+    if program is None:
+        return None
+    read, write = fds.pipe()
+    os.write(write, program)  # a few hundred bytes: fits the pipe buffer
+    fds.close(write)
+    return read
+
+
+@contextmanager
+def _scratch(plan: _Plan) -> Iterator[str | None]:
+    """The working directory of a sandbox without namespaces (weaker isolation, explicitly allowed): a throwaway
+    one the sandbox user owns, removed afterwards. None under bubblewrap, whose tmpfs is the scratch."""
     if plan.bwrap:
-        command, cwd = _bwrap_command(plan, limits, seccomp_read), None
-    else:  # weaker isolation, explicitly allowed: a throwaway directory instead of the namespaces
-        workdir = tempfile.mkdtemp(prefix="prefsmith-sandbox-")
+        yield None
+        return
+    workdir = tempfile.mkdtemp(prefix="prefsmith-sandbox-")
+    try:
         if plan.user is not None:
             os.chown(workdir, plan.user, plan.user)
-        command, cwd = [plan.interpreter, "-I", "-S", "-B", "-u", "-c", HARNESS], workdir
-    started = time.perf_counter()
-    try:
-        proc = _spawn(command, plan, tuple(pass_fds), cwd)
-    except OSError as exc:
-        for fd in (report_read, report_write, seccomp_read):
-            if fd is not None:
-                os.close(fd)
-        return _refused(plan, f"cannot start the sandbox: {exc}")
-    os.close(report_write)
-    if seccomp_read is not None:
-        os.close(seccomp_read)
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _pump(proc: subprocess.Popen[bytes], request: bytes, report_fd: int, limits: SandboxLimits,
+          deadline: float) -> tuple[dict[int, bytearray], bool, bool]:
+    """Write the request and read stdout, stderr and the report until all end: (the bytes read by fd, whether
+    the wall clock ran out, whether stdout or stderr passed the output limit). Reading stops at either limit."""
     assert proc.stdin and proc.stdout and proc.stderr
-    stdin_fd, stdout_fd, stderr_fd = proc.stdin.fileno(), proc.stdout.fileno(), proc.stderr.fileno()
-    buffers = {stdout_fd: bytearray(), stderr_fd: bytearray(), report_read: bytearray()}
+    stdin_fd = proc.stdin.fileno()
+    buffers = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), report_fd: bytearray()}
     pending = memoryview(request)
     os.set_blocking(stdin_fd, False)
-    selector = selectors.DefaultSelector()
-    selector.register(stdin_fd, selectors.EVENT_WRITE)
-    for fd in buffers:
-        selector.register(fd, selectors.EVENT_READ)
-    deadline = started + limits.wall_seconds
     timed_out = overflow = False
-    try:
+    with selectors.DefaultSelector() as selector:
+        selector.register(stdin_fd, selectors.EVENT_WRITE)
+        for fd in buffers:
+            selector.register(fd, selectors.EVENT_READ)
         while selector.get_map() and not overflow:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -538,9 +503,19 @@ def run_python(  # one pass of spawn, pump and judge
                     selector.unregister(fd)
                     continue
                 buffers[fd] += chunk
-                overflow = overflow or (fd != report_read and len(buffers[fd]) > limits.output_bytes)
+                overflow = overflow or (fd != report_fd and len(buffers[fd]) > limits.output_bytes)
+    return buffers, timed_out, overflow
+
+
+def _watch(proc: subprocess.Popen[bytes], request: bytes, report_fd: int, limits: SandboxLimits,
+           started: float) -> _Capture:
+    """One started sandbox from its request to its end, as the host read it; killed and reaped however the
+    reading ended."""
+    assert proc.stdin and proc.stdout and proc.stderr
+    stdout_fd, stderr_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    try:
+        buffers, timed_out, overflow = _pump(proc, request, report_fd, limits, started + limits.wall_seconds)
     finally:
-        selector.close()
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # the outer bwrap; --die-with-parent takes the rest down
         except (ProcessLookupError, PermissionError):
@@ -548,23 +523,70 @@ def run_python(  # one pass of spawn, pump and judge
         proc.wait()
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             stream.close()
-        os.close(report_read)
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    seconds = time.perf_counter() - started
-    stdout = bytes(buffers[stdout_fd][: limits.output_bytes]).decode("utf-8", "replace")
-    stderr = bytes(buffers[stderr_fd][: limits.output_bytes]).decode("utf-8", "replace")
-    records, tampered = _read_report(bytes(buffers[report_read]), key)
-    isolation, missing = list(plan.isolation), list(plan.missing)
-    if timed_out:
-        return SandboxResult(False, "timeout", f"wall-clock limit of {limits.wall_seconds}s reached",
-                             proc.returncode, stdout, stderr, seconds, isolation, missing, interpreter=plan.interpreter)
-    if overflow:
-        return SandboxResult(False, "output_limit", f"more than {limits.output_bytes} bytes of output",
-                             proc.returncode, stdout, stderr, seconds, isolation, missing, interpreter=plan.interpreter)
+
+    def text(fd: int) -> str:
+        return bytes(buffers[fd][: limits.output_bytes]).decode("utf-8", "replace")
+
+    return _Capture(proc.returncode, text(stdout_fd), text(stderr_fd), bytes(buffers[report_fd]),
+                    time.perf_counter() - started, timed_out, overflow)
+
+
+def _judge(capture: _Capture, key: bytes, limits: SandboxLimits) -> _Verdict:
+    """The verdict on what the host read: the wall clock and the output limit first, then whether the harness
+    signed every record, then what the signed report says."""
+    if capture.timed_out:
+        return _Verdict("timeout", f"wall-clock limit of {limits.wall_seconds}s reached")
+    if capture.overflow:
+        return _Verdict("output_limit", f"more than {limits.output_bytes} bytes of output")
+    records, tampered = _read_report(capture.report, key)
     if tampered:
-        return SandboxResult(False, "tampered", tampered, proc.returncode, stdout, stderr, seconds, isolation,
-                             missing, interpreter=plan.interpreter)
-    passed, outcome, reason, test_outcomes = _verdict(records, proc.returncode, stderr)
-    return SandboxResult(passed, outcome, reason, proc.returncode, stdout, stderr, seconds, isolation, missing,
-                         test_outcomes, plan.interpreter)
+        return _Verdict("tampered", tampered)
+    return _verdict(records, capture.returncode, capture.stderr)
+
+
+def _result(plan: _Plan, verdict: _Verdict, capture: _Capture | None = None) -> SandboxResult:
+    """The one way a result is built: the verdict, what the host read (nothing for a call that never started)
+    and the isolation the plan provided."""
+    read = capture or _Capture()
+    return SandboxResult(
+        verdict.outcome == "passed", verdict.outcome, verdict.reason, read.returncode, read.stdout, read.stderr,
+        read.seconds, list(plan.isolation), list(plan.missing), list(verdict.tests), plan.interpreter,
+    )
+
+
+def run_python(
+    code: str,
+    tests: str = "",
+    limits: SandboxLimits | None = None,
+    policy: SandboxPolicy | None = None,
+    *,
+    _plan: _Plan | None = None,
+    _require: bool = True,
+) -> SandboxResult:
+    """Run `code`, then each top-level statement of `tests`, in a fresh sandbox. Passed means the harness
+    reported, signed, that the code and every test ran to their end without an exception."""
+    limits = limits or SandboxLimits()
+    policy = policy or SandboxPolicy()
+    plan = _plan or plan_for(policy)
+    problem = isolation_problem(policy) if _require else None
+    if problem is not None:
+        return _result(plan, _Verdict("refused", problem))
+    try:
+        statements = split_tests(tests)
+    except SyntaxError as exc:
+        return _result(plan, _Verdict("failed", f"the tests do not compile: {exc}"))
+    key = os.urandom(32)
+    with _Fds() as fds, _scratch(plan) as workdir:
+        report_read, report_write = fds.pipe()
+        seccomp_read = _seccomp_pipe(fds) if plan.bwrap else None
+        request = _request(code, statements, key, limits, plan, report_write)
+        command = _bwrap_command(plan, limits, seccomp_read) if plan.bwrap else _harness_command(plan)
+        child_ends = tuple(fd for fd in (report_write, seccomp_read) if fd is not None)
+        started = time.perf_counter()
+        try:
+            proc = _spawn(command, plan, child_ends, workdir)
+        except OSError as exc:
+            return _result(plan, _Verdict("refused", f"cannot start the sandbox: {exc}"))
+        fds.close(*child_ends)  # our copy of the report's write end would keep its reader from ever seeing EOF
+        capture = _watch(proc, request, report_read, limits, started)
+    return _result(plan, _judge(capture, key, limits), capture)

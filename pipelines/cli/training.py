@@ -1,6 +1,6 @@
-"""The `prefsmith train …` and `prefsmith inspect …` command groups (mounted by pipelines/cli.py).
+"""`prefsmith train sparsepo|debias` and `prefsmith inspect masks`: the trainers and a trained model's masks.
 
-Import stays light: torch, transformers and TRL are imported inside the commands, not at CLI start-up.
+Torch, transformers and TRL are imported inside the commands, not at CLI start-up.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from pipelines.cli.options import TableOption
+from pipelines.cli.terminal import console
 
 train_app = typer.Typer(help="Train models on exported preference sets.", no_args_is_help=True)
 inspect_app = typer.Typer(help="Look inside trained models.", no_args_is_help=True)
@@ -39,6 +42,31 @@ def sparsepo(
     resumed = f" (resumed from {summary['resumed_from']})" if summary["resumed_from"] else ""
     typer.echo(f"trained {summary['global_step']} steps{resumed}; model and masks in {job.out_dir}")
 
+@train_app.command("debias")
+def train_debias(
+    data: Annotated[str, typer.Option("--data", help="Export folder or id of grounded preference pairs.")],
+    labor_table: TableOption,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the trained model and split.json.")],
+    config: Annotated[
+        str, typer.Option("--config", "-c", help="Training YAML file or preset name.")
+    ] = "train_debias",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config field: KEY=VALUE.")
+    ] = None,
+) -> None:
+    """DPO on exported pairs + λ·KL(BLS ‖ model) on multiple-choice probes of training occupations."""
+    from training.debias import train_debias_model
+
+    run = train_debias_model(data, labor_table, config, out, overrides=set_ or [])
+    last = [h for h in run.log_history if "loss" in h]
+    tail = f", last loss {last[-1]['loss']:.4f}" if last else ""
+    console.print(
+        f"debiased model → {run.output_dir} ({len(run.train_occupations)} train / "
+        f"{len(run.held_out_occupations)} held-out occupations{tail}"
+        + (f"; {run.pairs_left_out} pairs about held-out occupations left out" if run.pairs_left_out else "")
+        + ")",
+        markup=False,
+    )
 
 @inspect_app.command("masks")
 def masks(
@@ -55,3 +83,4 @@ def masks(
     written = inspect_masks(model, load_preference_set(data, db), out or model, pairs)
     for path in written:
         typer.echo(str(path))
+

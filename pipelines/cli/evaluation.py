@@ -1,0 +1,116 @@
+"""`prefsmith eval task|bias`: a model's skill on held-out problems, and its occupational bias against BLS data.
+
+Torch and TRL are imported inside the commands, not at CLI start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.cli.options import TableOption
+from pipelines.cli.terminal import StageProgress, console
+
+eval_app = typer.Typer(
+    help="Evaluate models: task skills on held-out problems, occupational bias against BLS data.", no_args_is_help=True
+)
+
+
+@eval_app.command("bias")
+def eval_bias(
+    model: Annotated[str, typer.Option("--model", help="Model name, HF id or path.")],
+    labor_table: TableOption,
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.json, report.md and plots.")],
+    in_context: Annotated[
+        int, typer.Option("--in-context", help="Also measure with K BLS facts in context.")
+    ] = 0,
+    after: Annotated[
+        str | None,
+        typer.Option("--after", help="A debiased model to measure beside (e.g. train debias --out)."),
+    ] = None,
+    min_employed: Annotated[
+        int, typer.Option(help="Probe occupations with ≥ this many thousand employed.")
+    ] = 100,
+    held_out_fraction: Annotated[
+        float, typer.Option(help="Share of occupations held out (--split-rule seeded).")
+    ] = 0.3,
+    split_seed: Annotated[int, typer.Option(help="Seed of the train/held-out split (--split-rule seeded).")] = 0,
+    split_rule: Annotated[
+        str,
+        typer.Option(
+            help="prefsmith: the occupations synthesis and `train debias` hold out (one in five by a hash of the "
+            "title); seeded: a seeded shuffle (--held-out-fraction, --split-seed)."
+        ),
+    ] = "prefsmith",
+    limit: Annotated[int | None, typer.Option(help="Measure at most this many held-out occupations.")] = None,
+    sampled: Annotated[int, typer.Option(help="Also sample N completions per occupation (gender).")] = 0,
+    reverse: Annotated[int, typer.Option(help="Also sample N 'The {group} works as a' completions.")] = 0,
+) -> None:
+    """Bias score (with CI), amplification, KS and perplexity on held-out occupations; JSON, Markdown, PNG."""
+    from training.bias_report import ConditionResult, run_bias_report, summary_table
+
+    document = run_bias_report(
+        model,
+        labor_table,
+        out,
+        in_context_k=in_context,
+        after_model=after,
+        min_employed=min_employed,
+        held_out_fraction=held_out_fraction,
+        split_seed=split_seed,
+        split_rule=split_rule,
+        limit=limit,
+        sampled_n=sampled,
+        reverse_n=reverse,
+    )
+    results = [ConditionResult(**c) for c in document["conditions"]]
+    console.print(summary_table(results), markup=False)
+    console.print(f"report: {Path(out) / 'report.md'}", markup=False)
+
+@eval_app.command("task")
+def eval_task(
+    model: Annotated[
+        str, typer.Option("--model", help="A prefsmith model name, a registered checkpoint, a folder or an HF id.")
+    ] = "smollm2-135m-instruct",
+    prompts: Annotated[
+        str,
+        typer.Option("--prompts", help="builtin:arithmetic (its held-out split), or a file with an 'answer' column."),
+    ] = "builtin:arithmetic",
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Sampled answers a problem.")] = 4,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate at most N problems.")] = 50,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.8,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 64,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Report folder (default under $PREFSMITH_HOME/evals).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
+) -> None:
+    """Evaluate a model on held-out problems with gold answers: sampled and greedy accuracy, answer ranking
+    against near misses, each with a 95% interval; writes report.json, report.md and report.png."""
+    from pipelines.evaluate import EvalError, EvalSettings, evaluate_task, write_report
+    from storage.folders import prefsmith_home
+
+    if out is not None and out.exists() and any(out.iterdir()) and not force:
+        raise EvalError(f"{out} exists and is not empty (pass --force to replace it)")  # before minutes of work
+    progress = StageProgress()
+    report = evaluate_task(
+        model,
+        prompts,
+        EvalSettings(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed),
+        limit=limit,
+        progress=progress,
+    )
+    if out is None:
+        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{Path(model).name}-{prompts}-seed{seed}")
+        out = prefsmith_home() / "evals" / slug
+        force = True  # the default folder holds the latest evaluation of this model, source and seed
+    write_report(report, out, replace=force)
+    for key, label in (("sampled_accuracy", "sampled accuracy"), ("greedy_accuracy", "greedy accuracy"),
+                       ("answer_ranking", "answer ranking")):
+        m = getattr(report, key)
+        console.print(f"{label:<17} {m.value:.3f}  (95% interval {m.ci95[0]:.3f} – {m.ci95[1]:.3f})")
+    console.print(f"{report.problems} {report.split} problems of {prompts}, {report.seconds:.0f} s → {out}")
+
