@@ -1,17 +1,20 @@
 """`make bench`: runs the benchmarks and assembles benchmarks/RESULTS.md from one section per benchmark.
 
 A benchmark's section, benchmarks/results/NAME.md, is written by `run`: the exact command, when, where and on
-which commit it ran, and what it printed. The discussion of those figures is written by hand beside it, in
-benchmarks/results/NAME.notes.md, and names the date of the figures it was written for; `assemble` warns in
-RESULTS.md when the figures are newer than their discussion.
+which commit it ran, and everything it printed. The discussion of those figures is written by hand beside it, in
+benchmarks/results/NAME.notes.md: a first paragraph of at most three lines saying what the figures mean, then
+anything longer (how it was measured, earlier hosts' runs), and the date of the figures it was written for.
+RESULTS.md shows each benchmark as its command, its tables (the output without its machine-readable lines) and
+that first paragraph, links the rest, and warns when the figures are newer than their discussion.
 
     python benchmarks/make_results.py run [NAME ...] [--labor-table CSV]   # rerun, rewrite sections, assemble
-    python benchmarks/make_results.py assemble                            # RESULTS.md from the sections
+    python benchmarks/make_results.py assemble                            # RESULTS.md from the sections, runs nothing
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -23,6 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -39,6 +43,10 @@ VLLM_LOG_LINE = r"^(\(\S+ pid=\d+\) )?(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d "
 # Ray's own log lines ("2026-12-05 19:08:46,552	INFO worker.py:2038 -- Started a local Ray instance.").
 RAY_LOG_LINE = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(DEBUG|INFO|WARNING|ERROR) "
 ENGINE_LOG_LINES = f"{VLLM_LOG_LINE}|{RAY_LOG_LINE}"
+# Printed lines RESULTS.md leaves out of every section (the section file keeps them): JSON copies of the tables
+# for scripts, and trainers' per-step logs, which are Python dicts.
+MACHINE_LINE = re.compile(r"^\s*\{")
+MEANING_LINES = 3  # the most lines the first paragraph of a notes file may take
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class Benchmark:
     args: tuple[str, ...] = ()
     drop: str | None = None  # regex of stdout lines that are not part of the figures
     unset: tuple[str, ...] = ()  # variables of BENCH_ENV this benchmark runs without
+    hide: str | None = None  # regex of recorded lines (progress, per-run records) RESULTS.md leaves out
 
     @property
     def env(self) -> dict[str, str]:
@@ -83,6 +92,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "Pairs per minute end to end, before and after the throughput work",
         ("--n", "24"),
         unset=("OMP_NUM_THREADS",),
+        hide=r': \{"seconds"',  # each configuration's record, which the table below them repeats
     ),
     Benchmark("quickstart_engines", "The quickstart end to end on the transformers and the vLLM CPU engine",
               drop=ENGINE_LOG_LINES),
@@ -97,9 +107,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("ui_latency", "prefsmith ui: page latency with 10,000 and 1,000,000 pairs in PostgreSQL",
               ("--pairs", "10000", "1000000")),
     Benchmark("debias_loop", "Debiasing from the loop: synthesized occupation pairs, held-out bias vs. baseline",
-              ("--labor-table", "{labor_table}", "--prompts", "36")),
+              ("--labor-table", "{labor_table}", "--prompts", "36"), hide=r"^\[\d/\d\] |^total "),
     Benchmark("iterate_loop", "prefsmith iterate: does training on our pairs make the model better (held-out)?",
-              ("--prompts", "128", "--candidates", "8", "--rounds", "2", "--eval-limit", "50", "--eval-samples", "4")),
+              ("--prompts", "128", "--candidates", "8", "--rounds", "2", "--eval-limit", "50", "--eval-samples", "4"),
+              hide=r"^round \d+ \w+: done$|^run \S+: |^total "),
 )  # fmt: skip
 
 
@@ -213,18 +224,101 @@ def run_one(bench: Benchmark, labor_table: str) -> bool:
 HEADER = """\
 # prefsmith benchmark results
 
-Every figure below comes from a command in this repository that anyone can rerun; each section shows the
-command, when, where and on which commit it ran, and its output. This file is assembled by
-`make bench` (`benchmarks/make_results.py`): `make bench` reruns every benchmark (hours on a CPU) and
-`make bench BENCH="forward_cost backends"` only those named. Do not edit it by hand: the measured parts
-live in `benchmarks/results/NAME.md` (written by the benchmark run) and their discussion in
-`benchmarks/results/NAME.notes.md` (written by people).
+Every figure below comes from a command in this repository that anyone can rerun. Each section gives the command
+(when, where and on which commit it ran), the tables it printed and, in three lines, what they mean; its full
+output is in `results/NAME.md`, its discussion and the runs on earlier hosts in `results/NAME.notes.md`.
+Generated by `benchmarks/make_results.py`, not by hand: `make bench` reruns every benchmark (hours on a CPU),
+`make bench BENCH="forward_cost backends"` those named, and `python benchmarks/make_results.py assemble` rewrites
+this file from the recorded sections without running anything.
 
 How to read them: the benchmarks print ratios measured side by side in one run (pipeline vs. raw engine,
 SparsePO vs. DPO, batched vs. one at a time), because absolute timings on small shared machines move by up
 to ~20 % between runs. Unless a section says otherwise, nothing here was measured on a GPU or on a model
 larger than SmolLM2-135M-Instruct.
 """
+
+
+@dataclass(frozen=True)
+class Section:
+    """A recorded section, benchmarks/results/NAME.md, read back: where it ran, its command, what it printed."""
+
+    date: str | None
+    provenance: str  # when, where and on which commit it ran
+    command: str
+    output: list[str]  # the printed lines, as `run` recorded them (fences removed)
+
+
+COMMAND_BLOCK = re.compile(r"^```bash\n(?P<command>.*?)\n```\n", re.MULTILINE | re.DOTALL)
+
+
+def read_section(path: Path) -> Section:
+    text = path.read_text(encoding="utf-8")
+    found = COMMAND_BLOCK.search(text)
+    if found is None:
+        raise SystemExit(f"{path.relative_to(REPO)}: no ```bash block with the command that made its figures")
+    provenance = SECTION_TAG.sub("", text[: found.start()]).strip()
+    output = [line for line in text[found.end() :].strip("\n").splitlines() if not line.startswith("```")]
+    return Section(section_date(text), provenance, found.group("command").strip(), output)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+
+def json_tables(document: dict[str, Any], prefix: str = "") -> list[str]:
+    """A JSON object of results as Markdown tables: entries whose values are flat objects with the same keys share
+    a table, one row each; plain values share a two-column table; nested objects follow, their names prefixed."""
+    rows: dict[tuple[str, ...], list[tuple[str, dict[str, Any]]]] = {}
+    plain: list[tuple[str, Any]] = []
+    nested: list[tuple[str, dict[str, Any]]] = []
+    for key, value in document.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and any(isinstance(v, dict) for v in value.values()):
+            nested.append((name, value))
+        elif isinstance(value, dict):
+            rows.setdefault(tuple(value), []).append((name, value))
+        else:
+            plain.append((name, value))
+    tables = []
+    for columns, members in rows.items():
+        lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(_cell(row[c]) for c in columns) + " |" for name, row in members]
+        tables.append("\n".join(lines))
+    if plain:
+        tables.append("\n".join(["| | value |", "|---|---|", *(f"| {n} | {_cell(v)} |" for n, v in plain)]))
+    for name, value in nested:
+        tables += json_tables(value, f"{name}.")
+    return tables
+
+
+def shown_output(bench: Benchmark, output: list[str]) -> str:
+    """What RESULTS.md shows of a section's output: its tables and verdict lines, without the machine-readable
+    lines and those `bench.hide` names; an output that is one JSON object is shown as tables of it."""
+    try:
+        document = json.loads("\n".join(output))
+    except json.JSONDecodeError:
+        document = None
+    if isinstance(document, dict):
+        return "\n\n".join(json_tables(document))
+    hide = re.compile(bench.hide) if bench.hide else None
+    kept = [line for line in output if not MACHINE_LINE.match(line) and not (hide and hide.search(line))]
+    return render_output(kept)
+
+
+def notes_meaning(path: Path) -> tuple[str | None, str, bool]:
+    """(the date the notes were written for, their first paragraph, whether more follows) of a notes file."""
+    text = path.read_text(encoding="utf-8")
+    found = NOTES_TAG.search(text)
+    paragraphs = NOTES_TAG.sub("", text).strip().split("\n\n", 1)
+    meaning = paragraphs[0].strip()
+    if len(meaning.splitlines()) > MEANING_LINES:
+        raise SystemExit(
+            f"{path.relative_to(REPO)}: the first paragraph says what the figures mean in at most {MEANING_LINES} "
+            f"lines; it has {len(meaning.splitlines())} (move the rest below a blank line)"
+        )
+    return (found.group("date") if found else None), meaning, len(paragraphs) > 1
 
 
 def section_date(text: str) -> str | None:
@@ -242,34 +336,41 @@ def anchor(title: str) -> str:
     return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
+def render_section(bench: Benchmark) -> list[str]:
+    """One benchmark in RESULTS.md: its command, its tables, what they mean, and links to the rest."""
+    section_file = RESULTS_DIR / f"{bench.name}.md"
+    notes_file = RESULTS_DIR / f"{bench.name}.notes.md"
+    parts = [f"## {bench.title}", ""]
+    if not section_file.is_file():
+        placeholder = shown_command(bench.command(DEFAULT_LABOR_TABLE), bench)
+        state = "" if bench.script.is_file() else f" (`{bench.script.relative_to(REPO)}` does not exist yet)"
+        return [*parts, f"Not measured yet{state}. Command:", "", "```bash", placeholder, "```", ""]
+    section = read_section(section_file)
+    parts += [section.provenance, "", "```bash", section.command, "```", "", shown_output(bench, section.output), ""]
+    links = [f"Full output: [`results/{section_file.name}`](results/{section_file.name})"]
+    if notes_file.is_file():
+        notes_date, meaning, more = notes_meaning(notes_file)
+        if section.date and notes_date and notes_date != section.date:
+            parts += [
+                f"> The figures above are from {section.date}; the notes below were written for those of "
+                f"{notes_date}. Check them against the figures before relying on them.",
+                "",
+            ]
+        parts += [meaning, ""]
+        if more:
+            links.append(f"discussion and earlier runs: [`results/{notes_file.name}`](results/{notes_file.name})")
+    else:
+        parts += [f"> No notes yet: `results/{notes_file.name}` should say what these figures mean.", ""]
+    return [*parts, "; ".join(links) + ".", ""]
+
+
 def assemble() -> Path:
     """Write RESULTS.md from the header and each benchmark's section and notes, in the registry's order."""
     contents = ["- [{}](#{}) ({})".format(b.title, anchor(b.title), date_of(b) or "not measured yet")
                 for b in BENCHMARKS]  # fmt: skip
     parts = [HEADER, "## Contents", "\n".join(contents), ""]
     for bench in BENCHMARKS:
-        parts += [f"## {bench.title}", ""]
-        section_file = RESULTS_DIR / f"{bench.name}.md"
-        notes_file = RESULTS_DIR / f"{bench.name}.notes.md"
-        figures_date = None
-        if section_file.is_file():
-            section = section_file.read_text(encoding="utf-8").strip()
-            figures_date = section_date(section)
-            parts += [SECTION_TAG.sub("", section).strip(), ""]
-        else:
-            placeholder = shown_command(bench.command(DEFAULT_LABOR_TABLE), bench)
-            state = "" if bench.script.is_file() else f" (`{bench.script.relative_to(REPO)}` does not exist yet)"
-            parts += [f"Not measured yet{state}. Command:", "", "```bash", placeholder, "```", ""]
-        if notes_file.is_file():
-            notes = notes_file.read_text(encoding="utf-8").strip()
-            found = NOTES_TAG.search(notes)
-            if figures_date and found and found.group("date") != figures_date:
-                parts += [
-                    f"> The figures above are from {figures_date}; the discussion below was written for those "
-                    f"of {found.group('date')}. Check it against them before relying on it.",
-                    "",
-                ]
-            parts += [NOTES_TAG.sub("", notes).strip(), ""]
+        parts += render_section(bench)
     RESULTS_MD.write_text("\n".join(parts).rstrip("\n") + "\n", encoding="utf-8")
     return RESULTS_MD
 

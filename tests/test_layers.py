@@ -1,5 +1,6 @@
-"""The house as DESIGN.md draws it, checked from the source: imports run one way between the top-level
-packages, and every layer writes under the one home folder that `storage` defines.
+"""The house as docs/architecture.md draws it, checked from the source: imports run one way between the
+top-level packages, no modules import each other in a circle, no module of the composing layers outgrows one job,
+and every layer writes under the one home folder that `storage` defines.
 
 Imports are read with `ast` from every module, at module level and inside functions alike (a lazy import
 is still a dependency), including `importlib.import_module("…")` with a literal name.
@@ -8,7 +9,7 @@ is still a dependency), including `importlib.import_module("…")` with a litera
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,9 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 }
 # Project packages no layer may import: they sit beside the house, not in it.
 OUTSIDE = frozenset({"benchmarks", "tests"})
+# A module of the layers that compose, serve and train longer than this holds more than one job: split it.
+MAX_MODULE_LINES = 600
+SIZE_CHECKED = ("pipelines", "training", "ui", "tools")
 
 
 def module_name(path: Path) -> str:
@@ -37,8 +41,14 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_names(source: str, module: str, *, is_package: bool = False) -> Iterator[tuple[int, str]]:
-    """(line, absolute module name) of every import in `source`, which is module `module`."""
+def imported_names(
+    source: str, module: str, *, is_package: bool = False, modules: Collection[str] = ()
+) -> Iterator[tuple[int, str]]:
+    """(line, absolute module name) of every import in `source`, which is module `module`.
+
+    `from a import b` names `a`, or `a.b` where that is one of `modules` (a submodule rather than a name
+    defined in `a`), so that a graph of modules sees the submodule the statement loads.
+    """
     package = module if is_package else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -46,10 +56,13 @@ def imported_names(source: str, module: str, *, is_package: bool = False) -> Ite
                 yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                yield node.lineno, ".".join([*base, *([node.module] if node.module else [])])
+                base = ".".join(package.split(".")[: len(package.split(".")) - (node.level - 1)])
+                base = ".".join(part for part in (base, node.module) if part)
             else:
-                yield node.lineno, node.module or ""
+                base = node.module or ""
+            named = (f"{base}.{alias.name}" for alias in node.names)
+            for name in dict.fromkeys(name if name in modules else base for name in named):
+                yield node.lineno, name
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute | ast.Name)
@@ -76,6 +89,143 @@ def layer_modules() -> Iterator[tuple[Path, str]]:
     for layer in MAY_IMPORT:
         for path in sorted((REPO / layer).rglob("*.py")):
             yield path, module_name(path)
+
+
+def import_graph(sources: Mapping[str, str], packages: Collection[str] = ()) -> dict[str, set[str]]:
+    """Module → the modules of `sources` it imports (`packages`: the modules that are a package's __init__)."""
+    return {
+        module: {
+            name
+            for _, name in imported_names(source, module, is_package=module in packages, modules=sources)
+            if name in sources and name != module
+        }
+        for module, source in sources.items()
+    }
+
+
+def import_circles(graph: Mapping[str, Collection[str]]) -> list[list[str]]:
+    """Every circle of imports, one per strongly connected group of modules (Tarjan), as the shortest path from
+    the group's first module (by name) back to itself: ["a", "b", "a"] for a that imports b that imports a."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[set[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for successor in sorted(graph.get(node, ())):
+            if successor not in index:
+                connect(successor)
+                low[node] = min(low[node], low[successor])
+            elif successor in on_stack:
+                low[node] = min(low[node], index[successor])
+        if low[node] == index[node]:
+            group = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.add(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return sorted(_shortest_circle(graph, group) for group in groups)
+
+
+def _shortest_circle(graph: Mapping[str, Collection[str]], group: set[str]) -> list[str]:
+    """Breadth-first from the group's first module, inside the group, back to that module."""
+    start = min(group)
+    parent: dict[str, str | None] = {start: None}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for successor in sorted(graph.get(node, ())):
+                if successor == start:
+                    path = [node]
+                    while (previous := parent[path[-1]]) is not None:
+                        path.append(previous)
+                    return [*reversed(path), start]
+                if successor in group and successor not in parent:
+                    parent[successor] = node
+                    following.append(successor)
+        frontier = following
+    raise AssertionError(f"{sorted(group)} is strongly connected, so a path leads back to {start}")
+
+
+def product_sources() -> tuple[dict[str, str], set[str]]:
+    """Source of every module of the layers by name, and which of them are packages."""
+    sources, packages = {}, set()
+    for path, name in layer_modules():
+        sources[name] = path.read_text(encoding="utf-8")
+        if path.name == "__init__.py":
+            packages.add(name)
+    return sources, packages
+
+
+def test_no_modules_import_each_other_in_a_circle() -> None:
+    circles = import_circles(import_graph(*product_sources()))
+    assert not circles, "import circles (split the shared part out, or move the module): " + "; ".join(
+        " -> ".join(circle) for circle in circles
+    )
+
+
+def test_no_module_of_the_composing_layers_holds_more_than_one_job() -> None:
+    oversized = [
+        f"{path.relative_to(REPO)}: {lines} lines"
+        for layer in SIZE_CHECKED
+        for path in sorted((REPO / layer).rglob("*.py"))
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    ]
+    assert not oversized, f"modules over {MAX_MODULE_LINES} lines (one job per module): " + "; ".join(oversized)
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        ({}, []),
+        ({"a": {"b", "c"}, "b": {"c"}, "c": set()}, []),  # a diamond is no circle
+        ({"a": {"b"}, "b": {"a"}}, [["a", "b", "a"]]),
+        ({"b": {"c"}, "c": {"a"}, "a": {"b"}, "d": {"a"}}, [["a", "b", "c", "a"]]),
+        # two separate circles, each named once; the longer way round a->b->c->a is not the one shown
+        (
+            {"a": {"b"}, "b": {"c", "a"}, "c": {"a"}, "x": {"y"}, "y": {"x", "a"}},
+            [["a", "b", "a"], ["x", "y", "x"]],
+        ),
+        ({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"c"}}, []),
+        ({"a": {"missing"}}, []),  # an edge to a module outside the graph closes nothing
+    ],
+)
+def test_circle_finder(graph: dict[str, set[str]], expected: list[list[str]]) -> None:
+    assert import_circles(graph) == expected
+
+
+def test_import_graph_sees_circles_through_lazy_and_submodule_imports() -> None:
+    sources = {
+        "pipelines": "",
+        "pipelines.synthesis": "from pipelines import episode\n\ndef play():\n    from .workers import run\n",
+        "pipelines.workers": "from pipelines.synthesis import play\n",
+        "pipelines.episode": "import storage.db\n",
+        "storage.db": "",
+    }
+    graph = import_graph(sources, packages={"pipelines"})
+    assert graph == {
+        "pipelines": set(),
+        "pipelines.synthesis": {"pipelines.episode", "pipelines.workers"},
+        "pipelines.workers": {"pipelines.synthesis"},
+        "pipelines.episode": {"storage.db"},
+        "storage.db": set(),
+    }
+    assert import_circles(graph) == [["pipelines.synthesis", "pipelines.workers", "pipelines.synthesis"]]
+    sources["pipelines.workers"] = "from pipelines.episode import play\n"
+    assert import_circles(import_graph(sources, packages={"pipelines"})) == []
 
 
 def test_every_layer_imports_only_downward() -> None:

@@ -1,4 +1,4 @@
-"""Property tests of the SparsePO trainer (spec/sparsepo.md) on SmolLM2-135M-Instruct, CPU, fp32.
+"""Property tests of the SparsePO trainer (docs/methods.md, "SparsePO") on SmolLM2-135M-Instruct, CPU, fp32.
 
 Every loss is checked to 1e-5 against an independent computation or TRL's own DPO loss on the same batch.
 """
