@@ -113,7 +113,7 @@ class RolesConfig(Strict):
 
 
 class GameConfig(Strict):
-    """The Anyprefer game (spec/anyprefer.md)."""
+    """The Anyprefer game (docs/methods.md, "Anyprefer")."""
 
     candidates: int = Field(5, ge=2, description="C: candidates the target samples per round.")
     max_rounds: int = Field(3, ge=1, description="R: rounds before an episode gives up.")
