@@ -81,10 +81,21 @@ class SandboxPolicy:
 
 @dataclass(frozen=True)
 class TestOutcome:
+    """One top-level statement of the tests; a failure names the line of the tests it stopped at (0: none),
+    with its text: for `check(candidate)`, the assert inside it that failed."""
+
     index: int
     source: str
     passed: bool
     error: str = ""
+    line: int = 0
+    line_source: str = ""
+
+    def failure(self) -> str:
+        where = self.source if not self.line else f"{self.source}, at line {self.line}"
+        if self.line_source and self.line_source != self.source.splitlines()[0].strip():
+            where += f": {self.line_source}"
+        return f"{where} ({self.error})"
 
 
 @dataclass(frozen=True)
@@ -334,8 +345,9 @@ def _verdict(records: list[list[str]], returncode: int | None, stderr: str) -> _
             started, expected = True, int(record[1])
         elif tag == "C":
             code_ok, code_error = record[1] == "ok", record[2] if len(record) > 2 else ""
-        elif tag == "T" and len(record) >= 5 and int(record[1]) == len(tests):
-            tests.append(TestOutcome(int(record[1]), record[3], record[2] == "pass", record[4]))
+        elif tag == "T" and len(record) >= 7 and int(record[1]) == len(tests):
+            line = int(record[5]) if record[5].isdigit() else 0
+            tests.append(TestOutcome(int(record[1]), record[3], record[2] == "pass", record[4], line, record[6]))
         elif tag == "E":
             ended = int(record[1]) == len(tests) and (not code_ok or len(tests) == expected)
     signalled = _signal_of(returncode)
@@ -371,7 +383,7 @@ def _verdict(records: list[list[str]], returncode: int | None, stderr: str) -> _
         reason = f"the code raised {code_error}" if started else code_error
     elif failure:
         first = next(t for t in tests if not t.passed)
-        reason = f"test {first.index + 1} failed: {first.source} ({first.error})"
+        reason = f"test {first.index + 1} failed: {first.failure()}"
     else:
         return _Verdict("passed", f"all {len(tests)} tests passed", tests)
     if failure.startswith("MemoryError"):
