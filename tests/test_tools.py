@@ -258,7 +258,7 @@ def test_registry_builds_configured_tools_and_plugins() -> None:
 
 def test_tools_cli() -> None:
     listed = prefsmith("tools", "list")
-    assert listed.returncode == 0 and "python_sandbox(code, tests, timeout_s, memory_mb)" in listed.stdout
+    assert listed.returncode == 0 and "python_sandbox(code, tests, prelude, timeout_s, memory_mb)" in listed.stdout
     ran = prefsmith("tools", "run", "reference_answer", "--args", '{"candidate": "It is 42", "gold": "42"}')
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["verdict"] is True

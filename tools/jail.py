@@ -81,21 +81,12 @@ class SandboxPolicy:
 
 @dataclass(frozen=True)
 class TestOutcome:
-    """One top-level statement of the tests; a failure names the line of the tests it stopped at (0: none),
-    with its text: for `check(candidate)`, the assert inside it that failed."""
-
     index: int
     source: str
     passed: bool
     error: str = ""
-    line: int = 0
+    line: int = 0  # the line of the tests a failure stopped at (0: none); in `check(candidate)`, its assert
     line_source: str = ""
-
-    def failure(self) -> str:
-        where = self.source if not self.line else f"{self.source}, at line {self.line}"
-        if self.line_source and self.line_source != self.source.splitlines()[0].strip():
-            where += f": {self.line_source}"
-        return f"{where} ({self.error})"
 
 
 @dataclass(frozen=True)
@@ -383,7 +374,9 @@ def _verdict(records: list[list[str]], returncode: int | None, stderr: str) -> _
         reason = f"the code raised {code_error}" if started else code_error
     elif failure:
         first = next(t for t in tests if not t.passed)
-        reason = f"test {first.index + 1} failed: {first.failure()}"
+        at = f", at line {first.line}" if first.line else ""
+        at += f": {first.line_source}" if first.line_source and first.line_source != first.source.strip() else ""
+        reason = f"test {first.index + 1} failed: {first.source}{at} ({first.error})"
     else:
         return _Verdict("passed", f"all {len(tests)} tests passed", tests)
     if failure.startswith("MemoryError"):
