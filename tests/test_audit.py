@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, inspect, text
@@ -38,8 +39,22 @@ from storage.vocabulary import AcceptedBy, Candidate, EpisodeStatus, RoundOutcom
 from tests.conftest import REPO
 from tests.sample_run import MODEL, store_sample_run
 from tests.test_cli import assert_user_error, prefsmith
+from tools.base import JudgeTool, PromptContext
 
 FIXTURE = REPO / "tests" / "data" / "humaneval_format.jsonl"
+
+
+class BrokenTool(JudgeTool):
+    """A plug-in that applies to every answer and fails every call."""
+
+    name: str = "broken"
+    description: str = "Fails."
+
+    def arguments_for(self, prompt: PromptContext, candidate: str | None) -> dict[str, Any] | None:
+        return {"candidate": candidate}
+
+    def _run(self, candidate: str | None = None) -> dict[str, Any]:
+        raise RuntimeError("the checker is down")
 
 
 def store_pair(engine: Engine, run_id: str, prompt: PromptRecord, chosen: str, rejected: str) -> str:
@@ -167,3 +182,12 @@ def test_audit_refuses_what_it_cannot_check_with(stored: Stored) -> None:
         audit_run(stored.engine, "stale")
     with pytest.raises(NotFoundError, match="no run named 'nope'"):
         audit_run(stored.engine, "nope")
+
+
+def test_a_tool_that_cannot_check_gives_no_verdict_and_says_why(stored: Stored) -> None:
+    report = audit_run(stored.engine, "sample", tool_names=["tests.test_audit:BrokenTool"])
+    assert (report.pairs, report.verified, report.not_verified, report.no_verdict) == (7, 0, 0, 7)
+    assert report.pair_audits[0].problems == [
+        "broken could not check the chosen answer: RuntimeError: the checker is down",
+        "broken could not check the rejected answer: RuntimeError: the checker is down",
+    ]

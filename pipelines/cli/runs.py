@@ -134,15 +134,17 @@ def _print_audit(report: dict) -> None:
     table.add_row("no verdict", f"{report['no_verdict']} (no tool judges these prompts' answers)")
     console.print(table)
     failing = [audit for audit in report["pair_audits"] if audit["status"] == "not_verified"]
-    if not failing:
-        return
-    console.print("\nnot verified now (pair id, prompt, the check that fails now):")
-    for audit in failing:  # unwrapped: a pair id is copied from here to `prefsmith ui` or the export
-        prompt = " ".join(audit["prompt"].split())
-        console.print(f"  {audit['pair_id']}", markup=False, soft_wrap=True)
-        console.print(f"    prompt: {prompt[:100]}{'…' if len(prompt) > 100 else ''}", markup=False, soft_wrap=True)
-        for problem in audit["problems"]:
-            console.print(f"    {problem}", markup=False, soft_wrap=True)
+    unchecked = [audit for audit in report["pair_audits"] if audit["status"] == "no_verdict" and audit["problems"]]
+    for heading, audits in (("not verified now (pair id, prompt, the check that fails now)", failing),
+                            ("no verdict because a tool could not check (pair id, prompt, why)", unchecked)):
+        if audits:
+            console.print(f"\n{heading}:")
+        for audit in audits:  # unwrapped: a pair id is copied from here to `prefsmith ui` or the export
+            prompt = " ".join(audit["prompt"].split())
+            console.print(f"  {audit['pair_id']}", markup=False, soft_wrap=True)
+            console.print(f"    prompt: {prompt[:100]}{'…' if len(prompt) > 100 else ''}", markup=False, soft_wrap=True)
+            for problem in audit["problems"]:
+                console.print(f"    {problem}", markup=False, soft_wrap=True)
 
 
 @runs_app.command("audit")
