@@ -104,6 +104,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     # after later commits must still compare against that sandbox.
     Benchmark("sandbox", "Judge sandbox: per-call overhead, previous vs. kernel-enforced",
               ("--before", "9a0f1d7")),
+    Benchmark("humaneval_sandbox", "Judge sandbox on HumanEval: 164 canonical solutions and 328 wrong candidates",
+              ("--workers", "1", "8")),
     Benchmark("ui_latency", "prefsmith ui: page latency with 10,000 and 1,000,000 pairs in PostgreSQL",
               ("--pairs", "10000", "1000000")),
     Benchmark("debias_loop", "Debiasing from the loop: synthesized occupation pairs, held-out bias vs. baseline",

@@ -182,6 +182,13 @@ class PromptSourceConfig(Strict):
 
     builtin: str | None = Field(None, description="Name of a built-in prompt set.")
     path: str | None = Field(None, description="File or folder with prompts.")
+    # An execution knob: a file in HumanEval's format is recognised by its rows alone, so naming the format
+    # changes no prompt; it only turns a file that is not in it into an error.
+    format: Literal["humaneval"] | None = execution(
+        None,
+        "The file's format when it is not plain prompts: 'humaneval' (rows of prompt, test, entry_point; "
+        "recognised by those fields without it). Each becomes a coding prompt whose tests the sandbox runs.",
+    )
     limit: int | None = Field(None, gt=0, description="Use at most this many prompts from the source.")
     seed: int = Field(0, description="Seed of generated built-in sets.")
     split: Literal["train", "heldout", "all"] | None = Field(
@@ -195,6 +202,8 @@ class PromptSourceConfig(Strict):
     def _one_of(self) -> PromptSourceConfig:
         if (self.builtin is None) == (self.path is None):
             raise ValueError("give exactly one of 'builtin' or 'path'")
+        if self.format is not None and self.path is None:
+            raise ValueError(f"'format: {self.format}' is the format of a file: give it with 'path'")
         if self.split is None:  # resolved here, so the run's stored config says which split it played
             self.split = "train" if self.builtin is not None else "all"
         return self

@@ -1,14 +1,17 @@
 """Prompt sources: built-in sets that need no download (generated arithmetic, small coding tasks, occupation
-prompts) and the user's own JSONL, CSV, Parquet or `datasets` folders, each row carrying what its tools need.
+prompts) and the user's own JSONL, CSV, Parquet or `datasets` folders, each row carrying what its tools need
+(a file in HumanEval's format gives coding prompts whose `check(candidate)` tests the sandbox runs).
 
 Rows become `PromptRecord`s (id = sha256 of the messages); bad rows fail with the file, line and field.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
+import keyword
 import math
 import random
 from collections.abc import Callable
@@ -108,6 +111,53 @@ def coding_prompts() -> list[dict[str, Any]]:
         }
         for signature, what, tests in CODING_TASKS
     ]
+
+
+def is_humaneval(rows: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Whether a file's rows are in HumanEval's format: a row with a `test` and an `entry_point` says so."""
+    return any("test" in row and "entry_point" in row for _, row in rows)
+
+
+def humaneval_row(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """A row in HumanEval's format (`prompt`: the function's signature and docstring, or the task in words;
+    `test`: code defining `check(candidate)`; `entry_point`: the function's name; optional `task_id`) as a coding
+    prompt whose `tests` call `check(entry_point)`. A prompt that is code becomes the sandbox's `prelude`, so its
+    imports and helpers are there and an answer may complete the function's body."""
+    for field in ("prompt", "test", "entry_point"):
+        if not isinstance(row.get(field), str) or not row[field].strip():
+            raise PromptSourceError(
+                f"{where}: field {field!r} must be a non-empty text (HumanEval format: prompt, test, entry_point)"
+            )
+    entry = row["entry_point"].strip()
+    if not entry.isidentifier() or keyword.iskeyword(entry):
+        raise PromptSourceError(f"{where}: field 'entry_point' is {entry!r}, not the name of a Python function")
+    try:
+        test = ast.parse(row["test"], "test")
+    except SyntaxError as exc:
+        raise PromptSourceError(f"{where}: field 'test' is not Python (its line {exc.lineno}: {exc.msg})") from None
+    if not any(isinstance(node, ast.FunctionDef) and node.name == "check" for node in test.body):
+        raise PromptSourceError(f"{where}: field 'test' defines no check(candidate) function")
+    prompt = row["prompt"]
+    try:
+        defines = any(
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == entry
+            for node in ast.parse(prompt).body
+        )
+    except SyntaxError:
+        defines = False
+    if defines:
+        text = (f"Complete the Python function `{entry}` below. Answer with the whole function, and the imports it "
+                f"needs, in one ```python block.\n\n```python\n{prompt.rstrip()}\n```")
+    else:
+        text = f"{prompt.strip()}\n\nName the function `{entry}`. Answer with the code in one ```python block."
+    rest = {k: v for k, v in row.items() if k not in ("prompt", "test", "entry_point", "messages", "system")}
+    return rest | {
+        "prompt": text,
+        "tests": f"{row['test'].rstrip()}\n\n\ncheck({entry})\n",
+        "entry_point": entry,
+        "task": "coding",
+        "format": "humaneval",
+    } | ({"prelude": prompt} if defines else {})
 
 
 # Occupation names as BLS titles them; the shares themselves come from the user's table at run time.
@@ -281,6 +331,8 @@ def load_prompts(sources: list[PromptSourceConfig]) -> list[PromptRecord]:
             rows = _read_rows(path)
             if not rows:
                 raise PromptSourceError(f"{path}: no prompts in the file")
+            if source.format == "humaneval" or is_humaneval(rows):
+                rows = [(where, humaneval_row(row, where)) for where, row in rows]
         kept = 0
         for where, row in rows:
             if source.limit is not None and kept >= source.limit:

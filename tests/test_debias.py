@@ -226,7 +226,9 @@ def test_synthesis_never_plays_a_held_out_occupation_and_the_trainer_holds_out_t
     assert {m["occupation"] for m in played} == set(OCCUPATIONS) - held, "no held-out occupation is played"
     assert len(played) == 3 * (len(OCCUPATIONS) - len(held)), "every dimension of every played occupation"
     assert {m["dimension"] for m in played} == {"gender", "race", "ethnicity"}
-    assert stored["prompts"] == [{"builtin": "occupations", "path": None, "limit": None, "seed": 0, "split": "train"}]
+    assert stored["prompts"] == [
+        {"builtin": "occupations", "path": None, "format": None, "limit": None, "seed": 0, "split": "train"}
+    ]
     # the debiasing trainer and `eval bias` hold out the same occupations of the BLS table (the built-in names
     # are BLS titles)
     train, held_rows = split_occupations(probe_occupations(read_table(CLEAN), min_employed=0), rule="prefsmith")

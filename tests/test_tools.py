@@ -115,7 +115,8 @@ def test_sandbox_judges_each_test_and_reports_it() -> None:
     ]
     assert (bad.passed, bad.outcome) == (False, "failed")
     assert [t.passed for t in bad.tests] == [False, True] and bad.tests[0].error.startswith("AssertionError")
-    assert bad.reason == "test 1 failed: assert add(2, 3) == 5 (AssertionError: )"
+    assert bad.reason == "test 1 failed: assert add(2, 3) == 5, at line 1 (AssertionError: )"
+    assert (bad.tests[0].line, bad.tests[1].line) == (1, 0)
     assert extract_code("Here:\n```python\nx = 1\n```\nand\n```\ny = 2\n```") == "x = 1\n\n\ny = 2\n"
 
 
@@ -257,7 +258,7 @@ def test_registry_builds_configured_tools_and_plugins() -> None:
 
 def test_tools_cli() -> None:
     listed = prefsmith("tools", "list")
-    assert listed.returncode == 0 and "python_sandbox(code, tests, timeout_s, memory_mb)" in listed.stdout
+    assert listed.returncode == 0 and "python_sandbox(code, tests, prelude, timeout_s, memory_mb)" in listed.stdout
     ran = prefsmith("tools", "run", "reference_answer", "--args", '{"candidate": "It is 42", "gold": "42"}')
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["verdict"] is True

@@ -85,6 +85,8 @@ class TestOutcome:
     source: str
     passed: bool
     error: str = ""
+    line: int = 0  # the line of the tests a failure stopped at (0: none); in `check(candidate)`, its assert
+    line_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -334,8 +336,9 @@ def _verdict(records: list[list[str]], returncode: int | None, stderr: str) -> _
             started, expected = True, int(record[1])
         elif tag == "C":
             code_ok, code_error = record[1] == "ok", record[2] if len(record) > 2 else ""
-        elif tag == "T" and len(record) >= 5 and int(record[1]) == len(tests):
-            tests.append(TestOutcome(int(record[1]), record[3], record[2] == "pass", record[4]))
+        elif tag == "T" and len(record) >= 7 and int(record[1]) == len(tests):
+            line = int(record[5]) if record[5].isdigit() else 0
+            tests.append(TestOutcome(int(record[1]), record[3], record[2] == "pass", record[4], line, record[6]))
         elif tag == "E":
             ended = int(record[1]) == len(tests) and (not code_ok or len(tests) == expected)
     signalled = _signal_of(returncode)
@@ -371,7 +374,9 @@ def _verdict(records: list[list[str]], returncode: int | None, stderr: str) -> _
         reason = f"the code raised {code_error}" if started else code_error
     elif failure:
         first = next(t for t in tests if not t.passed)
-        reason = f"test {first.index + 1} failed: {first.source} ({first.error})"
+        at = f", at line {first.line}" if first.line else ""
+        at += f": {first.line_source}" if first.line_source and first.line_source != first.source.strip() else ""
+        reason = f"test {first.index + 1} failed: {first.source}{at} ({first.error})"
     else:
         return _Verdict("passed", f"all {len(tests)} tests passed", tests)
     if failure.startswith("MemoryError"):

@@ -26,7 +26,10 @@ from tools.jail import (
     run_python,
 )
 
-__all__ = ["PythonSandboxTool", "SandboxLimits", "SandboxPolicy", "SandboxResult", "extract_code", "run_python"]
+__all__ = [
+    "PythonSandboxTool", "SandboxLimits", "SandboxPolicy", "SandboxResult", "after_prelude", "extract_code",
+    "run_python",
+]
 
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
@@ -37,9 +40,22 @@ def extract_code(text: str) -> str:
     return "\n\n".join(blocks) if blocks else text
 
 
+def after_prelude(prelude: str, code: str) -> str:
+    """The candidate's code after the task's `prelude` (a HumanEval prompt: imports, helpers, the function's
+    signature and docstring). An answer that starts indented completes the prelude's last function, as HumanEval's
+    completions do; any other follows the prelude, its definitions replacing the prelude's stubs."""
+    if not prelude:
+        return code
+    prelude = prelude if prelude.endswith("\n") else prelude + "\n"
+    if code.lstrip("\n")[:1] in (" ", "\t"):
+        return prelude + code.lstrip("\n")
+    return prelude + "\n\n" + code
+
+
 class PythonSandboxArgs(BaseModel):
     code: str = Field(description="Python source to run (a candidate's code).")
     tests: str = Field("", description="Test code run after it, one top-level statement (assert) at a time.")
+    prelude: str = Field("", description="The task's code run before the candidate's (a HumanEval prompt).")
     timeout_s: float = Field(5.0, gt=0, le=MAX_WALL_SECONDS, description="Wall-clock limit.")
     memory_mb: int = Field(512, ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB, description="Address-space limit.")
 
@@ -63,12 +79,14 @@ class PythonSandboxTool(JudgeTool):
         """Why this machine cannot run the sandbox as configured (None: it can)."""
         return isolation_problem(self.policy)
 
-    def _run(self, code: str, tests: str = "", timeout_s: float = 5.0, memory_mb: int = 512) -> dict[str, Any]:
+    def _run(
+        self, code: str, tests: str = "", prelude: str = "", timeout_s: float = 5.0, memory_mb: int = 512
+    ) -> dict[str, Any]:
         limits = SandboxLimits(
             cpu_seconds=max(1, int(timeout_s)), wall_seconds=timeout_s, memory_mb=memory_mb,
             processes=self.processes, scratch_mb=self.scratch_mb,
         )
-        result = run_python(extract_code(code), tests, limits, self.policy)
+        result = run_python(after_prelude(prelude, extract_code(code)), tests, limits, self.policy)
         data = {
             "outcome": result.outcome,
             "reason": result.reason,
@@ -90,9 +108,12 @@ class PythonSandboxTool(JudgeTool):
     def arguments_for(self, prompt: PromptContext, candidate: str | None) -> dict[str, Any] | None:
         if candidate is None or "tests" not in prompt.meta:
             return None
-        return {
+        arguments = {
             "code": candidate,
             "tests": str(prompt.meta["tests"]),
             "timeout_s": self.default_timeout_s,
             "memory_mb": self.default_memory_mb,
         }
+        if prompt.meta.get("prelude"):
+            arguments["prelude"] = str(prompt.meta["prelude"])
+        return arguments

@@ -15,7 +15,8 @@ and stdin are closed there, and without /proc it cannot reopen them). Then T:
 3. evaluates each test statement itself, with the normal builtins, in a namespace whose missing names it asks
    C for: plain values cross as `repr` text that T reads with a literal-only evaluator (never marshal, pickle
    or eval), the candidate's functions become stubs whose calls C runs and answers the same way;
-4. reports each outcome as a line signed with HMAC-SHA256 under the key on the report pipe (which C never
+4. reports each outcome (a failure with the line of the tests it stopped at: in `check(candidate)`, the
+   assert that failed) as a line signed with HMAC-SHA256 under the key on the report pipe (which C never
    had), ending with an "E" record; if C dies, hangs past the wall clock or breaks the protocol, an "X"
    record says so instead and there is no "E";
 5. kills C and leaves with os._exit(0).
@@ -287,6 +288,17 @@ def main():  # T, the trusted process: one straight-line sequence
             message = "?"
         return type(exc).__name__ + ": " + message
 
+    def stopped_at(exc):
+        # The deepest line of the tests in the traceback: inside `check(candidate)`, the assert that failed.
+        # T's own frames only: what the code raised crossed as text and was raised again here.
+        line = 0
+        trace = exc.__traceback__
+        while trace is not None:
+            if trace.tb_frame.f_code.co_filename == "tests.py":
+                line = trace.tb_lineno
+            trace = trace.tb_next
+        return line
+
     class Remote(Exception):
         """An exception the candidate's code raised that has no built-in counterpart here."""
 
@@ -421,11 +433,14 @@ def main():  # T, the trusted process: one straight-line sequence
         report("C", "fail", describe(exc))
         finish("E", 0)
     statements = []
+    lines = {}  # each line of the tests by number: a failure names the line it stopped at
     try:
         # The host split the tests into top-level statements; the blank lines keep their line numbers.
         for source, line in request["tests"]:
             padded = "\n" * (line - 1) + source
             statements.append((compile(padded, "tests.py", "exec", dont_inherit=True), source.splitlines()[0]))
+            for offset, text in enumerate(source.splitlines()):
+                lines[line + offset] = text.strip()
     except (SyntaxError, ValueError) as exc:
         report("C", "fail", "the tests do not compile: " + describe(exc))
         finish("E", 0)
@@ -447,9 +462,10 @@ def main():  # T, the trusted process: one straight-line sequence
         try:
             exec(statement, names)
         except BaseException as exc:  # any way out of a test but its end is a failure
-            report("T", index, "fail", source, describe(exc))
+            line = stopped_at(exc)
+            report("T", index, "fail", source, describe(exc), line, lines.get(line, ""))
         else:
-            report("T", index, "pass", source, "")
+            report("T", index, "pass", source, "", 0, "")
     finish("E", len(statements))
 
 

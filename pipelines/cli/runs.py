@@ -1,6 +1,7 @@
-"""`prefsmith runs list|show`: the synthesis runs a database holds.
+"""`prefsmith runs list|show|audit`: the synthesis runs a database holds.
 
-Counts per run, and for one run its pair quality and who is playing it.
+Counts per run, for one run its pair quality and who is playing it, and an audit of its accepted pairs with
+today's verifiers.
 """
 
 from __future__ import annotations
@@ -120,3 +121,57 @@ def runs_show(
     else:
         _print_summary(summary)
 
+
+
+def _print_audit(report: dict) -> None:
+    console.print(
+        f"run {report['run_id']}: {report['pairs']} accepted pairs re-checked with "
+        f"{', '.join(report['tools']) or 'no tools'}", markup=False,
+    )
+    table = Table(show_header=False, box=None)
+    table.add_row("verified now", f"{report['verified']} (stored as verified: {report['stored_verified']})")
+    table.add_row("not verified now", str(report["not_verified"]))
+    table.add_row("no verdict", f"{report['no_verdict']} (no tool judges these prompts' answers)")
+    console.print(table)
+    failing = [audit for audit in report["pair_audits"] if audit["status"] == "not_verified"]
+    unchecked = [audit for audit in report["pair_audits"] if audit["status"] == "no_verdict" and audit["problems"]]
+    for heading, audits in (("not verified now (pair id, prompt, the check that fails now)", failing),
+                            ("no verdict because a tool could not check (pair id, prompt, why)", unchecked)):
+        if audits:
+            console.print(f"\n{heading}:")
+        for audit in audits:  # unwrapped: a pair id is copied from here to `prefsmith ui` or the export
+            prompt = " ".join(audit["prompt"].split())
+            console.print(f"  {audit['pair_id']}", markup=False, soft_wrap=True)
+            console.print(f"    prompt: {prompt[:100]}{'…' if len(prompt) > 100 else ''}", markup=False, soft_wrap=True)
+            for problem in audit["problems"]:
+                console.print(f"    {problem}", markup=False, soft_wrap=True)
+
+
+@runs_app.command("audit")
+def runs_audit(
+    run: Annotated[str, typer.Argument(help="Run id.")],
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    tool: Annotated[
+        list[str] | None,
+        typer.Option("--tool", help="Check with this tool instead of the run's enabled ones (repeatable)."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Pairs checked at a time.")] = 8,
+    record: Annotated[
+        bool, typer.Option("--record", help="Keep the summary in the run's metrics (default: read only).")
+    ] = False,
+) -> None:
+    """Re-check a run's accepted pairs with today's verifiers (the tools the judge would run on each prompt,
+    from the run's tool settings): how many would still be verified, and the check each other one fails now."""
+    from pipelines.audit import audit_run
+    from storage.migrate import open_database
+
+    engine = open_database(db)
+    try:
+        report = audit_run(engine, run, tool_names=tool, workers=workers, record=record).as_dict()
+    finally:
+        engine.dispose()
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_audit(report)
