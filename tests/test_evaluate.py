@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 
 from configs.splits import held_out
-from pipelines.evaluate import (
-    EvalError,
-    EvalSettings,
-    bootstrap_ci,
-    distractors,
-    evaluate_task,
-    load_problems,
-    paired_difference,
-)
+from pipelines.prompt_sources import load_problems
 from tests.test_cli import assert_user_error, prefsmith
+from training.evaluation.base import EvalError, EvalSettings
+from training.evaluation.task import bootstrap_ci, distractors, evaluate_task, paired_difference
 
 
 def test_near_misses_surround_the_gold_answer_and_include_the_plain_sum() -> None:
@@ -38,9 +32,9 @@ def test_bootstrap_intervals_are_seeded_and_hold_the_mean() -> None:
 
 
 def test_built_in_problems_are_the_held_out_split_and_files_need_answers(tmp_path: Path) -> None:
-    problems, split = load_problems("builtin:arithmetic", limit=10)
-    assert split == "heldout" and len(problems) == 10
-    assert all(held_out(p.question) for p in problems), "synthesis never plays these"
+    problems = load_problems("builtin:arithmetic", limit=10)
+    assert problems.split == "heldout" and len(problems.problems) == 10
+    assert all(held_out(p.question) for p in problems.problems), "synthesis never plays these"
     no_answer = tmp_path / "q.jsonl"
     no_answer.write_text('{"prompt": "What is 1 + 1?", "answer": 2}\n{"prompt": "Name a colour."}\n')
     with pytest.raises(EvalError, match=r"q.jsonl: prompt 2 \('Name a colour.'\) has no 'answer' field"):
@@ -61,7 +55,9 @@ def test_eval_task_on_the_small_model_gives_the_same_figures_twice(small_model_p
     written = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"report.json", "report.md", "report.png"}
     again = evaluate_task(
-        "smollm2-135m-instruct", "builtin:arithmetic", EvalSettings(samples=2, max_tokens=16, seed=5), limit=3
+        "smollm2-135m-instruct",
+        load_problems("builtin:arithmetic", 3, seed=5),
+        EvalSettings(samples=2, max_tokens=16, seed=5),
     )
     figures = json.loads(json.dumps(again.figures()))
     written.pop("seconds")
