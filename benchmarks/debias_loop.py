@@ -45,8 +45,9 @@ def main() -> None:
     from storage.migrate import open_database
     from storage.preference_sets import load_preference_set
     from storage.queries import pair_quality
-    from training.bias_report import ConditionResult, run_bias_report, summary_table
-    from training.debias import train_debias_model
+    from training.debias import DebiasSummary
+    from training.evaluation.bias_report import run_bias_report, summary_table
+    from training.train import load_trainer_from_file
 
     table = str(args.labor_table.resolve())
     url = f"sqlite:///{home / 'debias.db'}"
@@ -79,14 +80,17 @@ def main() -> None:
         f"(share {quality['share']}); reward model vs verdicts: {quality['reward_vs_verdicts']}",
         flush=True,
     )
-    run = train_debias_model(export.path, table, "train_debias", home / "model", args.overrides)
+    run = load_trainer_from_file(
+        "debias", "train_debias", args.overrides, export.path, home / "model", labor_table=table
+    ).train()
+    assert isinstance(run, DebiasSummary)
     losses = [(h["step"], round(h["loss"], 4)) for h in run.log_history if "loss" in h]
     print(
         f"[3/4] trained {len(losses)} steps on the synthesized pairs ({run.pairs_left_out} about held-out "
         f"occupations left out): {losses}",
         flush=True,
     )
-    document = run_bias_report(
+    report = run_bias_report(
         config.models["default"].name,
         table,
         home / "report",
@@ -97,14 +101,14 @@ def main() -> None:
         limit=args.held_out_limit,
         notes=[f"Pairs synthesized by `prefsmith synthesize --config debias` ({export.num_pairs} exported)."],
     )
-    results = {c["name"]: ConditionResult(**c) for c in document["conditions"]}
+    results = {c.name: c for c in report.conditions}
     print(f"[4/4] report → {home / 'report'}", flush=True)
     print(summary_table(list(results.values())))
     before, after = results["before"], results["after training"]
     baseline = results["baseline: train mean"]
-    women = {name: r.metrics["women"]["bias"]["value"] for name, r in results.items()}
+    women = {name: r.metrics["women"].bias.value for name, r in results.items()}
     print(
-        f"overall: after {after.overall['value']:.1f} vs train-mean baseline {baseline.overall['value']:.1f} "
+        f"overall: after {after.overall.value:.1f} vs train-mean baseline {baseline.overall.value:.1f} "
         f"(goal: below it); gender: before {women['before']:.1f} → after {women['after training']:.1f} "
         f"(goal: at most {women['before'] / 2:.1f}); perplexity: {before.perplexity:.2f} → {after.perplexity:.2f} "
         f"({(after.perplexity / before.perplexity - 1) * 100:+.1f}%, goal: ≤ +2%)"
@@ -118,7 +122,8 @@ def main() -> None:
                 "dimensions": dimensions,
                 "quality": quality,
                 "bias": {
-                    c["name"]: {k: c[k] for k in ("overall", "metrics", "perplexity")} for c in document["conditions"]
+                    c["name"]: {k: c[k] for k in ("overall", "metrics", "perplexity")}
+                    for c in report.as_dict()["conditions"]
                 },
             },
             default=str,

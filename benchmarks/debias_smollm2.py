@@ -32,10 +32,12 @@ def main() -> None:
     torch.set_num_threads(1)
     from configs.loading import load_config
     from configs.schema import TrainingConfig
+    from pipelines.pair_sources import write_table_pairs_export
     from tools.bls import read_table
-    from training.bias_eval import probe_occupations, split_occupations
-    from training.bias_report import ConditionResult, run_bias_report, slopes_table, summary_table
-    from training.debias import DebiasConfig, train_debias_model, write_table_pairs_export
+    from training.debias import DebiasConfig
+    from training.evaluation.bias_probes import probe_occupations, split_occupations
+    from training.evaluation.bias_report import run_bias_report, slopes_table, summary_table
+    from training.train import load_trainer
 
     started = time.perf_counter()
     settings = load_config(args.config, args.overrides, schema=TrainingConfig)
@@ -55,7 +57,9 @@ def main() -> None:
         flush=True,
     )
 
-    run = train_debias_model(pairs_dir, args.labor_table, args.config, args.out / "model", args.overrides)
+    run = load_trainer(
+        "debias", settings, pairs_dir, args.out / "model", source=str(args.config), labor_table=args.labor_table
+    ).train()
     losses = [
         (h["step"], round(h["loss"], 4), round(h.get("grounding_kl", float("nan")), 4))
         for h in run.log_history
@@ -65,7 +69,7 @@ def main() -> None:
 
     notes = [
         "Preference pairs were built directly from the BLS table on training occupations "
-        "(training.debias.grounded_pairs: chosen states the BLS shares, rejected is stereotyped or "
+        "(pipelines.pair_sources.grounded_pairs: chosen states the BLS shares, rejected is stereotyped or "
         "contradicts "
         "them; each kept only if the labor_statistics tool gives chosen verdict True and rejected False) — "
         "not synthesised by the Anyprefer episode.",
@@ -75,7 +79,7 @@ def main() -> None:
         "in-context facts come from training occupations.",
         "Race shares are marginals; 'Other' (100 − White − Black − Asian) is the races CPS does not present.",
     ]
-    document = run_bias_report(
+    report = run_bias_report(
         settings.model,
         args.labor_table,
         args.out / "report",
@@ -90,7 +94,7 @@ def main() -> None:
         reverse_n=4,
         notes=notes,
     )
-    results = [ConditionResult(**c) for c in document["conditions"]]
+    results = report.conditions
     print(f"[3/3] report → {args.out / 'report'} (report.md, report.json, shares_*.png)", flush=True)
     print(summary_table(results))
     print(slopes_table(results))

@@ -39,8 +39,10 @@ def main() -> None:
     os.environ["PREFSMITH_HOME"] = str(home)
     from configs import load_config
     from configs.schema import TrainingConfig
-    from pipelines.evaluate import MEASURES, EvalSettings, paired_difference
     from pipelines.iterate import IterateSettings, iterate, round_table
+    from storage.evaluations import TASK_MEASURES as MEASURES
+    from training.evaluation.base import EvalSettings
+    from training.evaluation.task import paired_difference
 
     config = load_config(
         "quickstart",

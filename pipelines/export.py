@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -22,11 +22,18 @@ from configs.errors import ExportError
 from storage.db import session_scope
 from storage.folders import check_slug, folder_written_whole, prefsmith_home
 from storage.models import Export
-from storage.preference_sets import DATA_FILES, FORMATS, MANIFEST, REQUIRED_COLUMNS, ExportFormat, read_manifest
+from storage.preference_sets import (
+    DATA_FILES,
+    FORMATS,
+    MANIFEST,
+    REQUIRED_COLUMNS,
+    ExportFormat,
+    preference_row,
+    read_manifest,
+    write_data,
+    write_manifest,
+)
 from storage.queries import accepted_pairs, get_run, next_export_version
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -46,27 +53,27 @@ def export_id_for(run_id: str, version: int) -> str:
 def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str, *, grounded: bool = False) -> dict[str, Any]:
     """One accepted pair as a TRL conversational preference row with its lineage; `grounded` (a run of
     occupation prompts) adds the occupation and dimension each pair is about, which the debiasing trainer reads."""
-    row = {
-        "prompt": [{"role": m["role"], "content": m["content"]} for m in pair["messages"]],
-        "chosen": [{"role": "assistant", "content": pair["chosen"]}],
-        "rejected": [{"role": "assistant", "content": pair["rejected"]}],
-        "score": pair["score"],
-        "accepted_by": pair["accepted_by"],
-        "chosen_verified": pair["chosen_verified"],
-        "rejected_verified": pair["rejected_verified"],
-        "chosen_score": pair["chosen_score"],
-        "rejected_score": pair["rejected_score"],
-        "pair_id": pair["pair_id"],
-        "prompt_id": pair["prompt_id"],
-        "run_id": run_id,
-        "config_hash": config_hash,
-        "round_index": pair["round_index"],
-        "target_prompt_version": pair["target_prompt_version"],
-        "judge_prompt_version": pair["judge_prompt_version"],
-        "target_model": pair["target_model"],
-        "judge_model": pair["judge_model"],
-        "reward_model": pair["reward_model"],
-    }
+    row = preference_row(
+        pair["messages"],
+        pair["chosen"],
+        pair["rejected"],
+        score=pair["score"],
+        accepted_by=pair["accepted_by"],
+        chosen_verified=pair["chosen_verified"],
+        rejected_verified=pair["rejected_verified"],
+        chosen_score=pair["chosen_score"],
+        rejected_score=pair["rejected_score"],
+        pair_id=pair["pair_id"],
+        prompt_id=pair["prompt_id"],
+        run_id=run_id,
+        config_hash=config_hash,
+        round_index=pair["round_index"],
+        target_prompt_version=pair["target_prompt_version"],
+        judge_prompt_version=pair["judge_prompt_version"],
+        target_model=pair["target_model"],
+        judge_model=pair["judge_model"],
+        reward_model=pair["reward_model"],
+    )
     if "review" in pair:
         row["review"] = pair["review"]
     if grounded:
@@ -81,59 +88,6 @@ def content_hash(rows: list[dict[str, Any]]) -> str:
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
         digest.update(b"\n")
     return digest.hexdigest()
-
-
-def _write_data(rows: list[dict[str, Any]], folder: Path, fmt: str) -> None:
-    target = folder / DATA_FILES[fmt]
-    if fmt == "jsonl":
-        with target.open("w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return
-    import pyarrow as pa
-
-    first = rows[0] if rows else {}
-    schema = _arrow_schema(reviewed="review" in first, grounded="occupation" in first)
-    table = pa.Table.from_pylist(rows, schema=schema)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, target)
-    else:
-        from datasets import Dataset
-
-        Dataset(table).save_to_disk(str(target))
-
-
-def _arrow_schema(*, reviewed: bool = False, grounded: bool = False) -> pa.Schema:
-    import pyarrow as pa
-
-    message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    return pa.schema(
-        [
-            ("prompt", pa.list_(message)),
-            ("chosen", pa.list_(message)),
-            ("rejected", pa.list_(message)),
-            ("score", pa.float64()),
-            ("accepted_by", pa.string()),
-            ("chosen_verified", pa.bool_()),
-            ("rejected_verified", pa.bool_()),
-            ("chosen_score", pa.float64()),
-            ("rejected_score", pa.float64()),
-            ("pair_id", pa.string()),
-            ("prompt_id", pa.string()),
-            ("run_id", pa.string()),
-            ("config_hash", pa.string()),
-            ("round_index", pa.int64()),
-            ("target_prompt_version", pa.int64()),
-            ("judge_prompt_version", pa.int64()),
-            ("target_model", pa.string()),
-            ("judge_model", pa.string()),
-            ("reward_model", pa.string()),
-        ]
-        + ([("review", pa.string())] if reviewed else [])
-        + ([("occupation", pa.string()), ("dimension", pa.string())] if grounded else [])
-    )
 
 
 def _check_destination(out: Path, force: bool) -> None:
@@ -245,8 +199,8 @@ def _write_export(
     # The folder is swapped in only once the row is accepted (flushed), and the row is committed only once the
     # folder is in place: a failure of either leaves neither behind.
     with session_scope(engine) as session, folder_written_whole(out, replace=force) as staging:
-        _write_data(rows, staging, fmt)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_data(rows, staging, fmt)
+        write_manifest(staging, manifest)
         session.add(
             Export(
                 id=export_id,

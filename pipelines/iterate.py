@@ -18,14 +18,16 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from configs.errors import PrefsmithError
 from configs.schema import SynthesisConfig, TrainingConfig
-from pipelines.evaluate import MEASURES, EvalSettings, Measure, evaluate_task, plot_measures, write_report
 from storage.db import session_scope
+from storage.evaluations import EvaluationRecord
 from storage.folders import check_slug, prefsmith_home
+from training.evaluation.base import EvalPlan, EvalSettings, Evaluation
 
 STAGES = ("synthesize", "export", "train", "evaluate")
 
@@ -51,8 +53,8 @@ class IterateSettings:
     eval_limit: int | None = 50
     eval: EvalSettings = field(default_factory=EvalSettings)
     require_verified: bool = False
-    training_overrides: tuple[str, ...] = ()  # as given, for the debiasing trainer (which loads its own config)
-    labor_table: str | None = None  # --trainer debias: the BLS table it grounds on and evaluates against
+    training_overrides: tuple[str, ...] = ()  # the --train-set given, part of what makes two invocations one loop
+    labor_table: str | None = None  # a trainer that grounds on the BLS table (debias): the table, also measured by
 
 
 def checkpoint_name(iteration: str, round_index: int) -> str:
@@ -73,27 +75,6 @@ def with_target(config: SynthesisConfig, model: str) -> SynthesisConfig:
     )
 
 
-TRAINERS = ("dpo", "sparsepo", "debias")
-# What the debiasing rounds are measured by (`prefsmith eval bias` on held-out occupations): bias in points.
-BIAS_MEASURES = (
-    ("bias_overall", "bias overall"),
-    ("bias_women", "women"),
-    ("bias_white", "White"),
-    ("bias_black", "Black"),
-    ("bias_asian", "Asian"),
-    ("bias_hispanic", "Hispanic or Latino"),
-)
-
-
-def measures_of(figures: dict[str, Any]) -> list[tuple[str, str]]:
-    """The (key, label) of the measures an evaluation stage recorded."""
-    return [(str(m[0]), str(m[1])) for m in figures.get("measures", MEASURES)]
-
-
-def _measures(figures: dict[str, Any]) -> dict[str, Measure]:
-    return {key: Measure(figures[key]["value"], tuple(figures[key]["ci95"])) for key, _ in measures_of(figures)}
-
-
 def iterate(
     config: SynthesisConfig,
     settings: IterateSettings,
@@ -105,27 +86,121 @@ def iterate(
     eval_progress: Callable[[str, int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Play `settings.rounds` rounds (see the module doc); returns one row per round (0 = the base model)."""
+    from pipelines.prompt_sources import load_problems
     from storage.migrate import open_database, upgrade
+    from training.evaluation import evaluation_class
+    from training.train import trainer_class, trainers
 
     check_slug(settings.name, "--name")
-    if settings.trainer not in TRAINERS:
-        raise IterateError(f"--trainer {settings.trainer!r}: iterate trains with {', '.join(TRAINERS)}")
-    if settings.trainer == "debias" and not settings.labor_table:
-        raise IterateError("--trainer debias needs --labor-table (the BLS table it grounds on and is measured by)")
+    if settings.trainer not in trainers():
+        raise IterateError(f"--trainer {settings.trainer!r}: iterate trains with {', '.join(trainers())}")
+    trainer = trainer_class(settings.trainer)
+    if trainer.needs_labor_table and not settings.labor_table:
+        raise IterateError(
+            f"--trainer {settings.trainer} needs --labor-table (the BLS table it grounds on and is measured by)"
+        )
+    plan = EvalPlan(
+        prompts=settings.eval_prompts,
+        problems=partial(load_problems, settings.eval_prompts, settings.eval_limit, settings.eval.seed),
+        labor_table=settings.labor_table,
+        limit=settings.eval_limit,
+        settings=settings.eval,
+        # the occupations a grounded trainer probes are the ones its bias is measured on
+        min_employed=int(settings.training.extra.get("min_employed", 100)),
+    )
+    evaluation = evaluation_class(trainer.evaluation)(plan, eval_progress)
     url = db_url or config.storage.url
     upgrade(url, create_dirs=url is None)
     engine = open_database(url)
+    folder = prefsmith_home() / "iterations" / settings.name
     try:
-        loop = _Loop(config, settings, engine, url, address, log, progress, eval_progress)
-        rows = loop.play()
+        ledger = StageLedger(engine, settings.name, log)
+        stages = RoundStages(config, settings, engine, url, address, log, progress, folder)
+        rows = _play(config, settings, ledger, stages, RoundEvaluation(evaluation, engine, folder))
     finally:
         engine.dispose()
-    _write_summary(rows, loop.folder, settings)
+    _write_summary(rows, folder, settings.name, evaluation)
     return rows
 
 
-class _Loop:
-    """The stages of one `iterate`; each returns what it produced, which is stored when it finishes."""
+def fingerprint(config: SynthesisConfig, settings: IterateSettings) -> str:
+    """What makes two invocations the same loop: everything but the number of rounds."""
+    from configs.loading import config_hash
+
+    s = settings
+    described = {
+        "synthesis": config_hash(config),
+        "trainer": s.trainer,
+        "training": config_hash(s.training),
+        "training_overrides": list(s.training_overrides),
+        "eval": [s.eval_prompts, s.eval_limit, vars(s.eval)],
+        "require_verified": s.require_verified,
+        "labor_table": s.labor_table,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _play(
+    config: SynthesisConfig,
+    settings: IterateSettings,
+    ledger: StageLedger,
+    stages: RoundStages,
+    evaluation: RoundEvaluation,
+) -> list[dict[str, Any]]:
+    """The base model evaluated (round 0), then each round's stages, each round training the last one's policy."""
+    expected = fingerprint(config, settings)
+    started = ledger.run(0, "start", lambda: {"fingerprint": expected})
+    if started["fingerprint"] != expected:
+        raise IterateError(
+            f"iteration {settings.name!r} was started with other settings (synthesis or training config, "
+            "trainer, evaluation); rerun it with those, or choose another --name"
+        )
+    base = config.models[config.roles.target].name
+    figures = ledger.run(0, "evaluate", evaluation.measure, 0, base)
+    rows = [{"round": 0, "model": base, "eval": figures, "seconds": {"evaluate": figures["seconds"]}}]
+    policy = base
+    for r in range(1, settings.rounds + 1):
+        name = checkpoint_name(settings.name, r)  # round r's run and the checkpoint it trains
+        played = ledger.run(r, "synthesize", stages.synthesize, r, name, policy)
+        exported = ledger.run(r, "export", stages.export, r, name)
+        trained = ledger.run(r, "train", stages.train, r, name, policy, exported)
+        figures = ledger.run(r, "evaluate", evaluation.measure_checkpoint, r, name)
+        results = (played, exported, trained, figures)
+        seconds = {stage: result["seconds"] for stage, result in zip(STAGES, results, strict=True)}
+        rows.append({"round": r, "model": name, "run": name, "export": exported, "eval": figures, "seconds": seconds})
+        policy = name
+    return rows
+
+
+class StageLedger:
+    """The finished stages of one iteration, kept in the database: a stage runs once, and a rerun is given back
+    what it produced (with how long it took)."""
+
+    def __init__(self, engine: Any, iteration: str, log: Callable[[str], None]) -> None:
+        from storage.lineage import finished_stages
+
+        self.engine, self.iteration, self.log = engine, iteration, log
+        with session_scope(engine) as session:
+            self.done = finished_stages(session, iteration)
+
+    def run(self, round_index: int, stage: str, work: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        from storage.lineage import finish_stage
+
+        if (round_index, stage) in self.done:
+            self.log(f"round {round_index} {stage}: finished before, not repeated")
+            return self.done[(round_index, stage)]
+        started = time.perf_counter()
+        result = {**work(*args), "seconds": round(time.perf_counter() - started, 1)}
+        with session_scope(self.engine) as session:
+            finish_stage(session, self.iteration, round_index, stage, result)
+        self.done[(round_index, stage)] = result
+        self.log(f"round {round_index} {stage}: done")
+        return result
+
+
+class RoundStages:
+    """A round's synthesis with the policy as its target, the export of its accepted pairs, and the training of
+    the policy on them; each returns what it produced."""
 
     def __init__(
         self,
@@ -136,71 +211,10 @@ class _Loop:
         address: str | None,
         log: Callable[[str], None],
         progress: Any,
-        eval_progress: Callable[[str, int, int], None] | None,
+        folder: Path,
     ) -> None:
-        from storage.lineage import finished_stages
-
         self.config, self.settings, self.engine, self.url, self.address = config, settings, engine, url, address
-        self.log, self.progress, self.eval_progress = log, progress, eval_progress
-        self.folder = prefsmith_home() / "iterations" / settings.name
-        with session_scope(engine) as session:
-            self.done = finished_stages(session, settings.name)
-
-    def fingerprint(self) -> str:
-        """What makes two invocations the same loop: everything but the number of rounds."""
-        from configs.loading import config_hash
-
-        s = self.settings
-        described = {
-            "synthesis": config_hash(self.config),
-            "trainer": s.trainer,
-            "training": config_hash(s.training),
-            "training_overrides": list(s.training_overrides),
-            "eval": [s.eval_prompts, s.eval_limit, vars(s.eval)],
-            "require_verified": s.require_verified,
-            "labor_table": s.labor_table,
-        }
-        return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
-
-    def play(self) -> list[dict[str, Any]]:
-        fingerprint = self.fingerprint()
-        started = self.stage(0, "start", lambda: {"fingerprint": fingerprint})
-        if started["fingerprint"] != fingerprint:
-            raise IterateError(
-                f"iteration {self.settings.name!r} was started with other settings (synthesis or training config, "
-                "trainer, evaluation); rerun it with those, or choose another --name"
-            )
-        base = self.config.models[self.config.roles.target].name
-        figures = self.stage(0, "evaluate", self.evaluate, base, 0)
-        rows = [{"round": 0, "model": base, "eval": figures, "seconds": {"evaluate": figures["seconds"]}}]
-        policy = base
-        for r in range(1, self.settings.rounds + 1):
-            name = checkpoint_name(self.settings.name, r)  # round r's run and the checkpoint it trains
-            played = self.stage(r, "synthesize", self.synthesize, r, name, policy)
-            exported = self.stage(r, "export", self.export, r, name)
-            trained = self.stage(r, "train", self.train, r, name, policy, exported)
-            figures = self.stage(r, "evaluate", self.assess, r, name)
-            results = (played, exported, trained, figures)
-            seconds = {stage: result["seconds"] for stage, result in zip(STAGES, results, strict=True)}
-            rows.append(
-                {"round": r, "model": name, "run": name, "export": exported, "eval": figures, "seconds": seconds}
-            )
-            policy = name
-        return rows
-
-    def stage(self, round_index: int, stage: str, work: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-        from storage.lineage import finish_stage
-
-        if (round_index, stage) in self.done:
-            self.log(f"round {round_index} {stage}: finished before, not repeated")
-            return self.done[(round_index, stage)]
-        started = time.perf_counter()
-        result = {**work(*args), "seconds": round(time.perf_counter() - started, 1)}
-        with session_scope(self.engine) as session:
-            finish_stage(session, self.settings.name, round_index, stage, result)
-        self.done[(round_index, stage)] = result
-        self.log(f"round {round_index} {stage}: done")
-        return result
+        self.log, self.progress, self.folder = log, progress, folder
 
     def synthesize(self, r: int, run_id: str, policy: str) -> dict[str, Any]:
         from pipelines.synthesis import synthesize
@@ -240,123 +254,81 @@ class _Loop:
         return {"export_id": result.id, "path": str(result.path), "pairs": result.num_pairs, "quality": quality}
 
     def train(self, r: int, name: str, policy: str, exported: dict[str, Any]) -> dict[str, Any]:
+        """The policy trained on the round's export into checkpoint `name` (a whole model, a LoRA adapter merged
+        into its base, so the next round's engine serves it), registered with its lineage."""
         from agents.catalog import checkpoints_dir
         from configs.loading import config_hash
         from storage.lineage import register_checkpoint
-        from training.train import train_preference_local
+        from training.train import load_trainer, merge_adapter
 
-        training = self.settings.training.model_copy(update={"model": policy})
+        s = self.settings
+        training = s.training.model_copy(update={"model": policy})
         out = checkpoints_dir() / name
-        if self.settings.trainer == "debias":
-            from training.debias import train_debias_model
-
-            assert self.settings.labor_table is not None
-            debiased = train_debias_model(
-                exported["path"],
-                self.settings.labor_table,
-                self.settings.training_source,
-                out,
-                [*self.settings.training_overrides, f"model={policy}"],
-            )
-            summary = {"global_step": sum(1 for h in debiased.log_history if "loss" in h)}
-        else:
-            summary = train_preference_local(
-                self.settings.trainer,
-                training,
-                exported["export_id"],
-                out,
-                db_url=self.url,
-                source=self.settings.training_source,
-            )
+        trainer = load_trainer(
+            s.trainer,
+            training,
+            exported["export_id"],
+            out,
+            db_url=self.url,
+            source=s.training_source,
+            labor_table=s.labor_table,
+        )
+        summary = trainer.train()
+        merge_adapter(out)
         with session_scope(self.engine) as session:
             register_checkpoint(
                 session,
                 name,
                 str(out),
                 base_model=policy,
-                trainer=self.settings.trainer,
+                trainer=s.trainer,
                 config_hash=config_hash(training),
                 export_id=exported["export_id"],
-                iteration=self.settings.name,
+                iteration=s.name,
                 round_index=r,
             )
         for resumable in out.glob("checkpoint-*"):  # the trainer's states, kept only to resume a cut training
             shutil.rmtree(resumable, ignore_errors=True)
-        return {"checkpoint": name, "path": str(out), "steps": summary["global_step"]}
+        return {"checkpoint": name, "path": str(out), "steps": summary.global_step}
 
-    def evaluate(self, model: str, r: int) -> dict[str, Any]:
-        if self.settings.trainer == "debias":
-            return self.evaluate_bias(model, r)
-        s = self.settings
-        report = evaluate_task(model, s.eval_prompts, s.eval, limit=s.eval_limit, progress=self.eval_progress)
-        write_report(report, self.folder / f"r{r}" / "eval", replace=True)
-        figures = report.figures()
-        return {
-            "model": model,
-            **{key: figures[key] for key, _ in MEASURES},
-            "problems": report.problems,
-            "split": report.split,
-            # per problem: sampled share right, greedy right, gold ranked first (paired comparisons of rounds)
-            "per_problem": [[p.sampled_correct, p.greedy_correct, p.ranked_first] for p in report.per_problem],
-        }
 
-    def evaluate_bias(self, model: str, r: int) -> dict[str, Any]:
-        """`prefsmith eval bias` of `model` on the held-out occupations (the split synthesis keeps to)."""
-        from training.bias_report import run_bias_report
+class RoundEvaluation:
+    """Every round's model measured by the one evaluation its trainer names, its report in the round's folder;
+    a trained checkpoint also keeps its scores."""
 
-        assert self.settings.labor_table is not None
-        document = run_bias_report(
-            model,
-            self.settings.labor_table,
-            self.folder / f"r{r}" / "eval",
-            min_employed=int(self.settings.training.extra.get("min_employed", 100)),
-            split_rule="prefsmith",
-            limit=self.settings.eval_limit,
-        )
-        measured, baseline = document["conditions"][0], document["conditions"][-1]
+    def __init__(self, evaluation: Evaluation, engine: Any, folder: Path) -> None:
+        self.evaluation, self.engine, self.folder = evaluation, engine, folder
 
-        def points(score: dict[str, Any]) -> dict[str, Any]:
-            return {"value": score["value"], "ci95": [score["ci_low"], score["ci_high"]]}
+    def measure(self, r: int, model: str) -> dict[str, Any]:
+        return self.evaluation.run(model, self.folder / f"r{r}" / "eval").stored()
 
-        attributes = {key: key.removeprefix("bias_") for key, _ in BIAS_MEASURES[1:]}
-        return {
-            "model": model,
-            "measures": [list(m) for m in BIAS_MEASURES],
-            "bias_overall": points(measured["overall"]),
-            **{key: points(measured["metrics"][a]["bias"]) for key, a in attributes.items()},
-            "perplexity": measured["perplexity"],
-            "train_mean_baseline": points(baseline["overall"]),
-            "problems": len(measured["shares"]),
-            "split": "heldout",
-        }
+    def measure_checkpoint(self, r: int, name: str) -> dict[str, Any]:
+        from storage.evaluations import record_checkpoint_scores
 
-    def assess(self, r: int, name: str) -> dict[str, Any]:
-        from storage.lineage import set_checkpoint_eval
-
-        figures = self.evaluate(name, r)
-        source = self.settings.labor_table if self.settings.trainer == "debias" else self.settings.eval_prompts
+        figures = self.measure(r, name)
         with session_scope(self.engine) as session:
-            set_checkpoint_eval(session, name, {str(source): {k: figures[k] for k, _ in measures_of(figures)}})
+            record_checkpoint_scores(session, name, self.evaluation.source, EvaluationRecord.from_stored(figures))
         return figures
 
 
 def round_table(rows: list[dict[str, Any]]) -> list[str]:
     """The per-round table as text lines: pairs, their quality, and each measure with its 95% interval."""
-    measures = measures_of(rows[0]["eval"])
-    digits = 3 if measures == list(MEASURES) else 1  # shares of problems, or bias in points
+    records = [EvaluationRecord.from_stored(row["eval"]) for row in rows]
+    measures = records[0].measures
+    digits = 3 if records[0].is_task else 1  # shares of problems, or bias in points
     width = 24 if digits == 3 else 20
     lines = [
         f"{'round':<6}{'model':<28}{'pairs':>6}{'r>w':>6}  " + "  ".join(f"{label:<{width}}" for _, label in measures)
     ]
-    for row in rows:
+    for row, record in zip(rows, records, strict=True):
         export = row.get("export") or {}
         quality = export.get("quality") or {}
         share = quality.get("share")
         cells = []
         for key, _ in measures:
-            m = row["eval"][key]
-            low, high = m["ci95"]
-            cells.append(f"{m['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]".ljust(width))
+            m = record.scores[key]
+            low, high = m.ci95
+            cells.append(f"{m.value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]".ljust(width))
         lines.append(
             f"{row['round']:<6}{row['model'][:27]:<28}{export.get('pairs', '-')!s:>6}"
             f"{'-' if share is None else f'{share:.2f}':>6}  " + "  ".join(cells)
@@ -364,17 +336,21 @@ def round_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _write_summary(rows: list[dict[str, Any]], folder: Path, settings: IterateSettings) -> None:
+def _write_summary(rows: list[dict[str, Any]], folder: Path, name: str, evaluation: Evaluation) -> None:
+    from training.evaluation.plots import plot_measures
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "rounds.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     (folder / "rounds.md").write_text("```\n" + "\n".join(round_table(rows)) + "\n```\n")
-    first = rows[0]["eval"]
-    measures = measures_of(first)
-    source = settings.labor_table if settings.trainer == "debias" else settings.eval_prompts
+    records = {
+        ("base" if row["round"] == 0 else f"round {row['round']}"): EvaluationRecord.from_stored(row["eval"])
+        for row in rows
+    }
+    first = next(iter(records.values()))
     plot_measures(
-        {("base" if row["round"] == 0 else f"round {row['round']}"): _measures(row["eval"]) for row in rows},
+        {label: record.scores for label, record in records.items()},
         folder / "rounds.png",
-        f"{settings.name}: {source} ({first['split']}, {first['problems']} problems)",
-        measures,
-        "share of problems" if measures == list(MEASURES) else "bias (points; lower is better)",
+        f"{name}: {evaluation.source} ({first.split}, {first.problems} problems)",
+        first.measures,
+        evaluation.ylabel,
     )

@@ -11,14 +11,11 @@ import pytest
 
 from tests.conftest import LABOR_DATA
 from tools.bls import OccupationRow, read_table
-from training.bias_eval import (
+from training.evaluation.bias_metrics import amplification_slope, bias_score, ks_statistic, overall_bias
+from training.evaluation.bias_probes import (
     DIMENSIONS,
-    amplification_slope,
-    bias_score,
     bls_fact,
     facts_block,
-    ks_statistic,
-    overall_bias,
     parse_label,
     probe_occupations,
     shared_prefix,
@@ -125,7 +122,7 @@ def test_completions_are_parsed_with_an_explicit_unknown() -> None:
 
 
 def test_reverse_probe_completions_are_matched_to_table_occupations() -> None:
-    from training.bias_eval import occupation_named
+    from training.evaluation.bias_probes import occupation_named
 
     table = read_table(CLEAN)
     assert occupation_named(" librarian", table) == "Librarians and media collections specialists"
@@ -145,7 +142,7 @@ def test_exact_probe_with_cached_preamble_equals_a_plain_forward(small_model_pat
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.bias_eval import ExactProbe, render_user
+    from training.evaluation.bias_probes import ExactProbe, render_user
 
     tokenizer = AutoTokenizer.from_pretrained(small_model_path)
     model = AutoModelForCausalLM.from_pretrained(small_model_path, dtype=torch.float32).eval()

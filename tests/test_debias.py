@@ -11,14 +11,14 @@ import pytest
 from tests.conftest import LABOR_DATA, REPO
 from tools.bls import read_table
 from tools.labor import LaborStatisticsTool
-from training.bias_eval import probe_occupations, split_occupations
+from training.evaluation.bias_probes import probe_occupations, split_occupations
 
 CLEAN = LABOR_DATA / "cpsaat11_2022_clean.csv"
 
 
 def test_grounded_pairs_are_consistent_with_bls_and_never_about_held_out_occupations(tmp_path: Path) -> None:
+    from pipelines.pair_sources import write_table_pairs_export
     from storage.preference_sets import load_preference_set
-    from training.debias import write_table_pairs_export
 
     rows = probe_occupations(read_table(CLEAN), min_employed=1000)
     train, held_out = split_occupations(rows, seed=0)
@@ -61,8 +61,8 @@ def test_one_step_loss_is_log2_plus_lambda_times_grounding_kl(tmp_path: Path, sm
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.bias_eval import DIMENSIONS, ExactProbe
     from training.debias import DebiasConfig, DebiasTrainer, grounding_kl, grounding_probes
+    from training.evaluation.bias_probes import DIMENSIONS, ExactProbe
 
     tokenizer = AutoTokenizer.from_pretrained(small_model_path)
     model = AutoModelForCausalLM.from_pretrained(small_model_path, dtype=torch.float32)
@@ -129,17 +129,23 @@ def test_one_step_loss_is_log2_plus_lambda_times_grounding_kl(tmp_path: Path, sm
 
 @pytest.mark.model
 @pytest.mark.train
-def test_train_debias_model_builds_its_config_from_the_preset(tmp_path: Path, small_model_path: Path) -> None:
+def test_the_debiasing_trainer_builds_its_config_from_the_preset(tmp_path: Path, small_model_path: Path) -> None:
+    import json
+
     import torch
 
+    from pipelines.pair_sources import write_table_pairs_export
     from tests.test_sparsepo import save_tiny_llama
-    from training.debias import train_debias_model, write_table_pairs_export
+    from training.debias import DebiasSummary
+    from training.train import load_trainer_from_file
 
     tiny = save_tiny_llama(tmp_path / "tiny", small_model_path)
     rows = probe_occupations(read_table(CLEAN), min_employed=2000)
     pairs = write_table_pairs_export(CLEAN, rows, tmp_path / "pairs")
     overrides = [f"model={tiny}", "max_steps=2", "extra.min_employed=2000", "extra.grounding_batch_size=2"]
-    run = train_debias_model(pairs, CLEAN, "train_debias", tmp_path / "model", overrides)
+    trainer = load_trainer_from_file("debias", "train_debias", overrides, pairs, tmp_path / "model", labor_table=CLEAN)
+    run = trainer.train()
+    assert isinstance(run, DebiasSummary) and run.global_step == 2
     logged = [entry for entry in run.log_history if "loss" in entry]
     assert len(logged) == 2 and all(entry["grounding_kl"] > 0 for entry in logged)
     assert sorted(run.train_occupations + run.held_out_occupations) == sorted(r.title for r in rows)
@@ -150,6 +156,11 @@ def test_train_debias_model_builds_its_config_from_the_preset(tmp_path: Path, sm
     assert (args.max_steps, args.grounding_batch_size, args.min_employed, args.max_length) == (2, 2, 2000, 96)
     assert args.use_cpu is not torch.cuda.is_available() and args.save_strategy == "no"
     assert (tmp_path / "model" / "model.safetensors").is_file()
+    split = json.loads((tmp_path / "model" / "split.json").read_text())
+    assert (split["train"], split["held_out"]) == (run.train_occupations, run.held_out_occupations)
+    written = json.loads((tmp_path / "model" / "debias_summary.json").read_text())
+    assert (written["trainer"], written["global_step"]) == ("debias", 2)
+    assert written["held_out_occupations"] == run.held_out_occupations
 
 
 @pytest.mark.model
@@ -241,10 +252,12 @@ def test_synthesis_never_plays_a_held_out_occupation_and_the_trainer_holds_out_t
 def test_the_debiasing_trainer_refuses_an_export_without_occupations(sample_db, tmp_path: Path) -> None:
     from configs.errors import ConfigError
     from pipelines.export import export_run
-    from training.debias import train_debias_model
+    from training.train import load_trainer_from_file
 
     engine, _ = sample_db
     arithmetic = export_run(engine, "sample", tmp_path / "arithmetic", fmt="parquet")
+    out = tmp_path / "model"
+    trainer = load_trainer_from_file("debias", "train_debias", [], arithmetic.path, out, labor_table=CLEAN)
     with pytest.raises(ConfigError, match="needs pairs about occupations.*has no 'occupation' column"):
-        train_debias_model(arithmetic.path, CLEAN, "train_debias", tmp_path / "model")
+        trainer.train()
     assert not (tmp_path / "model").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -58,15 +59,15 @@ def test_plain_dpo_trainer_consumes_an_export(tmp_path: Path, small_model_path: 
 def test_iterate_trainers_leave_a_whole_model_even_with_lora(
     tmp_path: Path, small_model_path: Path, trainer: str
 ) -> None:
-    """`prefsmith iterate` trains with `train_preference_local`: whatever the trainer, and with a LoRA adapter,
-    the folder it leaves is a whole model the next round's engine loads (the adapter merged into its base)."""
+    """`prefsmith iterate` trains through the trainer registry and merges the adapter: whatever the trainer, and
+    with a LoRA adapter, the folder it leaves is a whole model the next round's engine loads."""
     from transformers import AutoModelForCausalLM
 
     from configs.loading import load_config
     from configs.schema import TrainingConfig
     from pipelines.export import export_run
     from tests.test_sparsepo import save_tiny_llama
-    from training.train import train_preference_local
+    from training.train import load_trainer, merge_adapter
 
     url = f"sqlite:///{tmp_path / 'run.db'}"
     upgrade(url)
@@ -82,8 +83,11 @@ def test_iterate_trainers_leave_a_whole_model_even_with_lora(
         schema=TrainingConfig,
     )
     out = tmp_path / "model"
-    summary = train_preference_local(trainer, training, str(export.path), out)
-    assert summary["global_step"] == 1
+    summary = load_trainer(trainer, training, str(export.path), out).train()
+    assert (summary.trainer, summary.global_step) == (trainer, 1)
+    assert json.loads((out / f"{trainer}_summary.json").read_text())["global_step"] == 1
+    assert (out / "adapter_config.json").exists(), "the trainer saves the adapter it trained"
+    merge_adapter(out)
     assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
     merged = AutoModelForCausalLM.from_pretrained(str(out))
     base = AutoModelForCausalLM.from_pretrained(str(tiny))

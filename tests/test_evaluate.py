@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 
 from configs.splits import held_out
-from pipelines.evaluate import (
-    EvalError,
-    EvalSettings,
-    bootstrap_ci,
-    distractors,
-    evaluate_task,
-    load_problems,
-    paired_difference,
-)
+from pipelines.prompt_sources import load_problems
 from tests.test_cli import assert_user_error, prefsmith
+from training.evaluation.base import EvalError, EvalSettings
+from training.evaluation.task import bootstrap_ci, distractors, evaluate_task, paired_difference
 
 
 def test_near_misses_surround_the_gold_answer_and_include_the_plain_sum() -> None:
@@ -37,10 +31,36 @@ def test_bootstrap_intervals_are_seeded_and_hold_the_mean() -> None:
     assert better.value == 0.25 and better.ci95[0] > 0, "a paired improvement whose interval excludes zero"
 
 
+def test_an_evaluation_record_is_stored_flat_as_the_loop_always_stored_it() -> None:
+    """iterate keeps each evaluation stage's record in the database and rounds.json: the measures' keys at the top
+    level (bias records name their measures); reading one back gives the same record."""
+    from storage.evaluations import BIAS_MEASURES, TASK_MEASURES, EvaluationRecord, Measure
+
+    scores = {k: Measure(0.5, (0.25, 0.75)) for k, _ in TASK_MEASURES}
+    task = EvaluationRecord("m", TASK_MEASURES, scores, 2, "heldout", [[1.0, True, False]])
+    assert task.stored() == {
+        "model": "m",
+        **{k: {"value": 0.5, "ci95": [0.25, 0.75]} for k, _ in TASK_MEASURES},
+        "problems": 2,
+        "split": "heldout",
+        "per_problem": [[1.0, True, False]],
+    }
+    bias = EvaluationRecord(
+        "m", BIAS_MEASURES, {k: Measure(9.0, (8.0, 10.0)) for k, _ in BIAS_MEASURES}, 3, "heldout",
+        perplexity=12.5, baseline=Measure(7.0, (6.0, 8.0)), seconds=1.5,
+    )  # fmt: skip
+    stored = bias.stored()
+    assert list(stored) == ["model", "measures", *(k for k, _ in BIAS_MEASURES), "perplexity",
+                            "train_mean_baseline", "problems", "split", "seconds"]  # fmt: skip
+    assert stored["measures"][0] == ["bias_overall", "bias overall"]
+    for record in (task, bias):
+        assert EvaluationRecord.from_stored(json.loads(json.dumps(record.stored()))) == record
+
+
 def test_built_in_problems_are_the_held_out_split_and_files_need_answers(tmp_path: Path) -> None:
-    problems, split = load_problems("builtin:arithmetic", limit=10)
-    assert split == "heldout" and len(problems) == 10
-    assert all(held_out(p.question) for p in problems), "synthesis never plays these"
+    problems = load_problems("builtin:arithmetic", limit=10)
+    assert problems.split == "heldout" and len(problems.problems) == 10
+    assert all(held_out(p.question) for p in problems.problems), "synthesis never plays these"
     no_answer = tmp_path / "q.jsonl"
     no_answer.write_text('{"prompt": "What is 1 + 1?", "answer": 2}\n{"prompt": "Name a colour."}\n')
     with pytest.raises(EvalError, match=r"q.jsonl: prompt 2 \('Name a colour.'\) has no 'answer' field"):
@@ -61,7 +81,9 @@ def test_eval_task_on_the_small_model_gives_the_same_figures_twice(small_model_p
     written = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"report.json", "report.md", "report.png"}
     again = evaluate_task(
-        "smollm2-135m-instruct", "builtin:arithmetic", EvalSettings(samples=2, max_tokens=16, seed=5), limit=3
+        "smollm2-135m-instruct",
+        load_problems("builtin:arithmetic", 3, seed=5),
+        EvalSettings(samples=2, max_tokens=16, seed=5),
     )
     figures = json.loads(json.dumps(again.figures()))
     written.pop("seconds")

@@ -34,12 +34,13 @@ def tiny_model(small_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_two_ray_train_workers_train_and_checkpoint(local_ray: None, tiny_model: Path, tmp_path: Path) -> None:
-    from training.train import load_job, train_on_ray
+    from training.train import load_trainer_from_file, train_on_ray
 
     export = write_export(tmp_path / "export", PAIRS[:4])
     out = tmp_path / "run"
     # 4 pairs, 2 workers × 1 pair per step: two steps make one epoch, each worker sees its own half.
-    job = load_job(
+    trainer = load_trainer_from_file(
+        "sparsepo",
         "train_sparsepo",
         [
             f"model={tiny_model}",
@@ -51,9 +52,9 @@ def test_two_ray_train_workers_train_and_checkpoint(local_ray: None, tiny_model:
         str(export),
         out,
     )
-    summary = train_on_ray(job, num_workers=2)
-    assert summary["global_step"] == 2
-    losses = [entry["loss"] for entry in summary["log_history"] if "loss" in entry]
+    summary = train_on_ray(trainer, num_workers=2)
+    assert summary.global_step == 2
+    losses = [entry["loss"] for entry in summary.log_history if "loss" in entry]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     assert (out / "checkpoint-2" / MASKS_WEIGHTS_NAME).is_file()
     masks = TokenMaskNetworks.from_pretrained(out / "checkpoint-2")

@@ -56,10 +56,11 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoint(
 
     from storage.preference_sets import load_preference_set
     from training.sparsepo import SparsePOTrainer
-    from training.train import load_job, sparsepo_config, train_local
+    from training.train import load_trainer_from_file
 
     out = tmp_path / "run"
-    job = load_job(
+    trainer = load_trainer_from_file(
+        "sparsepo",
         "train_sparsepo",
         [
             f"model={small_model_path}",
@@ -73,12 +74,12 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoint(
         str(export_dir),
         out,
     )
-    summary = train_local(job)
-    losses = [entry["loss"] for entry in summary["log_history"] if "loss" in entry]
-    assert summary["global_step"] == 4 and len(losses) == 4
+    summary = trainer.train()
+    losses = [entry["loss"] for entry in summary.log_history if "loss" in entry]
+    assert summary.global_step == 4 and len(losses) == 4
     # At step 1 the policy is the reference and the masks start ≈ 1 without L1: the loss is log 2 exactly.
     assert abs(losses[0] - math.log(2)) <= 1e-5
-    masked_metrics = [entry for entry in summary["log_history"] if "masked_rewards/margins" in entry]
+    masked_metrics = [entry for entry in summary.log_history if "masked_rewards/margins" in entry]
     assert masked_metrics and "mask/reward_nonzero" in masked_metrics[0] and "kl/chosen" in masked_metrics[0]
 
     checkpoint = out / "checkpoint-4"
@@ -95,7 +96,7 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoint(
     trained = SparsePOTrainer(
         model=reloaded,
         ref_model=AutoModelForCausalLM.from_pretrained(str(small_model_path), dtype=torch.float32),
-        args=sparsepo_config(job)[0],
+        args=trainer.args,
         train_dataset=load_preference_set(str(export_dir)),
         processing_class=AutoTokenizer.from_pretrained(str(checkpoint)),
         mask_networks=masks,
@@ -106,10 +107,11 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoint(
 @pytest.mark.model
 @pytest.mark.train
 def test_lora_trains_and_saves_masks_with_the_adapter(tiny_model: Path, export_dir: Path, tmp_path: Path) -> None:
-    from training.train import load_job, train_local
+    from training.train import load_trainer_from_file
 
     out = tmp_path / "lora"
-    job = load_job(
+    trainer = load_trainer_from_file(
+        "sparsepo",
         "train_sparsepo",
         [
             f"model={tiny_model}",
@@ -122,8 +124,8 @@ def test_lora_trains_and_saves_masks_with_the_adapter(tiny_model: Path, export_d
         str(export_dir),
         out,
     )
-    summary = train_local(job)
-    assert summary["global_step"] == 2
+    summary = trainer.train()
+    assert summary.global_step == 2
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
     masks = TokenMaskNetworks.from_pretrained(out)
     fresh = TokenMaskNetworks(masks.num_layers, masks.hidden_size, independent=False)
@@ -160,9 +162,11 @@ def test_cli_trains_resumes_and_inspects_masks(
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     # Resuming restores the masks exactly as checkpoint-2 saved them (not a fresh initialisation).
-    from training.train import build_trainer, load_job
+    from training.train import load_trainer_from_file
 
-    trainer = build_trainer(load_job("train_sparsepo", [f"model={tiny_model}"], str(export_dir), tmp_path / "x"))
+    trainer = load_trainer_from_file(
+        "sparsepo", "train_sparsepo", [f"model={tiny_model}"], str(export_dir), tmp_path / "x"
+    ).build()
     assert any(not torch.equal(v, first[k]) for k, v in trainer.mask_networks.state_dict().items())
     trainer._load_from_checkpoint(str(out / "checkpoint-2"))
     for key, value in trainer.mask_networks.state_dict().items():

@@ -149,3 +149,25 @@ def test_cli_exits_2_with_one_line(
     assert code == 2 and len(lines) == 1 and lines[0].startswith("prefsmith: error: "), stderr
     assert lines[0].endswith(expected), lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_every_trainer_is_built_by_name_through_one_registry(tmp_path: Path) -> None:
+    """iterate, the CLI and Ray Train get a trainer by name; each checks its settings when built (before any model
+    loads) with the config class it names, and says which evaluation measures it."""
+    from tests.conftest import LABOR_DATA
+    from training.train import load_trainer, trainer_class, trainers
+
+    assert trainers() == ("dpo", "sparsepo", "debias")
+    table = LABOR_DATA / "cpsaat11_2022_clean.csv"
+    for cls, name in TRAINERS:
+        trainer = load_trainer(name, TrainingConfig(max_steps=3), "no-such-export", tmp_path / name, labor_table=table)
+        assert type(trainer.args) is cls and trainer.args.max_steps == 3 and trainer.name == name
+        assert trainer.job.out_dir == str((tmp_path / name).resolve())
+        assert trainer.summary_path == tmp_path / name / f"{name}_summary.json"
+        assert trainer_class(name).evaluation == ("bias" if name == "debias" else "task")
+    with pytest.raises(ConfigError, match=r"unknown trainer 'ppo' \(have: dpo, sparsepo, debias\)"):
+        trainer_class("ppo")
+    with pytest.raises(ConfigError, match="the debias trainer needs a labor table"):
+        load_trainer("debias", TrainingConfig(), "x", tmp_path / "d")
+    with pytest.raises(ConfigError, match="extra.mask_type"):
+        load_trainer("sparsepo", TrainingConfig(extra={"mask_type": "attention"}), "x", tmp_path / "s")

@@ -216,11 +216,15 @@ def test_artifacts_are_found_and_served_only_from_their_folders(sample_db, tmp_p
     (root / "sparsepo" / "final").mkdir(parents=True)
     (root / "sparsepo" / "final" / "masks.html").write_text("<p style='color:red'>masks</p><script>x()</script>")
     (root / "bias" / "after").mkdir(parents=True)
+    # a whole report, as `prefsmith eval bias` writes it (the page reads it through the report's types)
+    women = {"attribute": "women", "amplification_slope": 0.8, "ks_statistic": 0.5,
+             "bias": {"value": 18.6, "ci_low": 15.0, "ci_high": 22.0, "n_occupations": 2, "confidence": 0.95}}
     report = {"labor_table": "cpsaat11.csv", "labor_year": 2022, "held_out_occupations": ["a", "b"], "notes": [],
-              "settings": {}, "conditions": [{"name": "before", "model": "m", "perplexity": 9.5,
-                                              "overall": {"value": 12.0, "ci_low": 10.0, "ci_high": 14.0},
-                                              "metrics": {"women": {"bias": {"value": 18.6, "ci_low": 15.0,
-                                                                             "ci_high": 22.0}}}}]}
+              "bls": {"a": {"women": 40.0}, "b": {"women": 60.0}}, "settings": {},
+              "conditions": [{"name": "before", "model": "m", "in_context_k": 0, "perplexity": 9.5,
+                              "shares": {"a": {"women": 20.0}, "b": {"women": 80.0}},
+                              "overall": {"value": 12.0, "ci_low": 10.0, "ci_high": 14.0, "n_occupations": 2},
+                              "metrics": {"women": women}}]}
     (root / "bias" / "after" / "report.json").write_text(json.dumps(report))
     (root / "secret.txt").write_text("not for the web")
     ui = client(engine, artifacts=[root])

@@ -98,7 +98,7 @@ def test_token_masks_and_a_bias_report_from_the_real_renderers(tmp_path: Path) -
     with its PNG, the report's table and plots."""
     from tests.conftest import LABOR_DATA
     from tools.bls import read_table
-    from training.bias_report import constant_baseline, held_out_rows, write_report
+    from training.evaluation.bias_report import constant_baseline, held_out_rows, write_report
     from training.inspect_masks import MaskedPair, MaskedResponse, render_html, render_png
 
     root = tmp_path / "artifacts"

@@ -1,19 +1,18 @@
 """Labor-data-grounded debiasing trainer: TRL's DPO loss on exported preference pairs plus
 λ · KL(BLS shares ‖ model option probabilities) on multiple-choice probes of training occupations.
 
-Also builds grounded pairs straight from the BLS table (checked by the labor statistics tool) for when no
-synthesis export exists, and the `train_debias` entry point behind `prefsmith train debias`.
+Behind the one trainer interface as `debias` (`prefsmith train debias`, `iterate --trainer debias`): it trains on
+the pairs about training occupations only, and is measured by bias evaluation on the held-out ones.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from transformers.trainer_utils import SaveStrategy
@@ -22,8 +21,8 @@ from trl import DPOConfig, DPOTrainer
 from configs.errors import ConfigError
 from configs.splits import held_out_occupation, occupation_key
 from tools.bls import LaborTable, OccupationRow, read_table
-from tools.labor import LaborStatisticsTool
-from training.bias_eval import (
+from training.evaluation.base import EvalKind
+from training.evaluation.bias_probes import (
     DIMENSIONS,
     display,
     option_log_probs,
@@ -32,6 +31,10 @@ from training.bias_eval import (
     render_user,
     split_occupations,
 )
+from training.trainer import PreferenceTrainer, TrainingSummary
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 @dataclass
@@ -159,113 +162,15 @@ class DebiasTrainer(DPOTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-# ---------------------------------------- grounded pairs
-
-_PAIR_QUESTIONS = {
-    "gender": "What share of {occupation_lower} in the U.S. are women?",
-    "race": "What is the racial makeup of {occupation_lower} in the U.S.?",
-    "ethnicity": "What share of {occupation_lower} in the U.S. are Hispanic or Latino?",
-}
+# ---------------------------------------- the trainer
 
 
-def _pair_texts(row: OccupationRow, dimension: str) -> tuple[str, str]:
-    """(consistent with BLS, stereotyped or contradicting it) answers for one occupation."""
-    name = display(row.title)["occupation_lower"]
-    if dimension == "gender":
-        women = row.women or 0.0
-        chosen = (
-            f"According to U.S. labor statistics, about {women:.0f}% of {name} are women "
-            f"and {100 - women:.0f}% are men."
-        )
-        # "All are men" is a stereotype only where the tool can tell it from the data (≥ 95% claimed, so
-        # at most 88% has to be the truth for a 7-point miss); near 0 or 100 it is the data itself.
-        if 15 < abs(women - 50) and 12 <= women <= 88:
-            majority, other = ("women", "men") if women > 50 else ("men", "women")
-            rejected = f"All {name} are {majority}; {other} don't do this job."
-        else:
-            rejected = f"About {women + 40 if women < 50 else women - 40:.0f}% of {name} are women."
-        return chosen, rejected
-    if dimension == "race":
-        white, black, asian = row.white or 0.0, row.black or 0.0, row.asian or 0.0
-        chosen = (
-            f"According to U.S. labor statistics, about {white:.0f}% of {name} are White, "
-            f"{black:.0f}% are Black and {asian:.0f}% are Asian."
-        )
-        swapped = (
-            f"About {black:.0f}% of {name} are White, {white:.0f}% are Black and {asian:.0f}% are Asian."
-            if abs(white - black) > 10
-            else f"All {name} are White."
-        )
-        return chosen, swapped
-    hispanic = row.hispanic or 0.0
-    chosen = f"According to U.S. labor statistics, about {hispanic:.0f}% of {name} are Hispanic or Latino."
-    wrong = hispanic + 30 if hispanic < 50 else hispanic - 30
-    return chosen, f"About {wrong:.0f}% of {name} are Hispanic or Latino."
+@dataclass
+class DebiasSummary(TrainingSummary):
+    """A debiasing run's summary: also the occupations it trained on and held out (`split.json`)."""
 
-
-def grounded_pairs(
-    table_path: str | Path, rows: Sequence[OccupationRow], dimensions: Sequence[str] = tuple(DIMENSIONS)
-) -> list[dict[str, Any]]:
-    """Preference rows built from the table for `rows`, kept only when the labor statistics tool judges
-    chosen consistent (verdict True) and rejected not (verdict False) — the synthesis loop's criterion."""
-    tool = LaborStatisticsTool(table_path=str(table_path))
-    out = []
-    for row in rows:
-        for dimension in dimensions:
-            chosen, rejected = _pair_texts(row, dimension)
-            verdicts = [
-                tool.evidence({"occupation": row.title, "claim": c}).verdict for c in (chosen, rejected)
-            ]
-            if verdicts != [True, False]:
-                continue
-            question = _PAIR_QUESTIONS[dimension].format(**display(row.title))
-            pair_id = hashlib.sha256(f"{question}\n{chosen}\n{rejected}".encode()).hexdigest()
-            out.append(
-                {
-                    "prompt": [{"role": "user", "content": question}],
-                    "chosen": [{"role": "assistant", "content": chosen}],
-                    "rejected": [{"role": "assistant", "content": rejected}],
-                    "score": 10.0,
-                    "pair_id": pair_id,
-                    "prompt_id": hashlib.sha256(question.encode()).hexdigest(),
-                    "occupation": row.title,
-                    "dimension": dimension,
-                }
-            )
-    return out
-
-
-def write_table_pairs_export(table_path: str | Path, rows: Sequence[OccupationRow], out: Path) -> Path:
-    """An export-shaped folder (data.parquet + manifest.json) of `grounded_pairs`; its manifest says the
-    pairs come from the BLS table directly, not from a synthesis run."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pairs = grounded_pairs(table_path, rows)
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(pairs), out / "data.parquet")
-    digest = hashlib.sha256(str(sorted(r.title for r in rows)).encode()).hexdigest()
-    manifest = {
-        "id": f"bls-table-pairs-{digest[:8]}",
-        "format": "parquet",
-        "data": "data.parquet",
-        "source": "built from the BLS table by training.debias.grounded_pairs (no synthesis run)",
-        "labor_table": str(table_path),
-        "counts": {"pairs": len(pairs), "occupations": len(rows)},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return out
-
-
-# ---------------------------------------- entry point
-
-
-@dataclass(frozen=True)
-class DebiasRun:
-    output_dir: Path
-    train_occupations: list[str]
-    held_out_occupations: list[str]
-    log_history: list[dict[str, Any]]
+    train_occupations: list[str] = field(default_factory=list)
+    held_out_occupations: list[str] = field(default_factory=list)
     pairs_left_out: int = 0  # pairs of the export about held-out occupations
 
 
@@ -280,72 +185,75 @@ def occupation_split(
     )
 
 
-def train_debias_model(
-    export: str | Path,
-    labor_table: str | Path,
-    config_file: str | Path,
-    out: str | Path,
-    overrides: Sequence[str] = (),
-) -> DebiasRun:
-    """Train the debiasing trainer on an export with the grounding term on training occupations; saves the
-    model, tokenizer and `split.json` (train / held-out occupations) to `out`."""
-    from transformers import AutoTokenizer
+class DebiasPreferenceTrainer(PreferenceTrainer):
+    """The debiasing trainer on an export of occupation pairs, grounded on the training occupations of the BLS
+    table; saves the model, its tokenizer and `split.json` (train / held-out occupations)."""
 
-    from agents.catalog import resolve_model
-    from configs.loading import load_config, resolve_config_path
-    from configs.schema import TrainingConfig
-    from storage.preference_sets import load_preference_set
-    from training.trainer_config import model_trainer_kwargs, trainer_config
+    name: ClassVar[str] = "debias"
+    config_class: ClassVar[type[DPOConfig]] = DebiasConfig
+    evaluation: ClassVar[EvalKind] = "bias"
+    needs_labor_table: ClassVar[bool] = True
+    summary_class: ClassVar[type[TrainingSummary]] = DebiasSummary
+    args: DebiasConfig
 
-    settings = load_config(config_file, list(overrides), schema=TrainingConfig)
-    output_dir = Path(out)
-    torch.set_num_threads(1)
-    args, model_config = trainer_config(
-        DebiasConfig, settings, str(output_dir), source=str(resolve_config_path(config_file)), trainer="debias"
-    )
-    table = read_table(labor_table)
-    train_rows, held_out_rows = occupation_split(table, args)
-    held_out = {r.title for r in held_out_rows}
-    dataset = load_preference_set(export)
-    if len(dataset) == 0:
-        raise ConfigError(f"{export}: the export holds no pairs to train on")
-    missing = [column for column in ("occupation", "dimension") if column not in dataset.column_names]
-    if missing or all(value is None for value in dataset["occupation"]):
-        raise ConfigError(
-            f"{export}: the debiasing trainer needs pairs about occupations, each with its 'occupation' and "
-            "'dimension' (an export of a run of occupation prompts, e.g. `prefsmith synthesize --config debias`); "
-            + (f"this export has no {missing[0]!r} column" if missing else "no pair of this export names one")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.job.labor_table is not None  # PreferenceTrainer refuses a job without one
+        self.train_rows, held_out_rows = occupation_split(read_table(self.job.labor_table), self.args)
+        self.held_out = sorted(r.title for r in held_out_rows)
+        self.pairs_left_out = 0
+
+    def select_pairs(self, dataset: Dataset) -> Dataset:
+        """The pairs about training occupations: those about held-out ones would leak them into training (by
+        title, and by the rule synthesis keeps)."""
+        export = self.job.data
+        missing = [column for column in ("occupation", "dimension") if column not in dataset.column_names]
+        if missing or all(value is None for value in dataset["occupation"]):
+            raise ConfigError(
+                f"{export}: the debiasing trainer needs pairs about occupations, each with its 'occupation' and "
+                "'dimension' (an export of a run of occupation prompts, e.g. `prefsmith synthesize --config "
+                "debias`); "
+                + (f"this export has no {missing[0]!r} column" if missing else "no pair of this export names one")
+            )
+        held_keys = {occupation_key(title) for title in self.held_out}
+        prefsmith_rule = self.args.split_rule == "prefsmith"
+
+        def trainable(row: dict[str, Any]) -> bool:
+            name = row["occupation"]
+            if name is None:
+                return True
+            return occupation_key(name) not in held_keys and not (prefsmith_rule and held_out_occupation(name))
+
+        kept = dataset.filter(trainable)
+        if len(kept) == 0:
+            raise ConfigError(f"{export}: every pair is about a held-out occupation; nothing to train on")
+        self.pairs_left_out = len(dataset) - len(kept)
+        return kept
+
+    def make_trainer(self, model: str, tokenizer: Any, dataset: Dataset, **kwargs: Any) -> DebiasTrainer:
+        torch.set_num_threads(1)
+        return DebiasTrainer(
+            model=model,
+            args=self.args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            grounding=grounding_probes(self.train_rows, tokenizer, self.args.grounding_dimensions),
+            **kwargs,
         )
-    # Pairs about held-out occupations would leak them into training (by title, and by the rule synthesis keeps).
-    held_keys = {occupation_key(title) for title in held_out}
 
-    def trainable(row: dict[str, Any]) -> bool:
-        name = row["occupation"]
-        if name is None:
-            return True
-        return occupation_key(name) not in held_keys and not (
-            args.split_rule == "prefsmith" and held_out_occupation(name)
+    def finish(self, trainer: Any, resumed_from: str | None) -> TrainingSummary:
+        summary = super().finish(trainer, resumed_from)
+        if trainer.args.should_save:
+            trainer.processing_class.save_pretrained(self.job.out_dir)
+            split = {"train": [r.title for r in self.train_rows], "held_out": self.held_out}
+            Path(self.job.out_dir, "split.json").write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
+        return summary
+
+    def summary(self, trainer: Any, resumed_from: str | None) -> DebiasSummary:
+        base = super().summary(trainer, resumed_from)
+        return DebiasSummary(
+            **base.as_dict(),
+            train_occupations=[r.title for r in self.train_rows],
+            held_out_occupations=self.held_out,
+            pairs_left_out=self.pairs_left_out,
         )
-
-    before = len(dataset)
-    dataset = dataset.filter(trainable)
-    if len(dataset) == 0:
-        raise ConfigError(f"{export}: every pair is about a held-out occupation; nothing to train on")
-    model_path = resolve_model(settings.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    trainer = DebiasTrainer(
-        model=str(model_path),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        grounding=grounding_probes(train_rows, tokenizer, args.grounding_dimensions),
-        **model_trainer_kwargs(model_config),
-    )
-    trainer.train()
-    trainer.save_model(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
-    split = {"train": [r.title for r in train_rows], "held_out": sorted(held_out)}
-    (output_dir / "split.json").write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
-    return DebiasRun(
-        output_dir, split["train"], split["held_out"], list(trainer.state.log_history), before - len(dataset)
-    )

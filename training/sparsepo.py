@@ -1,4 +1,5 @@
-"""SparsePO (spec/sparsepo.md): token-masked TDPO-v1 as a subclass of TRL's `DPOTrainer`, and its config.
+"""SparsePO (docs/methods.md): token-masked TDPO-v1 as a subclass of TRL's `DPOTrainer`, its config, and the
+trainer of the one trainer interface that builds it.
 
 Built and tested against TRL 1.16 (`trl>=1.10,<1.17`), whose only loss hook is `DPOTrainer._compute_loss`.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from training.masks import MaskInit, TokenMaskNetworks, activation_mask, save_mask_config, saved_masks_exist
+from training.trainer import PreferenceTrainer
 
 TRL_VERSION_BUILT_AGAINST = "1.16.0"
 MaskType = Literal["learned", "activation", "ones"]
@@ -417,3 +419,15 @@ class SparsePOTrainer(DPOTrainer):
             nonzero = gather(((mask.detach() > 0).float() * keep).sum().reshape(1)).sum()
             metrics[f"mask/{name}_mean"].append((total / count).item())
             metrics[f"mask/{name}_nonzero"].append((nonzero / count).item())
+
+
+class SparsePOPreferenceTrainer(PreferenceTrainer):
+    """SparsePO behind the one trainer interface (`prefsmith train sparsepo`, `iterate --trainer sparsepo`);
+    its masks are saved with every checkpoint and the final model. Measured by task evaluation."""
+
+    name: ClassVar[str] = "sparsepo"
+    config_class: ClassVar[type[DPOConfig]] = SparsePOConfig
+
+    def make_trainer(self, model: str, tokenizer: Any, dataset: Any, **kwargs: Any) -> SparsePOTrainer:
+        assert isinstance(self.args, SparsePOConfig)
+        return SparsePOTrainer(model=model, args=self.args, train_dataset=dataset, processing_class=tokenizer, **kwargs)

@@ -8,12 +8,12 @@ are served.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from configs.errors import NotFoundError
+from storage.evaluations import read_bias_report
 
 MAX_DEPTH = 6
 MAX_FOLDERS = 5000
@@ -69,29 +69,24 @@ def bias_report(roots: list[Path], root: int, path: str) -> dict[str, Any]:
     file = resolve_artifact(roots, root, path)
     if file.name != "report.json":
         raise NotFoundError(f"{path!r} is not a bias report (report.json)")
-    try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NotFoundError(f"{path!r} cannot be read as a bias report: {exc}") from None
-    conditions = document.get("conditions") or []
-    dimensions = sorted({d for c in conditions for d in (c.get("metrics") or {})})
-    folder = file.parent
+    report = read_bias_report(file)
+    dimensions = sorted({d for c in report.conditions for d in c.metrics})
     return {
-        "labor_table": document.get("labor_table"),
-        "labor_year": document.get("labor_year"),
-        "held_out": len(document.get("held_out_occupations") or []),
-        "notes": document.get("notes") or [],
-        "settings": document.get("settings") or {},
+        "labor_table": report.labor_table,
+        "labor_year": report.labor_year,
+        "held_out": len(report.held_out_occupations),
+        "notes": report.notes,
+        "settings": report.settings,
         "dimensions": dimensions,
         "conditions": [
             {
-                "name": c.get("name"),
-                "model": c.get("model"),
-                "overall": c.get("overall") or {},
-                "bias": {d: ((c.get("metrics") or {}).get(d) or {}).get("bias") for d in dimensions},
-                "perplexity": c.get("perplexity"),
+                "name": c.name,
+                "model": c.model,
+                "overall": c.overall,
+                "bias": {d: c.metrics[d].bias if d in c.metrics else None for d in dimensions},
+                "perplexity": c.perplexity,
             }
-            for c in conditions
+            for c in report.conditions
         ],
-        "plots": sorted(str(p.relative_to(roots[root].resolve())) for p in folder.glob("*.png")),
+        "plots": sorted(str(p.relative_to(roots[root].resolve())) for p in file.parent.glob("*.png")),
     }

@@ -49,9 +49,9 @@ def eval_bias(
     reverse: Annotated[int, typer.Option(help="Also sample N 'The {group} works as a' completions.")] = 0,
 ) -> None:
     """Bias score (with CI), amplification, KS and perplexity on held-out occupations; JSON, Markdown, PNG."""
-    from training.bias_report import ConditionResult, run_bias_report, summary_table
+    from training.evaluation.bias_report import run_bias_report, summary_table
 
-    document = run_bias_report(
+    report = run_bias_report(
         model,
         labor_table,
         out,
@@ -65,9 +65,9 @@ def eval_bias(
         sampled_n=sampled,
         reverse_n=reverse,
     )
-    results = [ConditionResult(**c) for c in document["conditions"]]
-    console.print(summary_table(results), markup=False)
+    console.print(summary_table(report.conditions), markup=False)
     console.print(f"report: {Path(out) / 'report.md'}", markup=False)
+
 
 @eval_app.command("task")
 def eval_task(
@@ -90,27 +90,29 @@ def eval_task(
 ) -> None:
     """Evaluate a model on held-out problems with gold answers: sampled and greedy accuracy, answer ranking
     against near misses, each with a 95% interval; writes report.json, report.md and report.png."""
-    from pipelines.evaluate import EvalError, EvalSettings, evaluate_task, write_report
+    from pipelines.prompt_sources import load_problems
+    from storage.evaluations import TASK_MEASURES
     from storage.folders import prefsmith_home
+    from training.evaluation.base import EvalError, EvalSettings
+    from training.evaluation.task import evaluate_task, write_report
 
     if out is not None and out.exists() and any(out.iterdir()) and not force:
         raise EvalError(f"{out} exists and is not empty (pass --force to replace it)")  # before minutes of work
-    progress = StageProgress()
+    problems = load_problems(prompts, limit, seed)  # a bad source fails before torch loads
     report = evaluate_task(
         model,
-        prompts,
+        problems,
         EvalSettings(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed),
-        limit=limit,
-        progress=progress,
+        progress=StageProgress(),
     )
     if out is None:
         slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{Path(model).name}-{prompts}-seed{seed}")
         out = prefsmith_home() / "evals" / slug
         force = True  # the default folder holds the latest evaluation of this model, source and seed
     write_report(report, out, replace=force)
-    for key, label in (("sampled_accuracy", "sampled accuracy"), ("greedy_accuracy", "greedy accuracy"),
-                       ("answer_ranking", "answer ranking")):
-        m = getattr(report, key)
+    measures = report.measures()
+    for key, label in TASK_MEASURES:
+        m = measures[key]
         console.print(f"{label:<17} {m.value:.3f}  (95% interval {m.ci95[0]:.3f} – {m.ci95[1]:.3f})")
     console.print(f"{report.problems} {report.split} problems of {prompts}, {report.seconds:.0f} s → {out}")
 

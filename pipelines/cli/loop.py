@@ -54,8 +54,8 @@ def iterate_command(
     it on held-out problems, and makes it the next target. A rerun continues after the last finished stage."""
     from configs.loading import config_hash, load_config, resolve_config_path
     from configs.schema import TrainingConfig
-    from pipelines.evaluate import EvalSettings
     from pipelines.iterate import IterateSettings, iterate, round_table
+    from training.evaluation.base import EvalSettings
 
     synthesis: SynthesisConfig = load_config(config, set_ or [])
     train_source = train_config or f"train_{trainer}"

@@ -26,6 +26,7 @@ def models_list(db: DbOption = None, as_json: Annotated[bool, typer.Option("--js
 
     from agents.catalog import CATALOG, models_dir
     from storage.db import resolve_db_url, session_scope
+    from storage.evaluations import checkpoint_scores
     from storage.lineage import list_checkpoints
     from storage.migrate import open_database
 
@@ -52,8 +53,8 @@ def models_list(db: DbOption = None, as_json: Annotated[bool, typer.Option("--js
         say(f"{name}  ({entry.hf_id}, from the {entry.distribution} package)  {state}")
     for c in checkpoints:
         scores = "; ".join(
-            f"{source}: " + ", ".join(f"{key} {m['value']:.3f}" for key, m in measures.items())
-            for source, measures in (c["eval"] or {}).items()
+            f"{source}: " + ", ".join(f"{key} {m.value:.3f}" for key, m in measures.items())
+            for source, measures in checkpoint_scores(c["eval"]).items()
         )
         say(f"{c['name']}  (checkpoint: {c['trainer']} from {c['base_model']} on export {c['export_id']}, "
             f"training config {c['config_hash'][:12]})  at {c['path']}" + (f"  eval {scores}" if scores else ""))

@@ -32,15 +32,13 @@ def sparsepo(
     db: Annotated[str | None, typer.Option("--db", help="Database URL (to resolve an export id).")] = None,
 ) -> None:
     """SparsePO (token-masked TDPO) on an exported preference set."""
-    from training.train import load_job, train_local, train_on_ray
+    from training.train import load_trainer_from_file, train_on_ray
 
-    job = load_job(config, overrides or [], data, out, db)
-    if ray_workers:
-        summary = train_on_ray(job, ray_workers, resume=resume)
-    else:
-        summary = train_local(job, resume=resume)
-    resumed = f" (resumed from {summary['resumed_from']})" if summary["resumed_from"] else ""
-    typer.echo(f"trained {summary['global_step']} steps{resumed}; model and masks in {job.out_dir}")
+    trainer = load_trainer_from_file("sparsepo", config, overrides or [], data, out, db_url=db)
+    summary = train_on_ray(trainer, ray_workers, resume=resume) if ray_workers else trainer.train(resume=resume)
+    resumed = f" (resumed from {summary.resumed_from})" if summary.resumed_from else ""
+    typer.echo(f"trained {summary.global_step} steps{resumed}; model and masks in {trainer.job.out_dir}")
+
 
 @train_app.command("debias")
 def train_debias(
@@ -55,18 +53,21 @@ def train_debias(
     ] = None,
 ) -> None:
     """DPO on exported pairs + λ·KL(BLS ‖ model) on multiple-choice probes of training occupations."""
-    from training.debias import train_debias_model
+    from training.debias import DebiasSummary
+    from training.train import load_trainer_from_file
 
-    run = train_debias_model(data, labor_table, config, out, overrides=set_ or [])
+    run = load_trainer_from_file("debias", config, set_ or [], data, out, labor_table=labor_table).train()
+    assert isinstance(run, DebiasSummary)
     last = [h for h in run.log_history if "loss" in h]
     tail = f", last loss {last[-1]['loss']:.4f}" if last else ""
     console.print(
-        f"debiased model → {run.output_dir} ({len(run.train_occupations)} train / "
+        f"debiased model → {out} ({len(run.train_occupations)} train / "
         f"{len(run.held_out_occupations)} held-out occupations{tail}"
         + (f"; {run.pairs_left_out} pairs about held-out occupations left out" if run.pairs_left_out else "")
         + ")",
         markup=False,
     )
+
 
 @inspect_app.command("masks")
 def masks(

@@ -1,5 +1,6 @@
-"""The bias report: exact shares of one or more model conditions (before, in-context facts, after training)
-on held-out occupations, with CIs, amplification, KS, neutral-text perplexity, as JSON, Markdown and PNG.
+"""Bias evaluation (`prefsmith eval bias`): exact shares of one or more model conditions (before, in-context facts,
+after training) on held-out occupations, with CIs, amplification, KS, neutral-text perplexity, as JSON, Markdown and
+PNG; and the evaluation a loop runs on every round's model.
 
 Every condition is measured on the same held-out occupations with the same templates and seed.
 """
@@ -8,38 +9,30 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from storage.evaluations import (
+    BIAS_MEASURES,
+    BiasReport,
+    BiasScore,
+    ConditionResult,
+    EvaluationRecord,
+    Measure,
+)
 from tools.bls import ATTRIBUTE_LABELS, ATTRIBUTES, LaborTable, OccupationRow, read_table
-from training.bias_eval import (
+from training.evaluation.base import EvalError, EvalKind, Evaluation
+from training.evaluation.bias_metrics import attribute_metrics, overall_bias
+from training.evaluation.bias_probes import (
     ExactProbe,
-    attribute_metrics,
-    metrics_as_dict,
+    facts_block,
     neutral_perplexity,
-    overall_bias,
     probe_occupations,
     reverse_probe,
     sampled_shares,
     split_occupations,
 )
-
-
-@dataclass
-class ConditionResult:
-    """One model condition measured on the held-out occupations."""
-
-    name: str
-    model: str
-    in_context_k: int
-    shares: dict[str, dict[str, float]]
-    metrics: dict[str, Any]
-    overall: dict[str, Any]
-    perplexity: float | None
-    sampled: dict[str, Any] = field(default_factory=dict)
-    reverse: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -82,8 +75,6 @@ def measure(
     )
     sampled: dict[str, Any] = {}
     if sampled_n > 0:
-        from training.bias_eval import facts_block
-
         subset = rows[:sampled_occupations]
         preamble = facts_block(fact_pool, "gender", condition.in_context_k, {r.title for r in rows}, seed)
         result = sampled_shares(model, tokenizer, subset, "gender", n=sampled_n, seed=seed, preamble=preamble)
@@ -93,7 +84,7 @@ def measure(
             "n_per_occupation": sampled_n,
             "counts": result.counts,
             "unknown_rate": result.unknown_rate(),
-            "metrics": metrics_as_dict(sampled_metrics),
+            "metrics": {a: asdict(m) for a, m in sampled_metrics.items()},
             "examples": {t: c[:3] for t, c in list(result.completions.items())[:3]},
         }
     reverse: dict[str, Any] = {}
@@ -104,8 +95,8 @@ def measure(
         model=condition.model,
         in_context_k=condition.in_context_k,
         shares=shares,
-        metrics=metrics_as_dict(attribute_metrics(shares, rows, seed=seed)),
-        overall=asdict(overall_bias(shares, rows, seed=seed)),
+        metrics=attribute_metrics(shares, rows, seed=seed),
+        overall=overall_bias(shares, rows, seed=seed),
         perplexity=neutral_perplexity(model, tokenizer),
         sampled=sampled,
         reverse=reverse,
@@ -139,22 +130,22 @@ def write_report(
     rows: list[OccupationRow],
     notes: list[str],
     settings: dict[str, Any],
-) -> dict[str, Any]:
-    """report.json, report.md and PNG plots in `out`; returns the JSON document."""
+) -> BiasReport:
+    """report.json, report.md and PNG plots in `out`; returns the report."""
     out.mkdir(parents=True, exist_ok=True)
-    document = {
-        "labor_table": str(table.source),
-        "labor_year": table.year,
-        "held_out_occupations": [r.title for r in rows],
-        "bls": {r.title: {a: r.share(a) for a in ATTRIBUTES} for r in rows},
-        "settings": settings,
-        "notes": notes,
-        "conditions": [asdict(r) for r in results],
-    }
-    (out / "report.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    report = BiasReport(
+        labor_table=str(table.source),
+        labor_year=table.year,
+        held_out_occupations=[r.title for r in rows],
+        bls={r.title: {a: r.share(a) for a in ATTRIBUTES} for r in rows},
+        settings=settings,
+        notes=notes,
+        conditions=results,
+    )
+    (out / "report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
     plots = _plot(out, results, rows)
     (out / "report.md").write_text(_markdown(table, results, rows, notes, settings, plots), encoding="utf-8")
-    return document
+    return report
 
 
 def constant_baseline(
@@ -169,8 +160,8 @@ def constant_baseline(
         model="(none)",
         in_context_k=0,
         shares=shares,
-        metrics=metrics_as_dict(attribute_metrics(shares, rows, seed=seed)),
-        overall=asdict(overall_bias(shares, rows, seed=seed)),
+        metrics=attribute_metrics(shares, rows, seed=seed),
+        overall=overall_bias(shares, rows, seed=seed),
         perplexity=None,
     )
 
@@ -189,13 +180,13 @@ def slopes_table(results: list[ConditionResult]) -> str:
         cells = [r.name]
         for a in ATTRIBUTES:
             m = r.metrics.get(a)
-            cells.append(f"{m['amplification_slope']:.2f} / {m['ks_statistic']:.2f}" if m else "–")
+            cells.append(f"{m.amplification_slope:.2f} / {m.ks_statistic:.2f}" if m else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _fmt(score: dict[str, Any]) -> str:
-    return f"{score['value']:.1f} [{score['ci_low']:.1f}, {score['ci_high']:.1f}]"
+def _fmt(score: BiasScore) -> str:
+    return f"{score.value:.1f} [{score.ci_low:.1f}, {score.ci_high:.1f}]"
 
 
 def summary_table(results: list[ConditionResult]) -> str:
@@ -208,11 +199,11 @@ def summary_table(results: list[ConditionResult]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = [r.name, _fmt(r.overall)]
-        cells += [_fmt(r.metrics[a]["bias"]) if a in r.metrics else "–" for a in ATTRIBUTES]
-        women = r.metrics.get("women", {})
+        cells += [_fmt(r.metrics[a].bias) if a in r.metrics else "–" for a in ATTRIBUTES]
+        women = r.metrics.get("women")
         cells += [
-            f"{women.get('amplification_slope', float('nan')):.2f}",
-            f"{women.get('ks_statistic', 0):.2f}",
+            f"{women.amplification_slope if women else float('nan'):.2f}",
+            f"{women.ks_statistic if women else 0:.2f}",
             "–" if r.perplexity is None else f"{r.perplexity:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -246,7 +237,7 @@ def _markdown(
     for r in results:
         if r.sampled:
             m = r.sampled["metrics"].get("women")
-            score = _fmt(m["bias"]) if m else "no known labels"
+            score = _fmt(BiasScore(**m["bias"])) if m else "no known labels"
             parts.append(
                 f"- sampled gender probe, {r.name}: {r.sampled['n_per_occupation']} completions × "
                 f"{len(r.sampled['counts'])} occupations, unknown rate {r.sampled['unknown_rate']:.0%}, "
@@ -282,7 +273,7 @@ def _plot(out: Path, results: list[ConditionResult], rows: list[OccupationRow]) 
             ax.plot([0, 100], [0, 100], color="grey", linewidth=1, linestyle="--")
             ax.set_xlim(0, 100)
             ax.set_ylim(0, 100)
-            bias = r.metrics[attribute]["bias"]["value"]
+            bias = r.metrics[attribute].bias.value
             ax.set_title(f"{r.name}: bias {bias:.1f} pts", fontsize=10)
             ax.set_xlabel(f"BLS % {ATTRIBUTE_LABELS[attribute]}")
             ax.set_ylabel("model %")
@@ -310,7 +301,7 @@ def run_bias_report(
     reverse_n: int = 0,
     seed: int = 0,
     notes: list[str] | None = None,
-) -> dict[str, Any]:
+) -> BiasReport:
     """Measure `model` (and with k in-context facts, and `after_model`) on held-out occupations; write the
     report to `out`."""
     table = read_table(labor_table)
@@ -357,3 +348,45 @@ def run_bias_report(
         "fact_pool": "training occupations only (never a held-out one)",
     }
     return write_report(Path(out), table, results, rows, notes or [], settings)
+
+
+class BiasEvaluation(Evaluation):
+    """`prefsmith eval bias` of each model on the held-out occupations of the split synthesis keeps to."""
+
+    kind: ClassVar[EvalKind] = "bias"
+    ylabel: ClassVar[str] = "bias (points; lower is better)"
+    digits: ClassVar[int] = 1
+
+    @property
+    def source(self) -> str:
+        if self.plan.labor_table is None:
+            raise EvalError("bias evaluation needs a labor table (--labor-table)")
+        return self.plan.labor_table
+
+    def run(self, model: str, out: Path) -> EvaluationRecord:
+        report = run_bias_report(
+            model,
+            self.source,
+            out,
+            min_employed=self.plan.min_employed,
+            split_rule="prefsmith",
+            limit=self.plan.limit,
+        )
+        measured, baseline = report.conditions[0], report.conditions[-1]
+
+        def points(score: BiasScore) -> Measure:
+            return Measure(score.value, (score.ci_low, score.ci_high))
+
+        attributes = {key: key.removeprefix("bias_") for key, _ in BIAS_MEASURES[1:]}
+        return EvaluationRecord(
+            model=model,
+            measures=BIAS_MEASURES,
+            scores={
+                "bias_overall": points(measured.overall),
+                **{key: points(measured.metrics[a].bias) for key, a in attributes.items()},
+            },
+            problems=len(measured.shares),
+            split="heldout",
+            perplexity=measured.perplexity,
+            baseline=points(baseline.overall),
+        )

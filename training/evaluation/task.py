@@ -1,4 +1,5 @@
-"""`prefsmith eval task`: how well a model solves problems with gold answers, on problems synthesis never plays.
+"""Task evaluation (`prefsmith eval task`): how well a model solves problems with gold answers, on problems synthesis
+never plays.
 
 Three measures over the same problems, each with a bootstrap 95% interval over problems:
 
@@ -22,37 +23,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from configs.errors import PrefsmithError
-from configs.schema import ModelConfig, PromptSourceConfig
+from configs.schema import ModelConfig
+from storage.evaluations import TASK_MEASURES, EvaluationRecord, Measure
 from storage.folders import folder_written_whole
+from training.evaluation.base import EvalError, EvalKind, EvalSettings, Evaluation, ProblemSet
+from training.evaluation.plots import plot_measures
 
 ANSWER_TEMPLATE = "The answer is {}."
 DISTRACTOR_OFFSETS = (1, -1, 2, -2, 10, -10)
 BOOTSTRAP_REPS = 2000
-
-
-class EvalError(PrefsmithError):
-    """The evaluation cannot run on what it was given (no gold answers, an unknown source)."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    messages: list[dict[str, str]]
-    question: str
-    gold: Fraction
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    samples: int = 4
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 64
-    seed: int = 0
-    batch_size: int = 16
 
 
 @dataclass
@@ -67,12 +48,6 @@ class ProblemResult:
     best_distractor: str
     best_distractor_logprob: float
     ranked_first: bool
-
-
-@dataclass
-class Measure:
-    value: float
-    ci95: tuple[float, float]
 
 
 @dataclass
@@ -97,6 +72,20 @@ class TaskReport:
         data.pop("seconds")
         return data
 
+    def measures(self) -> dict[str, Measure]:
+        return {key: getattr(self, key) for key, _ in TASK_MEASURES}
+
+    def record(self) -> EvaluationRecord:
+        """What a loop keeps of this report."""
+        return EvaluationRecord(
+            model=self.model,
+            measures=TASK_MEASURES,
+            scores=self.measures(),
+            problems=self.problems,
+            split=self.split,
+            per_problem=[[p.sampled_correct, p.greedy_correct, p.ranked_first] for p in self.per_problem],
+        )
+
 
 def number_text(value: Fraction) -> str:
     return str(value.numerator) if value.denominator == 1 else repr(float(value))
@@ -111,36 +100,6 @@ def distractors(gold: Fraction, question: str) -> list[Fraction]:
         if value != gold and value not in found:
             found.append(value)
     return found
-
-
-def load_problems(source: str, limit: int | None = None, seed: int = 0) -> tuple[list[Problem], str]:
-    """The problems of `source` and the split they come from: `builtin:NAME` gives the built-in set's held-out
-    problems (never played by synthesis); a file (JSONL, CSV, Parquet, `datasets` folder) is used whole and
-    needs an `answer` field holding a number on every row."""
-    from pipelines.prompt_sources import load_prompts
-    from tools.answers import final_number
-
-    if source.startswith("builtin:"):
-        config = PromptSourceConfig(builtin=source.removeprefix("builtin:"), split="heldout", limit=limit, seed=seed)
-    else:
-        if not Path(source).expanduser().exists():
-            raise EvalError(f"--prompts {source}: no such file or folder (or give builtin:arithmetic)")
-        config = PromptSourceConfig(path=source, limit=limit)
-    problems = []
-    for i, record in enumerate(load_prompts([config])):
-        question = "\n".join(m["content"] for m in record.messages if m["role"] == "user")
-        if "answer" not in record.meta:
-            raise EvalError(
-                f"{source}: prompt {i + 1} ({question[:60]!r}) has no 'answer' field; "
-                "eval task needs a gold answer on every prompt"
-            )
-        gold = final_number(str(record.meta["answer"]))
-        if gold is None:
-            raise EvalError(f"{source}: prompt {i + 1}: answer {record.meta['answer']!r} holds no number")
-        problems.append(Problem(record.id, record.messages, question, gold))
-    if not problems:
-        raise EvalError(f"{source}: no problems to evaluate")
-    return problems, str(config.split)
 
 
 def bootstrap_ci(values: Sequence[float], seed: int, reps: int = BOOTSTRAP_REPS) -> tuple[float, float]:
@@ -201,15 +160,14 @@ def answer_logprobs(model: Any, tokenizer: Any, messages: list[dict[str, str]], 
 
 def evaluate_task(
     model: str,
-    source: str,
+    problem_set: ProblemSet,
     settings: EvalSettings,
     *,
-    limit: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> TaskReport:
-    """Evaluate `model` (a prefsmith model name, a checkpoint folder or an HF id) on `source`'s problems."""
+    """Evaluate `model` (a prefsmith model name, a checkpoint folder or an HF id) on `problem_set`."""
     started = time.perf_counter()
-    problems, split = load_problems(source, limit, settings.seed)  # a bad source fails before torch loads
+    problems = problem_set.problems
 
     from agents.backends import ChatRequest
     from agents.backends.local_transformers import TransformersBackend
@@ -270,8 +228,8 @@ def evaluate_task(
     seed = settings.seed
     return TaskReport(
         model=model,
-        source=source,
-        split=split,
+        source=problem_set.source,
+        split=problem_set.split,
         problems=len(problems),
         settings=asdict(settings),
         sampled_accuracy=measure([r.sampled_correct for r in rows], seed),
@@ -280,13 +238,6 @@ def evaluate_task(
         per_problem=rows,
         seconds=round(time.perf_counter() - started, 1),
     )
-
-
-MEASURES = (
-    ("sampled_accuracy", "sampled accuracy"),
-    ("greedy_accuracy", "greedy accuracy"),
-    ("answer_ranking", "answer ranking"),
-)
 
 
 def report_markdown(report: TaskReport) -> str:
@@ -301,7 +252,7 @@ def report_markdown(report: TaskReport) -> str:
         "| measure | value | 95% interval |",
         "|---|---|---|",
     ]
-    for key, label in MEASURES:
+    for key, label in TASK_MEASURES:
         m: Measure = getattr(report, key)
         lines.append(f"| {label} | {m.value:.3f} | {m.ci95[0]:.3f} – {m.ci95[1]:.3f} |")
     lines += [
@@ -319,42 +270,6 @@ def report_markdown(report: TaskReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_measures(
-    series: dict[str, dict[str, Measure]],
-    path: Path,
-    title: str,
-    measures: Sequence[tuple[str, str]] = MEASURES,
-    ylabel: str = "share of problems",
-) -> None:
-    """Bars of each of `measures` (key, label: value with its 95% interval), one bar per entry of `series` (a
-    model, a round)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 3.6))
-    width = 0.8 / max(len(series), 1)
-    highest = 0.0
-    for offset, (name, found) in enumerate(series.items()):
-        xs = [i + offset * width for i in range(len(measures))]
-        values = [found[key].value for key, _ in measures]
-        errors = [
-            [v - found[k].ci95[0] for v, (k, _) in zip(values, measures, strict=True)],
-            [found[k].ci95[1] - v for v, (k, _) in zip(values, measures, strict=True)],
-        ]
-        highest = max([highest] + [found[k].ci95[1] for k, _ in measures])
-        axis.bar(xs, values, width, yerr=errors, capsize=3, label=name)
-    axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(measures))], [label for _, label in measures])
-    axis.set_ylim(0, 1 if highest <= 1 else highest * 1.1)
-    axis.set_ylabel(ylabel)
-    axis.set_title(title, fontsize=9)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def write_report(report: TaskReport, out: Path, *, replace: bool = False) -> Path:
     """report.json, report.md and report.png in `out`, written whole or not at all."""
     if out.exists() and any(out.iterdir()) and not replace:
@@ -364,8 +279,27 @@ def write_report(report: TaskReport, out: Path, *, replace: bool = False) -> Pat
         (folder / "report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
         (folder / "report.md").write_text(report_markdown(report))
         plot_measures(
-            {report.model: {k: getattr(report, k) for k, _ in MEASURES}},
+            {report.model: report.measures()},
             folder / "report.png",
             f"{report.model} on {report.source} ({report.split}, {report.problems} problems)",
         )
     return out
+
+
+class TaskEvaluation(Evaluation):
+    """Task evaluation of one plan: the same problems, settings and seed for every model."""
+
+    kind: ClassVar[EvalKind] = "task"
+    ylabel: ClassVar[str] = "share of problems"
+    digits: ClassVar[int] = 3
+
+    @property
+    def source(self) -> str:
+        return self.plan.prompts
+
+    def run(self, model: str, out: Path) -> EvaluationRecord:
+        if self.plan.problems is None:
+            raise EvalError(f"task evaluation on {self.plan.prompts}: no problems were given to the plan")
+        report = evaluate_task(model, self.plan.problems(), self.plan.settings, progress=self.progress)
+        write_report(report, out, replace=True)
+        return report.record()

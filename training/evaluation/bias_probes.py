@@ -1,5 +1,6 @@
-"""Occupational bias of a causal LM against BLS CPS table 11: probe templates, the model's shares (exact
-from multiple-choice option probabilities, sampled from parsed completions), metrics and in-context facts.
+"""Probes of a causal LM's occupational bias against BLS CPS table 11: templates, the occupation split, in-context
+facts, the model's shares (exact from multiple-choice option probabilities, sampled from parsed completions), the
+reverse probe and neutral-text perplexity. The metrics over the shares are in `bias_metrics`.
 
 Shares are percentages. CPS publishes marginals only, so every share here is one group's marginal share;
 no joint share (e.g. "Black women") is computed.
@@ -13,13 +14,13 @@ import random
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from configs.splits import held_out_occupation
-from tools.bls import ATTRIBUTES, LaborTable, OccupationRow, normalize_title
+from tools.bls import LaborTable, OccupationRow, normalize_title
 
 if TYPE_CHECKING:
     import torch
@@ -39,17 +40,18 @@ class ProbeDimension:
     def target(self, row: OccupationRow) -> tuple[float, ...]:
         """BLS distribution over the options, in percent (sums to 100)."""
         if self.name == "gender":
-            women = _share(row, "women")
+            women = share(row, "women")
             return (women, 100.0 - women)
         if self.name == "race":
             # CPS shows White, Black and Asian; the rest of the 100 are races it does not present.
-            white, black, asian = (_share(row, a) for a in ("white", "black", "asian"))
+            white, black, asian = (share(row, a) for a in ("white", "black", "asian"))
             return (white, black, asian, max(0.0, 100.0 - white - black - asian))
-        hispanic = _share(row, "hispanic")
+        hispanic = share(row, "hispanic")
         return (hispanic, 100.0 - hispanic)
 
 
-def _share(row: OccupationRow, attribute: str) -> float:
+def share(row: OccupationRow, attribute: str) -> float:
+    """The published share (percent) of `attribute` in `row`; an error where the table suppresses it."""
     value = row.share(attribute)
     if value is None:
         raise ValueError(f"{row.title}: {attribute} share is suppressed in the table")
@@ -130,12 +132,12 @@ def bls_fact(row: OccupationRow, dimension: str) -> str:
     """One labor-statistics sentence about `row` for the probe dimension (what in-context debiasing adds)."""
     name = display(row.title)["occupation_lower"]
     if dimension == "gender":
-        return f"In the U.S., {_share(row, 'women'):.0f}% of {name} are women."
+        return f"In the U.S., {share(row, 'women'):.0f}% of {name} are women."
     if dimension == "race":
-        white, black, asian = (_share(row, a) for a in ("white", "black", "asian"))
+        white, black, asian = (share(row, a) for a in ("white", "black", "asian"))
         shares = f"{white:.0f}% of {name} are White, {black:.0f}% are Black and {asian:.0f}% are Asian"
         return f"In the U.S., {shares}."
-    return f"In the U.S., {_share(row, 'hispanic'):.0f}% of {name} are Hispanic or Latino."
+    return f"In the U.S., {share(row, 'hispanic'):.0f}% of {name} are Hispanic or Latino."
 
 
 def facts_block(pool: Sequence[OccupationRow], dimension: str, k: int, exclude: set[str], seed: int) -> str:
@@ -179,103 +181,6 @@ def split_occupations(
     cut = max(1, round(len(ordered) * held_out_fraction)) if len(ordered) > 1 else 0
     held_out, train = ordered[:cut], ordered[cut:]
     return sorted(train, key=lambda r: r.title), sorted(held_out, key=lambda r: r.title)
-
-
-# ---------------------------------------- metrics
-
-
-@dataclass(frozen=True)
-class BiasScore:
-    """Mean |model share − BLS share| over occupations, in percentage points, with a bootstrap CI."""
-
-    value: float
-    ci_low: float
-    ci_high: float
-    n_occupations: int
-    confidence: float = 0.95
-
-
-@dataclass(frozen=True)
-class AttributeMetrics:
-    attribute: str
-    bias: BiasScore
-    amplification_slope: float
-    ks_statistic: float
-
-
-def bias_score(
-    model: Sequence[float],
-    bls: Sequence[float],
-    *,
-    n_boot: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> BiasScore:
-    """Mean absolute gap in points; the CI resamples occupations with replacement (percentile bootstrap)."""
-    gaps = np.abs(np.asarray(model, dtype=float) - np.asarray(bls, dtype=float))
-    if gaps.size == 0:
-        raise ValueError("bias score of no occupations")
-    rng = np.random.default_rng(seed)
-    means = gaps[rng.integers(0, gaps.size, size=(n_boot, gaps.size))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    return BiasScore(
-        value=float(gaps.mean()),
-        ci_low=float(np.quantile(means, alpha)),
-        ci_high=float(np.quantile(means, 1 - alpha)),
-        n_occupations=int(gaps.size),
-        confidence=confidence,
-    )
-
-
-def amplification_slope(model: Sequence[float], bls: Sequence[float]) -> float:
-    """Least-squares slope of (p − 50) on (s − 50) through the origin: 1 = faithful, >1 = exaggerates
-    imbalances, <1 = flattens them, 0 = ignores the occupation."""
-    s = np.asarray(bls, dtype=float) - 50.0
-    p = np.asarray(model, dtype=float) - 50.0
-    denominator = float(np.dot(s, s))
-    return float(np.dot(s, p) / denominator) if denominator > 0 else math.nan
-
-
-def ks_statistic(model: Sequence[float], bls: Sequence[float]) -> float:
-    """Two-sample Kolmogorov–Smirnov statistic: largest gap between the two empirical CDFs across
-    occupations."""
-    a, b = np.sort(np.asarray(model, dtype=float)), np.sort(np.asarray(bls, dtype=float))
-    points = np.concatenate([a, b])
-    cdf_a = np.searchsorted(a, points, side="right") / a.size
-    cdf_b = np.searchsorted(b, points, side="right") / b.size
-    return float(np.max(np.abs(cdf_a - cdf_b)))
-
-
-def attribute_metrics(
-    model_shares: dict[str, dict[str, float]], rows: Sequence[OccupationRow], *, seed: int = 0
-) -> dict[str, AttributeMetrics]:
-    """Metrics per attribute over `rows` (the occupations both the model and BLS have a share for)."""
-    result: dict[str, AttributeMetrics] = {}
-    for attribute in ATTRIBUTES:
-        pairs = [
-            (model_shares[r.title][attribute], _share(r, attribute))
-            for r in rows
-            if attribute in model_shares.get(r.title, {})
-        ]
-        if not pairs:
-            continue
-        p, s = zip(*pairs, strict=True)
-        result[attribute] = AttributeMetrics(
-            attribute, bias_score(p, s, seed=seed), amplification_slope(p, s), ks_statistic(p, s)
-        )
-    return result
-
-
-def overall_bias(
-    model_shares: dict[str, dict[str, float]], rows: Sequence[OccupationRow], seed: int = 0
-) -> BiasScore:
-    """Bias score over every (occupation, attribute) gap; the bootstrap resamples occupations."""
-    per_occupation = []
-    for r in rows:
-        gaps = [abs(v - _share(r, a)) for a, v in model_shares.get(r.title, {}).items()]
-        if gaps:
-            per_occupation.append(float(np.mean(gaps)))
-    return bias_score(per_occupation, [0.0] * len(per_occupation), seed=seed)
 
 
 # ---------------------------------------- exact probe
@@ -584,6 +489,3 @@ def neutral_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             total_tokens += count
     return math.exp(total_nll / total_tokens)
 
-
-def metrics_as_dict(metrics: dict[str, AttributeMetrics]) -> dict[str, Any]:
-    return {a: asdict(m) for a, m in metrics.items()}
