@@ -22,7 +22,7 @@ MaskInit = Literal["ones", "normal"]
 class LearnedTokenMask(nn.Module):
     """`m = ReLU(Σ_l w_l · ReLU(a_lᵀ LN(h_l) + b_l))` over the hidden states of all L layers.
 
-    One LayerNorm is shared by all layers and the mixer has no bias (spec/sparsepo.md). The per-layer
+    One LayerNorm is shared by all layers and the mixer has no bias (docs/methods.md, "SparsePO"). The per-layer
     projections are stored as one (L, H) matrix so that a forward is a single einsum.
     """
 
@@ -125,7 +125,7 @@ def saved_masks_exist(directory: str | Path) -> bool:
 def activation_mask(hidden_states: Sequence[torch.Tensor], response_mask: torch.Tensor) -> torch.Tensor:
     """The MaPO activation mask in [0, 1], detached, zero outside `response_mask` (B, T).
 
-    Documented simplification allowed by the spec: only the residual stream of every layer is used (the
+    A documented simplification (docs/methods.md, "SparsePO"): only the residual stream of every layer is used (the
     official code also averages MLP, attention and logit activations). Each layer's feature-mean is min–max
     rescaled over the response tokens of each sequence, then the layers are averaged.
     """
