@@ -203,7 +203,7 @@ class _Loop:
         return result
 
     def synthesize(self, r: int, run_id: str, policy: str) -> dict[str, Any]:
-        from pipelines.synthesis import synthesize
+        from pipelines.synthesis.service import synthesize
 
         report = synthesize(
             with_target(self.config, policy),
