@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from configs import load_config
     from pipelines.export import export_run
-    from pipelines.synthesis import synthesize
+    from pipelines.synthesis.service import synthesize
     from storage.db import session_scope
     from storage.migrate import open_database
     from storage.preference_sets import load_preference_set

@@ -41,7 +41,7 @@ BEFORE = ["game.candidates=4", "ray.episodes_in_flight=4"]
 PLAY = """
 import json, sys, time
 from configs import load_config
-from pipelines.synthesis import synthesize
+from pipelines.synthesis.service import synthesize
 db, run_id, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 started = time.perf_counter()
 report = synthesize(load_config("quickstart", overrides), run_id=run_id, db_url=db)

@@ -23,7 +23,7 @@ RUNS = {"transformers": [], "vllm": VLLM, "transformers, again": []}
 
 def main() -> None:
     from configs import load_config
-    from pipelines.synthesis import synthesize
+    from pipelines.synthesis.service import synthesize
 
     folder = tempfile.mkdtemp(prefix="prefsmith-quickstart-")
     print(f"{'engine':<22}{'seconds':>9}{'rounds':>8}{'accepted':>9}{'target tokens':>14}")

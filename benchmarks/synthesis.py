@@ -69,7 +69,7 @@ def pipeline_vs_raw(prompts: int, db: str, calls_file: str) -> tuple[dict, dict]
 
     from agents.backends import create_backend
     from agents.backends.recording import recorded_calls
-    from pipelines.synthesis import synthesize
+    from pipelines.synthesis.service import synthesize
 
     config = config_for(prompts, in_flight=16)
     recording = partial(create_backend, record_to=calls_file)
@@ -105,7 +105,7 @@ def pipeline_vs_raw(prompts: int, db: str, calls_file: str) -> tuple[dict, dict]
 
 def batching_speedup(prompts: int, db: str, k16: dict) -> dict:
     """K=1 on the same prompts and sampling, against the K=16 run measured above."""
-    from pipelines.synthesis import synthesize
+    from pipelines.synthesis.service import synthesize
 
     k1 = engine_rates(synthesize(config_for(prompts, in_flight=1), run_id="bench-k1", db_url=db))
     return {"k16": k16, "k1": k1, "speedup": round(k16["tokens_per_s"] / k1["tokens_per_s"], 2)}
@@ -156,7 +156,7 @@ def simulated_engine(model_config):  # picklable by value: defined in __main__
 
 def simulated_overhead(episodes: int, db: str, in_flight: int = 64, workers: int = 0) -> dict:
     """`episodes` distinct sums (more than the built-in set holds) against the simulated engine."""
-    from pipelines.synthesis import synthesize
+    from pipelines.synthesis.service import synthesize
 
     path = db.removeprefix("sqlite:///") + ".prompts.jsonl"
     with open(path, "w") as out:
@@ -207,7 +207,7 @@ def main() -> None:
         print(f"{name}: {json.dumps(value)}", file=sys.stderr, flush=True)
 
     if args.only_batching:
-        from pipelines.synthesis import synthesize
+        from pipelines.synthesis.service import synthesize
 
         k16 = engine_rates(synthesize(config_for(args.prompts, in_flight=16), run_id="bench-k16",
                                       db_url=f"sqlite:///{folder}/b.db"))

@@ -217,7 +217,7 @@ class RoundStages:
         self.log, self.progress, self.folder = log, progress, folder
 
     def synthesize(self, r: int, run_id: str, policy: str) -> dict[str, Any]:
-        from pipelines.synthesis import synthesize
+        from pipelines.synthesis.service import synthesize
 
         report = synthesize(
             with_target(self.config, policy),

@@ -12,7 +12,8 @@ from typing import Any
 from agents.catalog import prepare
 from configs.schema import SynthesisConfig
 from pipelines.export import ExportResult, export_run
-from pipelines.synthesis import SynthesisReport, synthesize
+from pipelines.synthesis.run import SynthesisReport
+from pipelines.synthesis.service import synthesize
 from storage.db import redact_url, resolve_db_url, session_scope
 from storage.migrate import open_database, upgrade
 from storage.queries import run_summary

@@ -12,7 +12,8 @@ from typing import Any
 
 from configs.schema import SynthesisConfig
 from pipelines.export import ExportResult, export_run
-from pipelines.synthesis import SynthesisReport, synthesize
+from pipelines.synthesis.run import SynthesisReport
+from pipelines.synthesis.service import synthesize
 from storage.migrate import open_database
 from storage.preference_sets import ExportFormat
 

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select
 from configs.errors import PrefsmithError
 from configs.loading import load_config
 from configs.schema import SynthesisConfig
-from pipelines.synthesis import synthesize
+from pipelines.synthesis.service import synthesize
 from storage.migrate import open_database
 from storage.models import Base
 from tests.sample_run import store_sample_run

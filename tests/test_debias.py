@@ -216,7 +216,7 @@ def test_synthesis_never_plays_a_held_out_occupation_and_the_trainer_holds_out_t
     from configs.loading import load_config
     from configs.splits import held_out_occupation
     from pipelines.prompt_sources import OCCUPATIONS
-    from pipelines.synthesis import prepare_run
+    from pipelines.synthesis.run import prepare_run
     from storage import leases
     from storage.db import session_scope
     from storage.models import Episode, Prompt, Run

@@ -19,7 +19,7 @@ from agents.game import EpisodePrompt
 from configs.errors import StorageError
 from pipelines.episode import PromptBook, play_episode
 from pipelines.recording import store_played_round
-from pipelines.synthesis import restore_book
+from pipelines.synthesis.run import restore_book
 from storage import leases
 from storage import records as rows
 from storage.db import session_scope

@@ -26,7 +26,8 @@ from sqlalchemy import func, select
 from configs import load_config
 from configs.errors import PrefsmithError
 from pipelines.schedule import run_schedule
-from pipelines.synthesis import prepare_run, restore_book, synthesize
+from pipelines.synthesis.run import prepare_run, restore_book
+from pipelines.synthesis.service import synthesize
 from storage import leases
 from storage import records as rows
 from storage.db import session_scope

@@ -271,7 +271,7 @@ def test_tools_cli() -> None:
 def test_cheap_tools_run_in_the_episodes_process_and_untrusted_code_does_not() -> None:
     import threading
 
-    from pipelines.synthesis import wrap_tool
+    from pipelines.synthesis.ray_tools import wrap_tool
     from tools.calculator import CalculatorTool
     from tools.reference_answer import ReferenceAnswerTool
     from tools.sandbox import PythonSandboxTool

@@ -20,7 +20,7 @@ import pytest
 
 from agents.backends.vllm_server import free_port
 from configs import load_config
-from pipelines.synthesis import synthesize
+from pipelines.synthesis.service import synthesize
 from storage.browse import PairFilter, list_pairs
 from storage.db import session_scope
 from storage.migrate import open_database

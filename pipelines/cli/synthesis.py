@@ -16,7 +16,7 @@ from pipelines.cli.options import AddressOption, ConfigOption, DbOption, SetOpti
 from pipelines.cli.terminal import EpisodeProgress, console, say
 
 if TYPE_CHECKING:
-    from pipelines.synthesis import SynthesisReport
+    from pipelines.synthesis.run import SynthesisReport
 
 def export(
     run: Annotated[str, typer.Option("--run", help="Run id to export.")],
@@ -86,7 +86,7 @@ def synthesize_command(
 ) -> None:
     """Play every pending prompt of a run on Ray and store the result; a rerun resumes."""
     from configs.loading import load_config
-    from pipelines.synthesis import synthesize
+    from pipelines.synthesis.service import synthesize
 
     report = synthesize(
         load_config(config, set_ or []),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from pipelines.synthesis import RunMetrics
+    from pipelines.synthesis.run import RunMetrics
 
 console = Console(soft_wrap=True)
 

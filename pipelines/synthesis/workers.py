@@ -13,8 +13,6 @@ the same prompt versions.
 
 from __future__ import annotations
 
-import functools
-import math
 import os
 import sys
 import threading
@@ -29,26 +27,20 @@ import ray
 
 from agents.backends import BackendFactory
 from configs.schema import SynthesisConfig
-from pipelines.episode import EpisodeRecord, PlayedRound, PromptBook, PromptRef
-from pipelines.game_setup import build_players, game_settings, model_ids, used_model_keys
+from pipelines.episode import PromptBook, PromptRef
+from pipelines.game_setup import model_ids, used_model_keys
 from pipelines.recording import RoundToStore, store_rounds
-from pipelines.synthesis import (
-    PASSED_ENV,
-    RAY_WAIT_S,
-    Abandoned,
-    ActorBackend,
-    EngineSummary,
+from pipelines.synthesis.engines import EngineRegistry, RemoteEngines, engine_prefix
+from pipelines.synthesis.playing import EpisodePlayer, episode_slots
+from pipelines.synthesis.ray_calls import RAY_WAIT_S, kill, runtime_env
+from pipelines.synthesis.run import (
+    STORE_PROGRESS_S,
     PendingEpisode,
     PreparedRun,
     RunMetrics,
     StopRequest,
-    engine_prefix,
     pending_episodes,
-    play_pending,
-    shut_down,
-    start_engines,
     store_progress,
-    wrap_tool,
 )
 from storage import leases
 from storage import records as rows
@@ -60,7 +52,6 @@ from storage.vocabulary import EpisodeStatus
 from tools.registry import build_tools
 
 TICK_S = 0.25  # how often the driver collects the workers' rounds
-STORE_PROGRESS_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -114,66 +105,17 @@ class RemoteBook:
         return ray.get(self.actor.promote.remote(ref), timeout=RAY_WAIT_S)
 
 
-class EngineRegistry:
-    """Owns the run's engine actors (`start_engines`) when episodes play in workers: hands out each replica's
-    current handle and replaces a dead or hung one, once, whichever worker noticed first."""
-
-    def __init__(self, config: SynthesisConfig, prefix: str, factory: BackendFactory) -> None:
-        self.unavailable: str | None = None
-        self.engines = start_engines(config, prefix, factory, self._give_up)
-
-    def _give_up(self, reason: str) -> None:
-        self.unavailable = self.unavailable or reason
-
-    def handle(self, key: str, replica: int) -> Any:
-        return self.engines[key][replica].handle
-
-    def replace(self, key: str, replica: int, dead: Any, reason: str) -> Any | None:
-        return self.engines[key][replica].replace(dead, reason)
-
-    def why_unavailable(self) -> str | None:
-        return self.unavailable
-
-    def shut_down(self) -> EngineSummary:
-        return shut_down(self.engines)
-
-
-class RemoteEngines:
-    """A worker's view of one replica in the `EngineRegistry` (what `ActorBackend` calls)."""
-
-    def __init__(self, registry: Any, key: str, replica: int) -> None:
-        self.registry, self.key, self.replica = registry, key, replica
-        self._handle = ray.get(registry.handle.remote(key, replica), timeout=RAY_WAIT_S)
-
-    @property
-    def handle(self) -> Any:
-        return self._handle
-
-    def replace(self, dead: Any, reason: str) -> Any | None:
-        self._handle = ray.get(self.registry.replace.remote(self.key, self.replica, dead, reason), timeout=None)
-        return self._handle
-
-
-class EpisodeWorker:
+class EpisodeWorker(EpisodePlayer):
     """Plays up to `slots` episodes at once in this process; keeps what they produce until `collect`."""
 
     def __init__(self, config: SynthesisConfig, registry: Any, book: Any, slots: int) -> None:
-        self.abandon = threading.Event()
-        self.stopping = False
-        backends = {
-            key: ActorBackend(
-                [RemoteEngines(registry, key, r) for r in range(config.models[key].replicas)],
-                config.models[key].max_batch_size,
-                abandon=self.abandon,
-            )
+        replicas = {
+            key: [RemoteEngines(registry, key, r) for r in range(config.models[key].replicas)]
             for key in used_model_keys(config)
         }
-        wrap = functools.partial(wrap_tool, timeout_s=config.tools.call_timeout_s, abandon=self.abandon)
-        self.players = build_players(config, backends, wrap_tool=wrap, tools=build_tools(config.tools))
-        self.book = RemoteBook(book)
-        self.settings = game_settings(config)
+        super().__init__(config, replicas, build_tools(config.tools), RemoteBook(book), threading.Event())
+        self._stopping = False
         self.pool = ThreadPoolExecutor(slots, thread_name_prefix="prefsmith-episode")
-        self._lock = threading.Lock()
         self._rounds: list[RoundToStore] = []
         self._ended: list[EpisodeEnd] = []
 
@@ -185,7 +127,7 @@ class EpisodeWorker:
 
     def assign(self, items: list[tuple[PendingEpisode, PromptRecord]]) -> None:
         for item, prompt in items:
-            self.pool.submit(self._play, item, prompt)
+            self.pool.submit(self.play, item, prompt)
 
     def collect(self) -> tuple[list[RoundToStore], list[EpisodeEnd]]:
         """The rounds finished and the episodes ended since the last call."""
@@ -196,38 +138,21 @@ class EpisodeWorker:
 
     def stop(self, now: bool) -> None:
         """Start no new episode; end each in-flight one after its current round (`now`: at once, unstored)."""
-        self.stopping = True
+        self._stopping = True
         if now:
             self.abandon.set()
 
-    def _on_round(self, episode: EpisodeRecord, record: PlayedRound) -> None:
-        if self.abandon.is_set():
-            raise Abandoned()
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def keep(self, played: RoundToStore) -> None:
         with self._lock:
-            self._rounds.append(RoundToStore.of(episode, record))
-        if self.stopping and not episode.finished:
-            raise Abandoned()
+            self._rounds.append(played)
 
-    def _play(self, item: PendingEpisode, prompt: PromptRecord) -> None:
-        end = EpisodeEnd(item.prompt_id, None)
-        try:
-            if not self.stopping:
-                episode = play_pending(item, prompt, self.players, self.book, self.settings, self._on_round)
-                end = EpisodeEnd(item.prompt_id, episode.status)
-        except Abandoned:
-            pass
-        except Exception as exc:  # one broken episode must not stop the run
-            if not self.abandon.is_set():
-                end = EpisodeEnd(item.prompt_id, EpisodeStatus.FAILED, f"{type(exc).__name__}: {exc}")
+    def end(self, prompt_id: str, status: EpisodeStatus | None, failure: str | None = None) -> None:
         with self._lock:
-            self._ended.append(end)
-
-
-def _kill(actor: Any) -> None:
-    try:
-        ray.kill(actor, no_restart=True)
-    except Exception:  # already gone
-        pass
+            self._ended.append(EpisodeEnd(prompt_id, status, failure))
 
 
 class Scheduler:
@@ -246,7 +171,7 @@ class Scheduler:
         self.run, self.new_worker, self.registry, self.stop = run, new_worker, registry, stop
         self.model_ids = model_ids(config)
         count = config.ray.episode_workers
-        self.slots = math.ceil(config.ray.episodes_in_flight / count)
+        self.slots = episode_slots(config)
         self.restarts_left = config.ray.episode_worker_restarts
         self.workers: list[Any] = [new_worker(w) for w in range(count)]
         self.assigned: list[dict[str, PendingEpisode]] = [{} for _ in range(count)]  # handed out, not ended
@@ -344,7 +269,7 @@ class Scheduler:
             self.stop.stop_now(f"an episode worker {reason}, and no restart is left; a rerun plays what it left")
             return
         self.restarts_left -= 1
-        _kill(self.workers[w])
+        kill(self.workers[w])
         held = list(self.assigned[w])
         try:
             pending, statuses = self.run.store(
@@ -415,14 +340,14 @@ def play_on_workers(
     progress: Callable[[RunMetrics], None] | None,
 ) -> PromptBook:
     """Play the run's pending episodes on `ray.episode_workers` actors; the prompt book as they left it."""
-    env = {"env_vars": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
+    env = runtime_env()
     registry: Any = (
         ray.remote(EngineRegistry)
         .options(num_cpus=0, max_concurrency=64, runtime_env=env)
         .remote(config, engine_prefix(run), factory)
     )
     book_actor: Any = ray.remote(PromptBookActor).options(num_cpus=0, max_concurrency=1).remote(*book.snapshot())
-    slots = math.ceil(config.ray.episodes_in_flight / config.ray.episode_workers)
+    slots = episode_slots(config)
     started = [0]
 
     def new_worker(w: int) -> Any:
@@ -449,10 +374,10 @@ def play_on_workers(
         return PromptBook.restore(versions, current)
     finally:
         for worker in scheduler.workers:
-            _kill(worker)
+            kill(worker)
         try:
             ray.get(registry.shut_down.remote(), timeout=10 * RAY_WAIT_S).into(run.report)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
             print(f"prefsmith: the engines gave no usage ({type(exc).__name__})", file=sys.stderr, flush=True)
-        _kill(registry)
-        _kill(book_actor)
+        kill(registry)
+        kill(book_actor)
