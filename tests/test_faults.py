@@ -368,10 +368,14 @@ def test_sigterm_with_a_hung_tool_exits_within_a_bound(tmp_path: Path, stack, si
     _, url, _ = stack
     config = _config(tmp_path, tools="[reference_answer, 'tests.hung_tool:HungTool']")
     run = f"hung{signals}"
-    synth = Synthesizer(config, url, run).start()
-    # the engine is up and the first round is at the judge's tools, where it hangs
+    synth = Synthesizer(config, url, run)
+    marker = tmp_path / "hung-tool-called"
+    synth.env["PREFSMITH_TEST_HUNG_MARKER"] = str(marker)
+    synth.start()
     assert _wait_for(lambda: _count(url, select(RunLease.run_id).where(RunLease.run_id == run)) == 1, 300, synth)
-    time.sleep(20)
+    # the engine is up and the first round is at the judge's tools, where it hangs
+    assert _wait_for(marker.exists, 300, synth), synth.err()[-3000:]
+    time.sleep(1)
     assert synth.proc.poll() is None, synth.err()[-3000:]
     sent = time.monotonic()
     synth.proc.send_signal(signal.SIGTERM)
