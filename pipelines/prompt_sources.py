@@ -186,9 +186,9 @@ def _check_storable(value: Any, where: str, field: str) -> None:
 
 
 def _json_field(row: dict[str, Any], field: str, where: str) -> Any:
-    """A field that a CSV file holds as JSON text."""
+    """A list field that a CSV file holds as JSON text."""
     value = row.get(field)
-    if not isinstance(value, str):
+    if not (isinstance(value, str) and value.lstrip().startswith("[")):
         return value
     try:
         return json.loads(value)
