@@ -113,7 +113,9 @@ PARAMETERS: dict[str, Callable[[random.Random], dict[str, Any]]] = {
     "language:response_language": lambda rng: {"language": rng.choice(LANGUAGES)},
     "length_constraints:number_sentences": lambda rng: _relation(rng, [2, 3], [2, 3, 4], ("num_sentences", "relation")),
     "length_constraints:number_paragraphs": lambda rng: {"num_paragraphs": rng.choice([2, 3])},
-    "length_constraints:number_words": lambda rng: _relation(rng, [15, 25, 40], [20, 30, 50], ("num_words", "relation")),
+    "length_constraints:number_words": lambda rng: _relation(
+        rng, [15, 25, 40], [20, 30, 50], ("num_words", "relation")
+    ),
     "length_constraints:nth_paragraph_first_word": _nth_paragraph,
     "detectable_content:number_placeholders": lambda rng: {"num_placeholders": rng.choice([1, 2])},
     "detectable_content:postscript": lambda rng: {"postscript_marker": rng.choice(["P.S.", "P.P.S"])},

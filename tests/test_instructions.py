@@ -217,10 +217,11 @@ def _store_instruction_run(engine, tool: InstructionChecksTool) -> dict[str, lis
         assert [c.verdict for c in calls] == [True, False]
         record = RoundRecord(
             index=0, target_prompt_version=0, judge_prompt_version=0, outcome=RoundOutcome.ACCEPTED,
-            candidates=[Candidate(text=t, model_id="m", finish_reason="stop", completion_tokens=5) for t in (good, bad)],
+            candidates=[Candidate(text=t, model_id="m", finish_reason="stop", completion_tokens=5)
+                        for t in (good, bad)],
             judgments=[JudgmentRecord(i, None, "", "m", verified=c.verdict) for i, c in enumerate(calls)],
-            evidence=[EvidenceRecord("instruction_checks", tool.arguments_for(context, t), c.data | {"summary": c.summary},
-                                     generation_index=i, verdict=c.verdict)
+            evidence=[EvidenceRecord("instruction_checks", tool.arguments_for(context, t),
+                                     c.data | {"summary": c.summary}, generation_index=i, verdict=c.verdict)
                       for i, (t, c) in enumerate(zip((good, bad), calls, strict=True))],
             pair=PairRecord(0, 1, None, None, None, "", True, "m", "m", "m", accepted_by="verified"),
         )
@@ -295,7 +296,8 @@ def test_a_smollm2_episode_on_instruction_prompts_stores_the_tools_verdicts(
         with session_scope(engine) as session:
             rounds = session.execute(select(Round)).scalars().all()
             evidence = session.execute(select(ToolEvidence)).scalars().all()
-            verified = {(j.round_id, j.generation_index): j.verified for j in session.execute(select(Judgment)).scalars()}
+            judgments = session.execute(select(Judgment)).scalars()
+            verified = {(j.round_id, j.generation_index): j.verified for j in judgments}
             assert rounds and len(evidence) == 3 * len([r for r in rounds if r.outcome != RoundOutcome.FAILED])
             for e in evidence:
                 assert e.tool == "instruction_checks" and e.error is None and e.verdict is not None

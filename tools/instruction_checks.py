@@ -2,7 +2,8 @@
 package on a candidate, per instruction strict and loose, as IFEval defines them; verified = all strict.
 
 The package is imported on first use (it takes seconds), made to work offline (its sentence counts use an
-untrained Punkt splitter, its downloads are refused) and deterministic (langdetect seeded). docs/methods.md
+untrained Punkt splitter, its downloads are refused) and deterministic (langdetect seeded). The README's
+"Instruction following" says how its verdicts compare with the official scorer's.
 """
 
 from __future__ import annotations
@@ -167,7 +168,9 @@ def check_spec(
         named = f"{where}: instruction {position} ({instruction_id!r})"
         registry = CHECKERS.registry_of(instruction_id)
         if registry is None:
-            raise InstructionSpecError(f"{named}: unknown instruction id (IFEval's or IFBench's, e.g. 'punctuation:no_comma')")
+            raise InstructionSpecError(
+                f"{named}: unknown instruction id (IFEval's or IFBench's, e.g. 'punctuation:no_comma')"
+            )
         given = {k: v for k, v in (kwargs or {}).items() if v is not None}
         parameters = inspect.signature(registry[instruction_id].build_description).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
