@@ -2,11 +2,13 @@
 from those of the official scorer with NLTK's trained English Punkt, which a run cannot download.
 
     python benchmarks/instruction_sentences.py --punkt-tab DIR [--responses FILE] [--n 400] [--samples 1]
+        [--from-db URL]
 
 DIR is NLTK's `tokenizers/punkt_tab/english` folder (what `nltk.download("punkt_tab")` installs). FILE holds
 the answers (JSONL: prompt, instruction_id_list, kwargs, response); when it does not exist, the target model of
 configs/instructions.yaml writes them for `--n` prompts of the built-in `instructions` set and they are saved
-there. Every answer is checked on its own instructions and on each of IFEval's 25 types (parameters drawn as
+there (`--from-db`: every candidate a database holds for a prompt with instructions, a synthesis run's).
+Every answer is checked on its own instructions and on each of IFEval's 25 types (parameters drawn as
 the built-in set draws them), strict and loose, both ways; the differences are printed, never asserted.
 """
 
@@ -52,6 +54,31 @@ def write_responses(path: Path, n: int, samples: int) -> None:
     print(f"wrote {path}: {len(prompts)} prompts x {samples} in {time.perf_counter() - started:.0f} s")
 
 
+def dump_responses(path: Path, url: str) -> None:
+    from sqlalchemy import select
+
+    from storage.db import session_scope
+    from storage.migrate import open_database
+    from storage.models import Episode, Generation, Prompt, Round
+
+    engine = open_database(url)
+    with session_scope(engine) as session, path.open("w") as out:
+        rows = session.execute(
+            select(Generation.text, Prompt.messages, Prompt.meta)
+            .join(Round, Round.id == Generation.round_id)
+            .join(Episode, Episode.id == Round.episode_id)
+            .join(Prompt, Prompt.id == Episode.prompt_id)
+        ).all()
+        kept = 0
+        for text, messages, meta in rows:
+            if (meta or {}).get("instruction_id_list"):
+                kept += 1
+                out.write(json.dumps({"prompt": messages[-1]["content"], "response": text}
+                                     | {k: meta[k] for k in ("instruction_id_list", "kwargs")}) + "\n")
+    engine.dispose()
+    print(f"wrote {path}: {kept} candidates from {url}")
+
+
 def real_punkt(folder: Path):
     """NLTK's trained Punkt from a punkt_tab folder, read here (nltk opens files only under its data roots)."""
     from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
@@ -75,7 +102,10 @@ def main() -> None:
     parser.add_argument("--responses", type=Path, default=Path("instruction_responses.jsonl"))
     parser.add_argument("--n", type=int, default=400)
     parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--from-db", default=None)
     args = parser.parse_args()
+    if args.from_db and not args.responses.exists():
+        dump_responses(args.responses, args.from_db)
     if not args.responses.exists():
         write_responses(args.responses, args.n, args.samples)
 
