@@ -123,8 +123,9 @@ def main() -> None:
 
     rows = [json.loads(line) for line in args.responses.read_text().splitlines() if line.strip()]
     rng = random.Random(0)
-    checks, differ, own_pass = 0, collections.Counter(), 0
+    checks, differ, own_pass, counted_apart = 0, collections.Counter(), 0, 0
     for row in rows:
+        counted_apart += len(offline[0]().tokenize(row["response"])) != len(trained.tokenize(row["response"]))
         specs = [(row["instruction_id_list"], row["kwargs"])]
         for kind in INSTRUCTION_TYPES:
             kwargs = PARAMETERS[kind](rng)
@@ -145,6 +146,7 @@ def main() -> None:
     instructions_util._get_sentence_tokenizer, instructions_util.nltk = offline
     print(f"{len(rows)} answers, {checks} checks (strict and loose each): {sum(differ.values())} differ "
           f"({sum(differ.values()) / max(checks, 1):.2%}): {dict(differ) or 'none'}")
+    print(f"sentence counts differ on {counted_apart} of {len(rows)} answers")
     print(f"answers following every instruction of their own prompt strictly: {own_pass} of {len(rows)} "
           f"({own_pass / max(len(rows), 1):.1%})")
 
