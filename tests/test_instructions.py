@@ -120,6 +120,21 @@ def test_the_tool_applies_only_to_prompts_with_instructions_and_caps_the_candida
     assert not bad.ok and "InstructionSpecError" in bad.error and "prompt 7" in bad.error
 
 
+def test_ifbench_ids_are_checked_offline(tool) -> None:
+    import nltk
+
+    download = nltk.download
+    row = {"prompt": "p", "instruction_id_list": ["format:title_case", "ratio:stop_words"],
+           "kwargs": [{}, {"percentage": 30}]}
+    evidence = tool_evidence(tool, row, "Rivers Run To The Sea")
+    assert nltk.download is download  # refused only while IFBench's module imports
+    title, stop_words = evidence.data["instructions"]
+    assert title["strict"] is True and "error" not in title
+    assert "stopwords" in stop_words["error"] and evidence.verdict is None  # no verdict without its data
+    failed = tool_evidence(tool, row, "rivers run to the sea")
+    assert failed.verdict is False  # a check that ran and failed decides
+
+
 @pytest.mark.parametrize(
     ("ids", "kwargs", "named"),
     [

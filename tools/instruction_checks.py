@@ -128,10 +128,6 @@ def _import_ifbench() -> dict[str, Any]:
 CHECKERS = _Checkers()
 
 
-def known_instruction(instruction_id: str) -> bool:
-    return CHECKERS.registry_of(instruction_id) is not None
-
-
 def _build(instruction_id: str, kwargs: dict[str, Any], prompt: str) -> Any:
     """The checker of `instruction_id` built with `kwargs` as the reference scorer builds it (None values
     dropped; checkers that take the prompt are given it)."""
@@ -228,7 +224,7 @@ def check_instructions(
 
 def _resource(exc: LookupError) -> str:
     """The nltk resource a LookupError names ("stopwords"), without its colour codes and banner."""
-    found = re.search(r"Resource\s+(?:\x1b\[\d+m)?([\w/.]+)", str(exc))
+    found = re.search(r"Resource\s+(?:\x1b\[\d+m)?['\"]?([\w/.]+)", str(exc))
     return found.group(1) if found else "an nltk resource"
 
 
