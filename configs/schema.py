@@ -295,6 +295,11 @@ class SynthesisConfig(Strict):
                 raise ValueError(
                     f"roles.{role} names model {key!r}, which is not under 'models' (have: {known})"
                 )
+        if any(source.builtin == "instructions" for source in self.prompts) and (
+            "instruction_checks" not in self.tools.enabled
+        ):
+            # Resolved here, so the run's stored config names the tool that verified its pairs.
+            self.tools.enabled = [*self.tools.enabled, "instruction_checks"]
         for i, source in enumerate(self.prompts):
             if source.split == "heldout":
                 raise ValueError(

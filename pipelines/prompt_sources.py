@@ -1,6 +1,7 @@
 """Prompt sources: built-in sets that need no download (generated arithmetic, small coding tasks, occupation
-prompts) and the user's own JSONL, CSV, Parquet or `datasets` folders, each row carrying what its tools need
-(a file in HumanEval's format gives coding prompts whose `check(candidate)` tests the sandbox runs); and the
+prompts, instruction-following tasks) and the user's own JSONL, CSV, Parquet or `datasets` folders, each row
+carrying what its tools need (a file in HumanEval's format gives coding prompts whose `check(candidate)` tests
+the sandbox runs; a row in IFEval's format, with `instruction_id_list` and `kwargs`, is checked); and the
 problems with gold answers that task evaluation measures on.
 
 Rows become `PromptRecord`s (id = sha256 of the messages); bad rows fail with the file, line and field.
@@ -22,9 +23,11 @@ from typing import Any
 from configs.errors import ConfigError, PrefsmithError
 from configs.schema import PromptSourceConfig
 from configs.splits import in_split, occupation_key
+from pipelines.instruction_prompts import instruction_prompts
 from storage.records import PromptRecord
 from tools.answers import final_number
 from tools.calculator import evaluate
+from tools.instruction_checks import check_spec
 from training.evaluation.base import EvalError, Problem, ProblemSet
 
 
@@ -216,6 +219,7 @@ BUILTIN_SETS: dict[str, Callable[[PromptSourceConfig], list[dict[str, Any]]]] = 
     "arithmetic": lambda source: arithmetic_prompts(source.limit or 50, source.seed, source.split or "train"),
     "coding": lambda source: _split(coding_prompts(), "prompt", source.split or "train"),
     "occupations": lambda source: _split(occupation_prompts(), "occupation", source.split or "train"),
+    "instructions": lambda source: instruction_prompts(source.limit or 100, source.seed, source.split or "train"),
 }
 
 
@@ -232,6 +236,17 @@ def _check_storable(value: Any, where: str, field: str) -> None:
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _check_storable(item, where, f"{field}[{i}]")
+
+
+def _json_field(row: dict[str, Any], field: str, where: str) -> Any:
+    """A list field that a CSV file holds as JSON text."""
+    value = row.get(field)
+    if not (isinstance(value, str) and value.lstrip().startswith("[")):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise PromptSourceError(f"{where}: field {field!r} is not JSON") from None
 
 
 def row_to_record(row: dict[str, Any], where: str) -> PromptRecord:
@@ -259,6 +274,10 @@ def row_to_record(row: dict[str, Any], where: str) -> PromptRecord:
         raise PromptSourceError(f"{where}: no prompt (give a non-empty 'prompt' text or a 'messages' list)")
     if isinstance(row.get("system"), str) and row["system"].strip():
         messages = [{"role": "system", "content": row["system"].strip()}, *messages]
+    if "instruction_id_list" in row:  # IFEval's format: the instructions its checkers verify
+        text = "\n".join(m["content"] for m in messages if m["role"] != "system")
+        ids, kwargs = (_json_field(row, name, where) for name in ("instruction_id_list", "kwargs"))
+        meta["instruction_id_list"], meta["kwargs"] = check_spec(ids, kwargs, where, text)
     return PromptRecord(messages=messages, source=where.rsplit(":", 1)[0], meta=meta)
 
 

@@ -8,13 +8,14 @@ time with a thousand pairs or a million. Long texts are cut in SQL for lists; a 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import accumulate
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, Text, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from configs.errors import NotFoundError
@@ -40,7 +41,8 @@ PREVIEW_CHARS = 160
 @dataclass(frozen=True)
 class PairFilter:
     """What the pairs list shows: `status` one of PAIR_STATUSES ("failed" lists failed episodes instead of
-    pairs), reward score range, text in chosen or rejected, prompt source."""
+    pairs), reward score range, text in chosen or rejected, prompt source, an instruction type the prompt
+    carries (an IFEval instruction id such as "punctuation:no_comma")."""
 
     run: str | None = None
     status: str = "all"
@@ -48,6 +50,7 @@ class PairFilter:
     max_score: float | None = None
     text: str | None = None
     source: str | None = None
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,34 @@ def _pairs_query(f: PairFilter) -> Select:
         query = query.where(
             PreferencePair.prompt_id.in_(select(Prompt.id).where(Prompt.source == f.source).scalar_subquery())
         )
+    if f.instruction:
+        query = query.where(PreferencePair.prompt_id.in_(_prompts_with_instruction(f.instruction)))
     return query
+
+
+def _prompts_with_instruction(instruction_id: str) -> Any:
+    """The ids of prompts whose meta names `instruction_id`: a match on the JSON text, written the same on
+    SQLite and PostgreSQL (an id is quoted there as in any JSON)."""
+    return (
+        select(Prompt.id)
+        .where(cast(Prompt.meta, Text).contains(json.dumps(instruction_id), autoescape=True))
+        .scalar_subquery()
+    )
+
+
+def instruction_types(session: Session, run: str | None = None, scanned: int = 500) -> list[str]:
+    """The instruction ids the prompts of a run (or of the database) carry, for the list's filter, read from at
+    most `scanned` prompts so that the page costs the same with any number (a type seen in none of them is
+    still a filter, by its id in the query string)."""
+    query = select(Prompt.meta)
+    if run:
+        query = query.where(Prompt.id.in_(select(Episode.prompt_id).where(Episode.run_id == run).scalar_subquery()))
+    found: set[str] = set()
+    for meta in session.execute(query.limit(scanned)).scalars():
+        ids = (meta or {}).get("instruction_id_list")
+        if isinstance(ids, list):
+            found.update(i for i in ids if isinstance(i, str))
+    return sorted(found)
 
 
 def list_pairs(
@@ -254,6 +284,9 @@ def pair_detail(session: Session, pair_id: str) -> dict[str, Any]:
     return {
         "pair": {c.key: getattr(pair, c.key) for c in PreferencePair.__table__.columns},
         "prompt": {"messages": prompt.messages, "source": prompt.source},
+        "instructions": _instruction_verdicts(
+            prompt.meta or {}, candidates.get(pair.round_id, []), pair.chosen_index, pair.rejected_index
+        ),
         "episode_status": episode.status,
         "rounds": [
             {
@@ -292,6 +325,35 @@ def pair_detail(session: Session, pair_id: str) -> dict[str, Any]:
         "next_id": older_pair_id(session, pair),
         "previous_id": _newer_pair_id(session, pair),
     }
+
+
+def _instruction_verdicts(
+    meta: dict[str, Any], candidates: list[dict[str, Any]], chosen: int, rejected: int
+) -> list[dict[str, Any]]:
+    """Each instruction the prompt carries with its strict and loose verdict on the pair's chosen and rejected
+    candidates, as the instruction_checks tool recorded them (None where it has none)."""
+    ids = meta.get("instruction_id_list")
+    if not isinstance(ids, list):
+        return []
+    kwargs = meta.get("kwargs") if isinstance(meta.get("kwargs"), list) else []
+
+    def results(index: int) -> list[Any]:
+        for c in candidates:
+            if c["index"] == index:
+                for e in c["evidence"]:
+                    if e["tool"] == "instruction_checks" and isinstance(e["result"].get("instructions"), list):
+                        return list(e["result"]["instructions"])
+        return []
+
+    sides = {"chosen": results(chosen), "rejected": results(rejected)}
+    rows = []
+    for position, instruction_id in enumerate(ids):
+        row: dict[str, Any] = {"id": instruction_id, "kwargs": kwargs[position] if position < len(kwargs) else {}}
+        for side, found in sides.items():
+            entry = found[position] if position < len(found) and isinstance(found[position], dict) else {}
+            row[side] = {"strict": entry.get("strict"), "loose": entry.get("loose"), "error": entry.get("error")}
+        rows.append(row)
+    return rows
 
 
 def _get_pair(session: Session, pair_id: str) -> PreferencePair:

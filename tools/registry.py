@@ -61,12 +61,19 @@ def _labor_statistics(config: ToolsConfig) -> JudgeTool:
     return LaborStatisticsTool(table_path=config.labor_table)
 
 
+def _instruction_checks(config: ToolsConfig) -> JudgeTool:
+    from tools.instruction_checks import InstructionChecksTool
+
+    return InstructionChecksTool()
+
+
 BUILTIN: dict[str, Callable[[ToolsConfig], JudgeTool]] = {
     "reference_answer": _reference_answer,
     "calculator": _calculator,
     "python_sandbox": _python_sandbox,
     "retrieval": _retrieval,
     "labor_statistics": _labor_statistics,
+    "instruction_checks": _instruction_checks,
 }
 
 

@@ -4,6 +4,7 @@ that made it, one of its texts whole as plain text, and the review form's POST.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -15,6 +16,7 @@ from storage.browse import (
     PAIR_STATUSES,
     Cursor,
     PairFilter,
+    instruction_types,
     list_failed_episodes,
     list_pairs,
     older_pair_id,
@@ -30,6 +32,7 @@ from ui.security import ARTIFACT_CSP, form_refusal
 from ui.settings import Settings
 
 PAGE_SIZE = 50
+INSTRUCTION_ID = re.compile(r"[\w-]+:[\w-]+")  # IFEval's and IFBench's ids: group:name
 REVIEWER_COOKIE = "prefsmith_reviewer"  # the name the last review was signed with, for the next form
 
 router = APIRouter()
@@ -57,6 +60,10 @@ def parse_query(q: QueryParams) -> PairQuery:
             errors.append(f"{name.replace('_', ' ')} {raw!r} is not a number")
             return None
 
+    instruction = (q.get("instruction") or "").strip() or None
+    if instruction is not None and not INSTRUCTION_ID.fullmatch(instruction):
+        errors.append(f"instruction {instruction[:80]!r} is not an instruction id (such as punctuation:no_comma)")
+        instruction = None
     status = q.get("status", "all")
     if status not in PAIR_STATUSES:
         errors.append(f"status {status!r} is not one of {', '.join(PAIR_STATUSES)}")
@@ -68,6 +75,7 @@ def parse_query(q: QueryParams) -> PairQuery:
         max_score=number("max_score"),
         text=(q.get("q") or "").strip()[:200] or None,
         source=q.get("source") or None,
+        instruction=instruction,
     )
     after = None
     if q.get("after"):
@@ -88,6 +96,7 @@ def pairs(request: Request, settings: Settings) -> HTMLResponse:
         else:
             rows, cursor = list_pairs(session, filters, query.after, PAGE_SIZE)
         sources = prompt_sources(session, filters.run)
+        instructions = instruction_types(session, filters.run)
     params = {k: v for k, v in request.query_params.items() if k != "after" and v}
     return page(
         request,
@@ -96,6 +105,7 @@ def pairs(request: Request, settings: Settings) -> HTMLResponse:
         filters=filters,
         statuses=PAIR_STATUSES,
         sources=sources,
+        instructions=instructions,
         errors=query.errors,
         next_url=f"/pairs?{urlencode(params | {'after': cursor.encode()})}" if cursor else None,
         first_url=f"/pairs?{urlencode(params)}" if query.after else None,
