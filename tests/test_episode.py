@@ -380,7 +380,8 @@ def _demo_prompt() -> EpisodePrompt:
     from configs import load_config
     from pipelines.prompt_sources import load_prompts
 
-    (record,) = [p for p in load_prompts(load_config("quickstart").prompts) if "Mia has 68" in p.messages[-1]["content"]]
+    prompts = load_prompts(load_config("quickstart").prompts)
+    (record,) = [p for p in prompts if "Mia has 68" in p.messages[-1]["content"]]
     return EpisodePrompt(record.id, record.messages, record.meta)
 
 

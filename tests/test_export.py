@@ -202,7 +202,15 @@ def test_finish_reasons_are_stored_exported_and_shown_on_the_pairs_page(db_url: 
     from storage import records as rows
     from storage.records import PromptRecord
     from tests.test_episode import (
-        DECIDING, DEMO_CHOSEN, ScriptedReward, ScriptedTarget, _demo_prompt, _quickstart_judge, book, players)
+        DECIDING,
+        DEMO_CHOSEN,
+        ScriptedReward,
+        ScriptedTarget,
+        _demo_prompt,
+        _quickstart_judge,
+        book,
+        players,
+    )
     from ui.app import UiSettings, create_app
 
     prompt = _demo_prompt()

@@ -150,7 +150,8 @@ def test_calculator_applies_to_arithmetic_prompts_only() -> None:
     tool = CalculatorTool()
     assert tool.arguments_for(PromptContext(text="q", meta={"answer": 4}), "x") == {"candidate": "x"}
     assert tool.arguments_for(PromptContext(text="q", meta={"expression": "2 + 2"}), "x") == {"candidate": "x"}
-    assert tool.arguments_for(PromptContext(text="q", meta={"answer": "B", "answer_kind": "multiple_choice"}), "x") is None
+    choice = PromptContext(text="q", meta={"answer": "B", "answer_kind": "multiple_choice"})
+    assert tool.arguments_for(choice, "x") is None
     assert tool.arguments_for(PromptContext(text="q", meta={"tests": "assert f()"}), "x") is None
     # a prompt that poses an expression and carries no answer: its value is the reference answer's gold
     assert ReferenceAnswerTool().arguments_for(PromptContext(text="q", meta={"expression": "7 * 6"}), "42") == {

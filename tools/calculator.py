@@ -13,8 +13,8 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from fractions import Fraction
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
@@ -273,7 +273,8 @@ class CalculatorTool(JudgeTool):
             ],
         }
         if not statements:
-            return Evidence(tool=self.name, ok=True, summary="no arithmetic statements to check", data=data).model_dump()
+            summary = "no arithmetic statements to check"
+            return Evidence(tool=self.name, ok=True, summary=summary, data=data).model_dump()
         false = [s for s in statements if not s.holds]
         if false:
             shown = "; ".join(f"{s.text} (sides: {', '.join(str(as_number(v)) for v in s.values)})" for s in false[:3])
