@@ -87,7 +87,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--n", "16")),
     # --before names the last commit with the loose checks (the number after the last '=', no finish check).
     Benchmark("verdicts_clean", "Is a verified pair clean? Strict checks vs. the loose ones, pairs per minute",
-              ("--n", "24", "--before", "f271b91")),
+              ("--n", "8", "--before", "f271b91")),
     # A whole synthesis as a user runs it: the engine takes its default threads (every CPU), the old code the
     # one thread its quickstart set.
     Benchmark(

@@ -4,7 +4,7 @@ by side in one run: *before*, the code of commit f271b91 (its quickstart preset 
 of that commit; *after*, this tree (strict final answer by math-verify, every arithmetic step checked, a cut-off
 answer fails; the retuned quickstart preset and prompts).
 
-    python benchmarks/verdicts_clean.py [--n 24] [--before f271b91] [--in-flight 4]
+    python benchmarks/verdicts_clean.py [--n 8] [--before f271b91] [--in-flight 4]
 
 Every accepted pair of both runs is then graded by one checker, stated here: the chosen answer is *clean* when it
 finished (finish reason `stop`), the answer it commits to (tools.answers.committed_answer: an explicit final form,
@@ -43,7 +43,8 @@ def play(n: int, in_flight: int) -> dict:
     from pipelines.game_setup import build_players, game_settings, new_prompt_book, open_backends
     from pipelines.prompt_sources import load_prompts
 
-    config = load_config("quickstart", [f"prompts=[{{builtin: arithmetic, limit: {n}, seed: 0}}]"])
+    preset = load_config("quickstart").prompts[0].builtin  # each tree's own built-in set
+    config = load_config("quickstart", [f"prompts=[{{builtin: {preset}, limit: {n}, seed: 0}}]"])
     backends = open_backends(config)
     players = build_players(config, backends)
     book = new_prompt_book()
@@ -125,7 +126,7 @@ def summary(run: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=24)
+    parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--before", default="f271b91", help="Commit whose code plays the 'before' run.")
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--pairs-out", default=str(REPO / "benchmarks" / "results" / "verdicts_clean.json"),
@@ -144,7 +145,7 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
     results = {label: summary(run) for label, run in runs.items()}
-    print(f"{args.n} built-in arithmetic problems (seed 0, train split), the quickstart preset of each tree")
+    print(f"{args.n} built-in arithmetic problems (seed 0, train split) of the quickstart preset of each tree")
     for label, r in results.items():
         s = r["settings"]
         print(f"  {label}: {s['candidates']} candidates, {s['max_rounds']} rounds, max_tokens {s['max_tokens']}, "

@@ -1,5 +1,5 @@
-"""Prompt sources: built-in sets that need no download (generated arithmetic, small coding tasks, occupation
-prompts) and the user's own JSONL, CSV, Parquet or `datasets` folders, each row carrying what its tools need.
+"""Prompt sources: built-in sets that need no download (generated arithmetic of two steps or one, small coding tasks,
+occupation prompts) and the user's own JSONL, CSV, Parquet or `datasets` folders, each row carrying what its tools need.
 
 Rows become `PromptRecord`s (id = sha256 of the messages); bad rows fail with the file, line and field.
 """
@@ -37,13 +37,27 @@ ARITHMETIC_TEMPLATES = [
     ("There are {a} apples shared equally among {b} baskets, and {c} apples are added to each basket. "
      "How many apples are in one basket?", "{a} / {b} + {c}"),
 ]
+# One operation each: problems SmolLM2-135M (the quickstart's model) gets right often enough to make pairs.
+ONE_STEP_TEMPLATES = [
+    ("A baker makes {a} loaves and sells {c} of them. How many loaves are left?", "{a} - {c}"),
+    ("A box holds {b} pencils. How many pencils are in {c} boxes?", "{b} * {c}"),
+    ("Mia has {a} stickers and buys {b} more. How many stickers does she have now?", "{a} + {b}"),
+    ("A train travels {b} km every hour. How far does it travel in {c} hours?", "{b} * {c}"),
+    ("There are {a} apples shared equally among {b} baskets. How many apples are in one basket?", "{a} / {b}"),
+]
+# Asks for the explicit final form the reference-answer check reads first (tools.answers.committed_answer). In the
+# question rather than a system message: measured on SmolLM2-135M, a small model follows it far more often there.
+ANSWER_INSTRUCTION = "End your reply with: The answer is N."
 
 
 Split = str  # "train", "heldout" or "all" (configs.schema.PromptSourceConfig.split; see configs.splits)
 
 
-def arithmetic_prompts(n: int = 50, seed: int = 0, split: Split = "all") -> list[dict[str, Any]]:
-    """`n` distinct arithmetic word problems of `split` with integer answers, reproducible from `seed`."""
+def arithmetic_prompts(
+    n: int = 50, seed: int = 0, split: Split = "all", templates: list[tuple[str, str]] = ARITHMETIC_TEMPLATES
+) -> list[dict[str, Any]]:
+    """`n` distinct arithmetic word problems of `split` from `templates`, with integer answers, reproducible
+    from `seed`."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -53,7 +67,7 @@ def arithmetic_prompts(n: int = 50, seed: int = 0, split: Split = "all") -> list
             raise ConfigError(
                 f"prompts: the built-in arithmetic set ran out of distinct problems after {len(rows)} (asked for {n})"
             )
-        template, expression = ARITHMETIC_TEMPLATES[len(rows) % len(ARITHMETIC_TEMPLATES)]
+        template, expression = templates[len(rows) % len(templates)]
         a, b, c = rng.randint(2, 40), rng.randint(2, 12), rng.randint(1, 9)
         if "/" in expression:
             a = b * rng.randint(2, 12)
@@ -61,8 +75,10 @@ def arithmetic_prompts(n: int = 50, seed: int = 0, split: Split = "all") -> list
             a = b * c + rng.randint(1, 30)
         if expression.startswith("{a} + {b} - {c}"):
             c = rng.randint(1, a + b - 1)
+        if expression == "{a} - {c}":
+            c = rng.randint(1, min(9, a - 1))
         expr = expression.format(a=a, b=b, c=c)
-        prompt = template.format(a=a, b=b, c=c) + " Give the final answer as a number."
+        prompt = f"{template.format(a=a, b=b, c=c)} {ANSWER_INSTRUCTION}"
         if prompt in seen or not in_split(prompt, split):
             misses += 1
             continue
@@ -161,6 +177,9 @@ def _split(rows: list[dict[str, Any]], key: str, split: Split) -> list[dict[str,
 # Each built-in set gives the rows of the source's split (which synthesis never sets to "heldout").
 BUILTIN_SETS: dict[str, Callable[[PromptSourceConfig], list[dict[str, Any]]]] = {
     "arithmetic": lambda source: arithmetic_prompts(source.limit or 50, source.seed, source.split or "train"),
+    "arithmetic_one_step": lambda source: arithmetic_prompts(
+        source.limit or 50, source.seed, source.split or "train", ONE_STEP_TEMPLATES
+    ),
     "coding": lambda source: _split(coding_prompts(), "prompt", source.split or "train"),
     "occupations": lambda source: _split(occupation_prompts(), "occupation", source.split or "train"),
 }

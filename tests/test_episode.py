@@ -376,11 +376,11 @@ def _quickstart_judge() -> Judge:
 
 
 def _demo_prompt() -> EpisodePrompt:
-    """Mia's stickers, one of the quickstart's built-in arithmetic problems (68 - 8 * 6 = 20)."""
-    from configs import load_config
+    """Mia's stickers, one of the built-in arithmetic problems the quickstart played then (68 - 8 * 6 = 20)."""
+    from configs.schema import PromptSourceConfig
     from pipelines.prompt_sources import load_prompts
 
-    prompts = load_prompts(load_config("quickstart").prompts)
+    prompts = load_prompts([PromptSourceConfig(builtin="arithmetic", limit=8, seed=0)])
     (record,) = [p for p in prompts if "Mia has 68" in p.messages[-1]["content"]]
     return EpisodePrompt(record.id, record.messages, record.meta)
 
