@@ -23,8 +23,8 @@ from storage.vocabulary import EPISODE_FINISHED, RoundOutcome
 pytestmark = pytest.mark.model
 
 EASY = [
-    ("What is 2 + 3? Answer with the number.", 5, "2 + 3"),
-    ("What is 10 - 4? Answer with the number.", 6, "10 - 4"),
+    ("What is 2 + 3? End your reply with: The answer is N.", 5, "2 + 3"),
+    ("What is 10 - 4? End your reply with: The answer is N.", 6, "10 - 4"),
 ]
 
 
@@ -32,8 +32,10 @@ EASY = [
 def played(small_model_path: Path) -> tuple[list[EpisodeRecord], dict[str, str], object]:
     config = load_config(
         "quickstart",
+        # Every round reaches the judge and the reward model (verdicts not deciding): with the strict checks a
+        # 16-token answer is often cut off, every candidate can fail, and a round decided on verdicts would be a tie.
         ["game.candidates=3", "game.max_rounds=2", "sampling.temperature=1.0", "sampling.max_tokens=16",
-         "sampling.seed=3"],
+         "sampling.seed=3", "game.verdicts_decide=false"],
     )
     backends = open_backends(config)
     players = build_players(config, backends)

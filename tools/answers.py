@@ -28,7 +28,7 @@ _CHOICE = re.compile(r"\b(?:answer|option|choice)?\s*(?:is|:)?\s*\(?([A-H])\)?(?
 # Longer than any answer a candidate commits to: what is parsed is bounded before sympy sees it.
 MAX_ANSWER_CHARS = 200
 # How long one math-verify parse or comparison may take (it calls sympy, which can take very long on odd input).
-MATH_VERIFY_DEADLINE_S = 5.0
+MATH_VERIFY_DEADLINE_S = 10.0
 
 # We bound math-verify ourselves (see `bounded`), so its warning that its own timeouts are disabled is noise.
 for _name in ("math_verify.parser", "math_verify.grader"):
@@ -69,21 +69,18 @@ def bounded(function: Callable[..., T], *args: Any, deadline_s: float = MATH_VER
     return box["value"]
 
 
-def _parse(text: str) -> list[Any]:
-    from math_verify import parse
+def _math_verify() -> tuple[Callable[..., list[Any]], Callable[..., bool]]:
+    """math-verify's parse and verify, imported in the caller's thread: the first import (sympy) takes seconds,
+    which must not count against a comparison's deadline."""
+    from math_verify import parse, verify
 
-    return parse(text[:MAX_ANSWER_CHARS], parsing_timeout=None)  # type: ignore[arg-type]
-
-
-def _verify(gold: list[Any], claimed: list[Any]) -> bool:
-    from math_verify import verify
-
-    return bool(verify(gold, claimed, timeout_seconds=None))
+    return parse, verify
 
 
 def parse_value(text: str) -> list[Any]:
     """math-verify's reading of `text` (a number, fraction, decimal, LaTeX, with units): [] when it finds none."""
-    return bounded(_parse, text)
+    parse, _ = _math_verify()
+    return bounded(lambda: parse(text[:MAX_ANSWER_CHARS], parsing_timeout=None))
 
 
 def same_value(gold: str, claimed: str) -> bool:
@@ -92,7 +89,8 @@ def same_value(gold: str, claimed: str) -> bool:
     gold_value, claimed_value = parse_value(gold), parse_value(claimed)
     if not gold_value or not claimed_value:
         return False
-    return bounded(_verify, gold_value, claimed_value)
+    _, verify = _math_verify()
+    return bool(bounded(lambda: verify(gold_value, claimed_value, timeout_seconds=None)))
 
 
 def as_fraction(text: str) -> Fraction | None:
@@ -123,7 +121,6 @@ class Committed:
     answer: str | None
     form: str
     problem: str | None = None
-    answers: tuple[str, ...] = ()
 
 
 def _value_text(tail: str) -> str:
@@ -134,14 +131,15 @@ def _value_text(tail: str) -> str:
     return tail.rsplit("=", 1)[-1].strip().strip("$").strip()
 
 
-def _single(value: str, where: str) -> Committed | str:
+def _single(value: str, form: str) -> Committed | str:
     """`value` if it states one value; a Committed problem when it states none or several (12 or 13)."""
+    where = "explicit answer" if form == "explicit" else form
     if not value or not (numbers_in(value) or "\\" in value):
-        return Committed(None, where, f"the {where} states no number")
+        return Committed(None, form, f"the {where} states no number")
     if "\\" not in value:
         distinct = list(dict.fromkeys(n.replace(",", "") for n in numbers_in(value)))
         if len(distinct) > 1:
-            return Committed(None, where, f"the {where} states several values ({', '.join(distinct)})")
+            return Committed(None, form, f"the {where} states several values ({', '.join(distinct)})")
     return value
 
 
@@ -152,7 +150,7 @@ def committed_answer(text: str) -> Committed:
     for match in _EXPLICIT.finditer(text):
         boxed = match.group("boxed")
         value = _value_text(boxed if boxed is not None else match.group("tail"))
-        single = _single(value, "explicit answer")
+        single = _single(value, "explicit")
         if isinstance(single, Committed):
             return single
         explicit.append(single)
@@ -160,16 +158,15 @@ def committed_answer(text: str) -> Committed:
         distinct = list(dict.fromkeys(explicit))
         for other in distinct[1:]:
             if not same_value(distinct[0], other):
-                return Committed(None, "explicit", f"commits to two different answers ({distinct[0]}, {other})",
-                                 tuple(distinct))
-        return Committed(distinct[-1], "explicit", answers=tuple(distinct))
+                return Committed(None, "explicit", f"commits to two different answers ({distinct[0]}, {other})")
+        return Committed(distinct[-1], "explicit")
     lines = [line for line in text.strip().splitlines() if line.strip()]
     if not lines:
         return Committed(None, "final line", "the answer is empty")
     single = _single(lines[-1].rsplit("=", 1)[-1].strip(), "final line")
     if isinstance(single, Committed):
         return single
-    return Committed(single, "final line", answers=(single,))
+    return Committed(single, "final line")
 
 
 def final_choice(text: str, letters: str = "ABCDEFGH") -> str | None:
