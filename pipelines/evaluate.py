@@ -118,7 +118,7 @@ def load_problems(source: str, limit: int | None = None, seed: int = 0) -> tuple
     problems (never played by synthesis); a file (JSONL, CSV, Parquet, `datasets` folder) is used whole and
     needs an `answer` field holding a number on every row."""
     from pipelines.prompt_sources import load_prompts
-    from tools.answers import final_number
+    from tools.answers import as_fraction
 
     if source.startswith("builtin:"):
         config = PromptSourceConfig(builtin=source.removeprefix("builtin:"), split="heldout", limit=limit, seed=seed)
@@ -134,7 +134,7 @@ def load_problems(source: str, limit: int | None = None, seed: int = 0) -> tuple
                 f"{source}: prompt {i + 1} ({question[:60]!r}) has no 'answer' field; "
                 "eval task needs a gold answer on every prompt"
             )
-        gold = final_number(str(record.meta["answer"]))
+        gold = as_fraction(str(record.meta["answer"]))
         if gold is None:
             raise EvalError(f"{source}: prompt {i + 1}: answer {record.meta['answer']!r} holds no number")
         problems.append(Problem(record.id, record.messages, question, gold))
