@@ -376,12 +376,14 @@ def _quickstart_judge() -> Judge:
 
 
 def _demo_prompt() -> EpisodePrompt:
-    """Mia's stickers, one of the built-in arithmetic problems the quickstart played then (68 - 8 * 6 = 20)."""
-    from configs.schema import PromptSourceConfig
-    from pipelines.prompt_sources import load_prompts
+    """Mia's stickers as the quickstart played it then (built-in arithmetic, seed 0, before it asked for the final
+    form): 68 - 8 * 6 = 20."""
+    from storage.records import PromptRecord
 
-    prompts = load_prompts([PromptSourceConfig(builtin="arithmetic", limit=8, seed=0)])
-    (record,) = [p for p in prompts if "Mia has 68" in p.messages[-1]["content"]]
+    text = ("Mia has 68 stickers. She gives 8 to each of her 6 friends. How many stickers does she have left? "
+            "Give the final answer as a number.")
+    meta = {"answer": 20, "expression": "68 - 8 * 6", "answer_kind": "numeric", "task": "arithmetic"}
+    record = PromptRecord(messages=[{"role": "user", "content": text}], source="builtin:arithmetic", meta=meta)
     return EpisodePrompt(record.id, record.messages, record.meta)
 
 
