@@ -129,9 +129,9 @@ class Judge:
     def investigate(self, prompt: EpisodePrompt, candidates: list[Candidate], tool_names: list[str]) -> list[ToolCall]:
         context = prompt.context()
         calls = []
-        for index, candidate in enumerate(candidates):
-            arguments = self.finish_check.arguments_for_finish(context, candidate.finish_reason)
-            calls.append(ToolCall(self.finish_check.name, index, arguments, self.finish_check.evidence(arguments)))
+        for position, candidate in enumerate(candidates):
+            finish = self.finish_check.arguments_for_finish(context, candidate.finish_reason)
+            calls.append(ToolCall(self.finish_check.name, position, finish, self.finish_check.evidence(finish)))
         for name in tool_names:
             tool = self.tools[name]
             targets: list[int | None] = list(range(len(candidates))) if tool.per_candidate else [None]
