@@ -7,7 +7,7 @@ Prompt templates live in `agents/prompts/*.txt` (`$name` placeholders, so braces
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from string import Template
@@ -19,9 +19,12 @@ from agents.game import Candidate, EpisodePrompt, Graded, PlayerFailure, Ranking
 from agents.verdicts import PromptRewrite, RewardVerdict, ranking_schema, tool_choice_schema
 from configs.schema import SamplingConfig
 from tools.base import JudgeTool
+from tools.finished import FinishedTool
 
 VERIFIED_WEIGHT = 10.0
 RANKING_METHOD = "tool verdicts first (verified pass +10, fail -10), then the judge's 1-10 score"
+# The checks a verified candidate passes: it finished, its final answer is right, its steps are true; each tool's
+# evidence names its check (`data["check"]`).
 VERDICTS_DECIDE_METHOD = "tool verdicts decide (every candidate verified; the judge model was not asked)"
 
 
@@ -91,7 +94,8 @@ class Target:
 
 @dataclass
 class Judge:
-    """Chooses tools, runs them on the input and every candidate, and ranks the candidates listwise."""
+    """Chooses tools, runs them on the input and every candidate, and ranks the candidates listwise. Every
+    candidate also gets the finish check (tools.finished): one cut off at max_tokens fails."""
 
     backend: Backend
     model_id: str
@@ -100,6 +104,7 @@ class Judge:
     parse_retries: int = 2
     tokens_per_candidate: int = 60
     verdicts_decide: bool = False
+    finish_check: FinishedTool = field(default_factory=FinishedTool)
 
     def choose_tools(self, prompt: EpisodePrompt) -> list[str]:
         """The configured tools that apply to this input; with `select_with_model`, the subset the judge
@@ -124,6 +129,9 @@ class Judge:
     def investigate(self, prompt: EpisodePrompt, candidates: list[Candidate], tool_names: list[str]) -> list[ToolCall]:
         context = prompt.context()
         calls = []
+        for position, candidate in enumerate(candidates):
+            finish = self.finish_check.arguments_for_finish(context, candidate.finish_reason)
+            calls.append(ToolCall(self.finish_check.name, position, finish, self.finish_check.evidence(finish)))
         for name in tool_names:
             tool = self.tools[name]
             targets: list[int | None] = list(range(len(candidates))) if tool.per_candidate else [None]
@@ -136,7 +144,10 @@ class Judge:
     def rank(
         self, prompt: EpisodePrompt, candidates: list[Candidate], calls: list[ToolCall], system_prompt: str
     ) -> Ranking | PlayerFailure:
-        verified = [_verified(calls, i) for i in range(len(candidates))]
+        # A tool run as Ray tasks is a proxy holding the tool as `inner` (pipelines.synthesis.RayToolProxy).
+        verifying = {name: getattr(tool, "inner", tool).verifies for name, tool in self.tools.items()}
+        verifying[self.finish_check.name] = False
+        verified = [_verified(calls, i, verifying) for i in range(len(candidates))]
         if self.verdicts_decide and all(v is not None for v in verified) and not all(verified):
             # Scores from the judge model could not overturn a verdict: rank on the verdicts (all wrong is a
             # tie) and spend no tokens. When every candidate passes, the judge still tells them apart.
@@ -175,12 +186,16 @@ class Judge:
         return Ranking(scored, RANKING_METHOD, raw=answer.raw, attempts=answer.attempts)
 
 
-def _verified(calls: list[ToolCall], index: int) -> bool | None:
-    """A candidate's verifiable verdict: failed if any tool says so, passed if one does and none fails."""
-    verdicts = [c.evidence.verdict for c in calls if c.candidate == index and c.evidence.verdict is not None]
-    if not verdicts:
-        return None
-    return all(verdicts)
+def _verified(calls: list[ToolCall], index: int, verifying: dict[str, bool]) -> bool | None:
+    """A candidate's verifiable verdict: failed if any check fails it (it did not finish, its answer is wrong,
+    a step is false); passed if none does and a tool whose pass verifies (`JudgeTool.verifies`: the final
+    answer's check, tests) passed it; else none. True steps of a finished answer verify nothing alone."""
+    verdicts = [(c.tool, c.evidence.verdict) for c in calls if c.candidate == index and c.evidence.verdict is not None]
+    if any(verdict is False for _, verdict in verdicts):
+        return False
+    if any(verdict and verifying.get(tool, True) for tool, verdict in verdicts):
+        return True
+    return None
 
 
 def _bonus(verified: bool | None) -> float:

@@ -85,6 +85,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--n", "50", "--candidates", "2", "--rounds", "1", "--max-tokens", "24", "--in-flight", "25")),
     Benchmark("verdicts_decide", "Verdicts decide: pairs per minute when tools spare the judge and reward model",
               ("--n", "16")),
+    # --before names the last commit with the loose checks (the number after the last '=', no finish check).
+    Benchmark("verdicts_clean", "Is a verified pair clean? Strict checks vs. the loose ones, pairs per minute",
+              ("--n", "8", "--before", "f271b91")),
     # A whole synthesis as a user runs it: the engine takes its default threads (every CPU), the old code the
     # one thread its quickstart set.
     Benchmark(

@@ -61,6 +61,8 @@ def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str, *, grounded:
         accepted_by=pair["accepted_by"],
         chosen_verified=pair["chosen_verified"],
         rejected_verified=pair["rejected_verified"],
+        chosen_finish=pair["chosen_finish"],
+        rejected_finish=pair["rejected_finish"],
         chosen_score=pair["chosen_score"],
         rejected_score=pair["rejected_score"],
         pair_id=pair["pair_id"],

@@ -1,8 +1,8 @@
-"""Prompt sources: built-in sets that need no download (generated arithmetic, small coding tasks, occupation
-prompts, instruction-following tasks) and the user's own JSONL, CSV, Parquet or `datasets` folders, each row
-carrying what its tools need (a file in HumanEval's format gives coding prompts whose `check(candidate)` tests
-the sandbox runs; a row in IFEval's format, with `instruction_id_list` and `kwargs`, is checked); and the
-problems with gold answers that task evaluation measures on.
+"""Prompt sources: built-in sets that need no download (generated arithmetic of two steps or one, small
+coding tasks, occupation prompts, instruction-following tasks) and the user's own JSONL, CSV, Parquet or
+`datasets` folders, each row carrying what its tools need (a file in HumanEval's format gives coding prompts
+whose `check(candidate)` tests the sandbox runs; a row in IFEval's format, with `instruction_id_list` and
+`kwargs`, is checked); and the problems with gold answers that task evaluation measures on.
 
 Rows become `PromptRecord`s (id = sha256 of the messages); bad rows fail with the file, line and field.
 """
@@ -25,7 +25,7 @@ from configs.schema import PromptSourceConfig
 from configs.splits import in_split, occupation_key
 from pipelines.instruction_prompts import instruction_prompts
 from storage.records import PromptRecord
-from tools.answers import final_number
+from tools.answers import as_fraction
 from tools.calculator import evaluate
 from tools.instruction_checks import check_spec
 from training.evaluation.base import EvalError, Problem, ProblemSet
@@ -46,13 +46,27 @@ ARITHMETIC_TEMPLATES = [
     ("There are {a} apples shared equally among {b} baskets, and {c} apples are added to each basket. "
      "How many apples are in one basket?", "{a} / {b} + {c}"),
 ]
+# One operation each: problems SmolLM2-135M (the quickstart's model) gets right often enough to make pairs.
+ONE_STEP_TEMPLATES = [
+    ("A baker makes {a} loaves and sells {c} of them. How many loaves are left?", "{a} - {c}"),
+    ("A box holds {b} pencils. How many pencils are in {c} boxes?", "{b} * {c}"),
+    ("Mia has {a} stickers and buys {b} more. How many stickers does she have now?", "{a} + {b}"),
+    ("A train travels {b} km every hour. How far does it travel in {c} hours?", "{b} * {c}"),
+    ("There are {a} apples shared equally among {b} baskets. How many apples are in one basket?", "{a} / {b}"),
+]
+# Asks for the explicit final form the reference-answer check reads first (tools.answers.committed_answer). In the
+# question rather than a system message: measured on SmolLM2-135M, a small model follows it far more often there.
+ANSWER_INSTRUCTION = "End your reply with: The answer is N."
 
 
 Split = str  # "train", "heldout" or "all" (configs.schema.PromptSourceConfig.split; see configs.splits)
 
 
-def arithmetic_prompts(n: int = 50, seed: int = 0, split: Split = "all") -> list[dict[str, Any]]:
-    """`n` distinct arithmetic word problems of `split` with integer answers, reproducible from `seed`."""
+def arithmetic_prompts(
+    n: int = 50, seed: int = 0, split: Split = "all", templates: list[tuple[str, str]] = ARITHMETIC_TEMPLATES
+) -> list[dict[str, Any]]:
+    """`n` distinct arithmetic word problems of `split` from `templates`, with integer answers, reproducible
+    from `seed`."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -62,7 +76,7 @@ def arithmetic_prompts(n: int = 50, seed: int = 0, split: Split = "all") -> list
             raise ConfigError(
                 f"prompts: the built-in arithmetic set ran out of distinct problems after {len(rows)} (asked for {n})"
             )
-        template, expression = ARITHMETIC_TEMPLATES[len(rows) % len(ARITHMETIC_TEMPLATES)]
+        template, expression = templates[len(rows) % len(templates)]
         a, b, c = rng.randint(2, 40), rng.randint(2, 12), rng.randint(1, 9)
         if "/" in expression:
             a = b * rng.randint(2, 12)
@@ -70,8 +84,10 @@ def arithmetic_prompts(n: int = 50, seed: int = 0, split: Split = "all") -> list
             a = b * c + rng.randint(1, 30)
         if expression.startswith("{a} + {b} - {c}"):
             c = rng.randint(1, a + b - 1)
+        if expression == "{a} - {c}":
+            c = rng.randint(1, min(9, a - 1))
         expr = expression.format(a=a, b=b, c=c)
-        prompt = template.format(a=a, b=b, c=c) + " Give the final answer as a number."
+        prompt = f"{template.format(a=a, b=b, c=c)} {ANSWER_INSTRUCTION}"
         if prompt in seen or not in_split(prompt, split):
             misses += 1
             continue
@@ -217,6 +233,9 @@ def _split(rows: list[dict[str, Any]], key: str, split: Split) -> list[dict[str,
 # Each built-in set gives the rows of the source's split (which synthesis never sets to "heldout").
 BUILTIN_SETS: dict[str, Callable[[PromptSourceConfig], list[dict[str, Any]]]] = {
     "arithmetic": lambda source: arithmetic_prompts(source.limit or 50, source.seed, source.split or "train"),
+    "arithmetic_one_step": lambda source: arithmetic_prompts(
+        source.limit or 50, source.seed, source.split or "train", ONE_STEP_TEMPLATES
+    ),
     "coding": lambda source: _split(coding_prompts(), "prompt", source.split or "train"),
     "occupations": lambda source: _split(occupation_prompts(), "occupation", source.split or "train"),
     "instructions": lambda source: instruction_prompts(source.limit or 100, source.seed, source.split or "train"),
@@ -385,7 +404,7 @@ def load_problems(source: str, limit: int | None = None, seed: int = 0) -> Probl
                 f"{source}: prompt {i + 1} ({question[:60]!r}) has no 'answer' field; "
                 "eval task needs a gold answer on every prompt"
             )
-        gold = final_number(str(record.meta["answer"]))
+        gold = as_fraction(str(record.meta["answer"]))
         if gold is None:
             raise EvalError(f"{source}: prompt {i + 1}: answer {record.meta['answer']!r} holds no number")
         problems.append(Problem(record.id, record.messages, question, gold))

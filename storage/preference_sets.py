@@ -33,6 +33,8 @@ EXPORT_COLUMNS = (
     "accepted_by",
     "chosen_verified",
     "rejected_verified",
+    "chosen_finish",  # how each side's completion ended (`stop`, or `length`: cut off at max_tokens)
+    "rejected_finish",
     "chosen_score",
     "rejected_score",
     "pair_id",

@@ -12,7 +12,7 @@ from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from configs.errors import NotFoundError
-from storage.models import Episode, Export, Judgment, PreferencePair, Prompt, Round, Run
+from storage.models import Episode, Export, Generation, Judgment, PreferencePair, Prompt, Round, Run
 from storage.reviews import reviews_in_force
 from storage.vocabulary import EPISODE_FINISHED, AcceptedBy, EpisodeStatus, ReviewDecision
 
@@ -157,15 +157,28 @@ def accepted_pairs(
     grade: their tools' checks accepted them). With `reviewed`, people's reviews in force are applied: a
     rejected pair is dropped, a flipped one swapped (chosen ⇄ rejected with their scores), and each row says
     its review (None where nobody reviewed it). Each row carries the tools' verdict on its chosen and its
-    rejected answer (True, False, or None without one); `require_verified` keeps only pairs whose chosen
-    answer passed and rejected answer failed."""
+    rejected answer (True, False, or None without one) and why the backend ended each (`chosen_finish`,
+    `rejected_finish`: 'stop', 'length' — cut off at max_tokens — or None); `require_verified` keeps only pairs
+    whose chosen answer passed and rejected answer failed."""
     chosen_j, rejected_j = aliased(Judgment), aliased(Judgment)
-    query = _with_verdicts(
-        select(PreferencePair, Prompt.messages, Prompt.meta, chosen_j.verified, rejected_j.verified).join(
-            Prompt, Prompt.id == PreferencePair.prompt_id
-        ),
-        chosen_j,
-        rejected_j,
+    chosen_g, rejected_g = aliased(Generation), aliased(Generation)
+    columns = (chosen_j.verified, rejected_j.verified, chosen_g.finish_reason, rejected_g.finish_reason)
+    query = (
+        _with_verdicts(
+            select(PreferencePair, Prompt.messages, Prompt.meta, *columns).join(
+                Prompt, Prompt.id == PreferencePair.prompt_id
+            ),
+            chosen_j,
+            rejected_j,
+        )
+        .outerjoin(
+            chosen_g,
+            (chosen_g.round_id == PreferencePair.round_id) & (chosen_g.index == PreferencePair.chosen_index),
+        )
+        .outerjoin(
+            rejected_g,
+            (rejected_g.round_id == PreferencePair.round_id) & (rejected_g.index == PreferencePair.rejected_index),
+        )
     )
     query = query.where(PreferencePair.run_id == run_id, PreferencePair.accepted.is_(True)).order_by(
         PreferencePair.id
@@ -178,7 +191,9 @@ def accepted_pairs(
         )
     reviews = reviews_in_force(session, run_id=run_id) if reviewed else {}
     rows = []
-    for pair, messages, meta, chosen_verified, rejected_verified in session.execute(query).all():
+    for pair, messages, meta, chosen_verified, rejected_verified, chosen_finish, rejected_finish in session.execute(
+        query
+    ).all():
         review = reviews.get(pair.id)
         if review is not None and review.decision == ReviewDecision.REJECTED:
             continue
@@ -196,6 +211,8 @@ def accepted_pairs(
             "accepted_by": pair.accepted_by,
             "chosen_verified": chosen_verified,
             "rejected_verified": rejected_verified,
+            "chosen_finish": chosen_finish,
+            "rejected_finish": rejected_finish,
             "round_index": pair.round_index,
             "target_prompt_version": pair.target_prompt_version,
             "judge_prompt_version": pair.judge_prompt_version,
@@ -210,6 +227,7 @@ def accepted_pairs(
             row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
             row["chosen_score"], row["rejected_score"] = row["rejected_score"], row["chosen_score"]
             row["chosen_verified"], row["rejected_verified"] = row["rejected_verified"], row["chosen_verified"]
+            row["chosen_finish"], row["rejected_finish"] = row["rejected_finish"], row["chosen_finish"]
         if reviewed:
             row["review"] = review.decision if review is not None else None
         rows.append(row)

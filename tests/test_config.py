@@ -98,6 +98,21 @@ def test_builtin_arithmetic_limit_gives_that_many_distinct_prompts() -> None:
         arithmetic_prompts(10**6, seed=0)
 
 
+def test_builtin_arithmetic_asks_for_the_final_form_and_the_one_step_set_is_one_operation() -> None:
+    from pipelines.prompt_sources import ANSWER_INSTRUCTION, arithmetic_prompts, load_prompts
+    from tools.calculator import evaluate
+
+    config = load_config("quickstart")
+    assert [s.builtin for s in config.prompts] == ["arithmetic_one_step"]
+    rows = load_prompts(config.prompts)
+    assert len(rows) == 8 and all(r.messages[-1]["content"].endswith(ANSWER_INSTRUCTION) for r in rows)
+    for row in rows:
+        expression = row.meta["expression"]
+        assert sum(expression.count(op) for op in "+-*/") == 1, expression
+        assert row.meta["answer"] == evaluate(expression) and row.meta["answer"] > 0
+    assert all(r["prompt"].endswith(ANSWER_INSTRUCTION) for r in arithmetic_prompts(20))
+
+
 def test_held_out_split_is_fixed_disjoint_and_never_played_by_synthesis(tmp_path) -> None:
     from configs.schema import PromptSourceConfig
     from configs.splits import held_out

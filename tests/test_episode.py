@@ -21,7 +21,9 @@ SETTINGS = GameSettings(candidates=2, max_rounds=3, accept_threshold=8, seed=7)
 
 @dataclass
 class ScriptedTarget:
-    answers: list[list[str] | PlayerFailure]
+    """Answers as scripted: text (how it ended not said) or a `Candidate` with its finish reason."""
+
+    answers: list[list[str | Candidate] | PlayerFailure]
     model_id: str = "scripted-target"
     seen: list[tuple[str, int]] = field(default_factory=list)
 
@@ -30,7 +32,7 @@ class ScriptedTarget:
         answer = self.answers[len(self.seen) - 1]
         if isinstance(answer, PlayerFailure):
             return answer
-        return [Candidate(text=t, model_id=self.model_id) for t in answer]
+        return [t if isinstance(t, Candidate) else Candidate(text=t, model_id=self.model_id) for t in answer]
 
 
 @dataclass
@@ -263,7 +265,8 @@ def test_prompt_book_first_promotion_wins_and_versions_are_unique() -> None:
 def test_tool_call_targets_and_evidence_shape() -> None:
     call = ToolCall("reference_answer", 1, {"candidate": "4", "gold": "4"},
                     Evidence.model_validate(ReferenceAnswerTool().invoke({"candidate": "4", "gold": "4"})))
-    assert call.evidence.verdict is True and call.evidence.data == {"expected": 4.0, "claimed": 4.0}
+    assert call.evidence.verdict is True
+    assert call.evidence.data == {"check": "final answer", "expected": "4", "claimed": "4", "form": "final line"}
 
 
 class CountingBackend(CannedBackend):
@@ -362,3 +365,86 @@ def test_a_chosen_answer_without_verdict_or_judge_score_is_never_accepted_on_a_r
     assert first.reward is None and first.chosen_index is None
     assert second.outcome == "accepted" and second.accepted_by == "reward"
     assert reward.calls == 1, "only the second round was graded"
+
+
+def _quickstart_judge() -> Judge:
+    """The judge the quickstart plays with: its tools as configured, a model answer that never decides."""
+    from configs import load_config
+    from tools.registry import build_tools
+
+    return Judge(CannedBackend(OPINION), "canned", build_tools(load_config("quickstart").tools), verdicts_decide=True)
+
+
+def _demo_prompt() -> EpisodePrompt:
+    """Mia's stickers as the quickstart played it then (built-in arithmetic, seed 0, before it asked for the final
+    form): 68 - 8 * 6 = 20."""
+    from storage.records import PromptRecord
+
+    text = ("Mia has 68 stickers. She gives 8 to each of her 6 friends. How many stickers does she have left? "
+            "Give the final answer as a number.")
+    meta = {"answer": 20, "expression": "68 - 8 * 6", "answer_kind": "numeric", "task": "arithmetic"}
+    record = PromptRecord(messages=[{"role": "user", "content": text}], source="builtin:arithmetic", meta=meta)
+    return EpisodePrompt(record.id, record.messages, record.meta)
+
+
+# The chosen answer of a pair `make demo` reported verified, as the target produced it: cut off at max_tokens, two
+# false steps, committed to 2. Both tools then read "the number after the last '='" (20, right).
+DEMO_CHOSEN = Candidate(
+    "If Mia gives 8 stickers to each of her 6 friends, she has 6 x 8 = 40 stickers left.\n"
+    "She has 6 - 40 = 20 stickers left.\n"
+    "#### 2",
+    "smollm2-135m-instruct", finish_reason="length", completion_tokens=48,
+)
+
+
+def test_the_demo_pair_is_no_longer_verified() -> None:
+    prompt, judge = _demo_prompt(), _quickstart_judge()
+    assert prompt.meta["answer"] == 20
+    wrong = Candidate("She has 68 - 8 = 60 stickers left. The answer is 60.", "m", finish_reason="stop")
+    calls = judge.investigate(prompt, [DEMO_CHOSEN, wrong], judge.choose_tools(prompt))
+    failed = {c.evidence.data["check"]: c.evidence.summary for c in calls if c.candidate == 0}
+    assert failed == {
+        "finished": "did not finish (cut off at max_tokens)",
+        "final answer": "final answer 2 (explicit) does not match the reference (20)",
+        "steps": "2 of 2 arithmetic statements false: 6 x 8 = 40 (sides: 48, 40); 6 - 40 = 20 (sides: -34, 20)",
+    }
+    assert all(c.evidence.verdict is False for c in calls if c.candidate == 0)
+    ranking = judge.rank(prompt, [DEMO_CHOSEN, wrong], calls, "be strict")
+    assert [s.verified for s in ranking.scored] == [False, False]
+    episode = play_episode(prompt, players(ScriptedTarget([[DEMO_CHOSEN, wrong]] * 2), judge, ScriptedReward([])),
+                           book(), DECIDING)
+    assert [r.outcome for r in episode.rounds] == ["tie", "tie"], "two wrong answers make no pair"
+
+
+def test_a_truncated_correct_looking_answer_loses_to_a_finished_one() -> None:
+    prompt, judge = _demo_prompt(), _quickstart_judge()
+    cut = Candidate("68 - 8 x 6 = 68 - 48 = 20. The answer is 20", "m", finish_reason="length")
+    finished = Candidate("68 - 48 = 20. The answer is 20.", "m", finish_reason="stop")
+    episode = play_episode(prompt, players(ScriptedTarget([[cut, finished]]), judge, ScriptedReward([])), book(),
+                           DECIDING)
+    (round_,) = episode.rounds
+    assert (round_.outcome, round_.accepted_by) == ("accepted", "verified")
+    assert (round_.chosen_index, round_.rejected_index) == (1, 0)
+    cut_checks = {c.tool: c.evidence.verdict for c in round_.tool_calls if c.candidate == 0}
+    assert cut_checks == {"finished": False, "reference_answer": True, "calculator": True}, "only its end is wrong"
+    # a task that allows unfinished answers: both pass, and the judge model tells them apart
+    lenient = EpisodePrompt(prompt.id, prompt.messages, prompt.meta | {"allow_unfinished": True})
+    calls = judge.investigate(lenient, [cut, finished], judge.choose_tools(lenient))
+    assert [s.verified for s in judge.rank(lenient, [cut, finished], calls, "x").scored] == [True, True]
+
+
+def test_a_candidate_is_verified_only_by_its_answer_never_by_finishing_or_true_steps_alone() -> None:
+    judge = _quickstart_judge()
+    no_gold = EpisodePrompt("n" * 64, [{"role": "user", "content": "Add 2 and 2."}], {"expression": "2 + 2"})
+    two_answers = Candidate("2 + 2 = 4. The answer is 4.\nThe answer is 5.", "m", finish_reason="stop")
+    false_step = Candidate("2 + 2 = 5 - 1 = 3. The answer is 4.", "m", finish_reason="stop")
+    right = Candidate("2 + 2 = 4. The answer is 4.", "m", finish_reason="stop")
+    candidates = [two_answers, false_step, right]
+    calls = judge.investigate(no_gold, candidates, judge.choose_tools(no_gold))
+    assert [s.verified for s in judge.rank(no_gold, candidates, calls, "x").scored] == [False, False, True]
+    only_steps = Judge(CannedBackend(OPINION), "canned", {"calculator": judge.tools["calculator"]})
+    also_right = Candidate("4 = 2 + 2, so it is 4", "m", finish_reason="stop")
+    calls = only_steps.investigate(no_gold, [right, also_right], ["calculator"])
+    assert {(c.tool, c.evidence.verdict) for c in calls} == {("finished", True), ("calculator", True)}
+    ranking = only_steps.rank(no_gold, [right, also_right], calls, "x")
+    assert [s.verified for s in ranking.scored] == [None, None], "finished with true steps, answer unchecked"

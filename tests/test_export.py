@@ -13,7 +13,7 @@ from pipelines.export import content_hash, default_export_dir, export_run
 from storage.db import session_scope
 from storage.folders import folder_written_whole
 from storage.migrate import open_database
-from storage.models import Export
+from storage.models import Export, PreferencePair
 from storage.preference_sets import load_preference_set
 from storage.queries import pair_quality
 from tests.sample_run import store_sample_run
@@ -189,6 +189,53 @@ def test_a_verified_pair_is_stored_and_exported_with_why_it_was_accepted(db_url:
     (row,) = load_preference_set(result.path)
     assert (row["accepted_by"], row["score"]) == ("verified", None), "min_score keeps pairs the reward did not grade"
     assert row["chosen"][0]["content"] == "2 + 2 = 4" and row["rejected"][0]["content"] == "5"
+
+
+def test_finish_reasons_are_stored_exported_and_shown_on_the_pairs_page(db_url: str, tmp_path: Path) -> None:
+    """The demo's cut-off answer (tests.test_episode.DEMO_CHOSEN) against a finished right one: the finished one is
+    chosen, and the export and the UI say how each ended."""
+    from fastapi.testclient import TestClient
+
+    from agents.game import Candidate
+    from pipelines.episode import play_episode
+    from pipelines.recording import store_episode
+    from storage import records as rows
+    from storage.records import PromptRecord
+    from tests.test_episode import (
+        DECIDING,
+        DEMO_CHOSEN,
+        ScriptedReward,
+        ScriptedTarget,
+        _demo_prompt,
+        _quickstart_judge,
+        book,
+        players,
+    )
+    from ui.app import UiSettings, create_app
+
+    prompt = _demo_prompt()
+    engine = open_database(db_url)
+    with session_scope(engine) as session:
+        rows.ensure_run(session, "demo", "d" * 64, {})
+        rows.add_prompts(session, [PromptRecord(prompt.messages, meta=prompt.meta)])
+        rows.ensure_episodes(session, "demo", [prompt.id])
+    right = Candidate("68 - 48 = 20. The answer is 20.", "m", finish_reason="stop")
+    target = ScriptedTarget([[DEMO_CHOSEN, right]])
+    episode = play_episode(prompt, players(target, _quickstart_judge(), ScriptedReward([])), book(), DECIDING)
+    store_episode(engine, "demo", episode, {"target": "t", "judge": "j", "reward": "r"})
+    result = export_run(engine, "demo", tmp_path / "out", fmt="parquet")
+    (row,) = load_preference_set(result.path)
+    assert (row["accepted_by"], row["chosen_verified"], row["rejected_verified"]) == ("verified", True, False)
+    assert (row["chosen_finish"], row["rejected_finish"]) == ("stop", "length")
+    assert row["rejected"][0]["content"] == DEMO_CHOSEN.text
+    assert {"chosen_finish", "rejected_finish"} <= set(result.manifest["columns"])
+    with session_scope(engine) as session:
+        (pair_id,) = session.execute(select(PreferencePair.id)).scalars().all()
+    page = TestClient(create_app(UiSettings(engine)), base_url="http://127.0.0.1:8765").get(f"/pairs/{pair_id}")
+    engine.dispose()
+    assert 'id="chosen-finish">finished: stop<' in page.text
+    assert 'id="rejected-finish">cut off at max_tokens<' in page.text
+    assert "did not finish (cut off at max_tokens)" in page.text, "the finish check's evidence"
 
 
 def test_rows_carry_verdicts_and_require_verified_keeps_only_correct_over_wrong(db_url: str, tmp_path: Path) -> None:

@@ -35,10 +35,7 @@ def test_calculator_is_exact_and_refuses_code() -> None:
             evaluate(hostile)
     with pytest.raises(CalculatorError, match="more than 10000 digits"):
         evaluate("(10**1000)**1000")
-    evidence = CalculatorTool().invoke({"expression": "3 * (4 + 5)", "candidate": "3 * 9 = 27"})
-    assert evidence["verdict"] is True and evidence["data"]["value"] == 27
-    wrong = CalculatorTool().invoke({"expression": "3 * (4 + 5)", "candidate": "The answer is 28."})
-    assert wrong["verdict"] is False and wrong["data"]["claimed"] == 28
+    assert CalculatorTool().invoke({"expression": "3 * (4 + 5)"})["data"]["value"] == 27
 
 
 @pytest.mark.parametrize(
@@ -62,11 +59,12 @@ def test_calculator_is_bounded_and_finite(expression: str, error: str) -> None:
 def test_absurd_claimed_answers_are_wrong_not_unjudged() -> None:
     huge = "9" * 400
     for claim in (huge, huge + ".5", "-" + huge):
-        calculated = CalculatorTool().invoke({"expression": "2 + 2", "candidate": f"The answer is {claim}"})
-        assert calculated["ok"] and calculated["verdict"] is False
         referenced = ReferenceAnswerTool().invoke({"candidate": f"The answer is {claim}", "gold": "4"})
         assert referenced["ok"] and referenced["verdict"] is False
-    assert CalculatorTool().invoke({"expression": "2 ** 100", "candidate": f"= {2**100}"})["verdict"] is True
+        stepped = CalculatorTool().invoke({"candidate": f"2 + 2 = {claim}"})
+        assert stepped["ok"] and stepped["verdict"] is False
+    assert ReferenceAnswerTool().invoke({"candidate": f"The answer is {huge}", "gold": huge})["verdict"] is True
+    assert CalculatorTool().invoke({"candidate": f"2 ** 100 = {2**100}"})["verdict"] is True
 
 
 @pytest.mark.parametrize(
@@ -76,6 +74,20 @@ def test_absurd_claimed_answers_are_wrong_not_unjudged() -> None:
         ("The answer is 1,250 apples", "1250", "numeric", True),
         ("I think it's 16, no wait, the answer is 18", "17", "numeric", False),
         ("no idea", "17", "numeric", False),
+        # math-verify's equivalences: fractions, decimals, LaTeX, thousands separators, units
+        ("The answer is 0.5.", "1/2", "numeric", True),
+        ("The answer is \\frac{1}{2}.", "0.5", "numeric", True),
+        ("Answer: $\\frac{1}{2}$", "1/2", "numeric", True),
+        ("\\boxed{\\frac{1}{2}}", "0.5", "numeric", True),
+        ("The answer is 1,000.", "1000", "numeric", True),
+        ("#### 1000", "1,000", "numeric", True),
+        ("The answer is 40 km.", "40", "numeric", True),
+        # the committed answer, read strictly: an explicit final form, else the final line's one number
+        ("The answer is 12.\n#### 13", "12", "numeric", False),
+        ("The answer is 12 or 13.", "12", "numeric", False),
+        ("12 + 5 = 17, so she has 17 apples and 3 pears", "17", "numeric", False),
+        ("The answer is N.", "17", "numeric", False),
+        ("The answer is 17.\nThe answer is 17.", "17", "numeric", True),
         ("I'd pick (C) because...", "C", "multiple_choice", True),
         ("Answer: B", "C", "multiple_choice", False),
         ("It is Paris, France.", "paris", "exact", True),
@@ -84,6 +96,99 @@ def test_absurd_claimed_answers_are_wrong_not_unjudged() -> None:
 def test_reference_answer(candidate: str, gold: str, kind: str, verdict: bool) -> None:
     evidence = ReferenceAnswerTool().invoke({"candidate": candidate, "gold": gold, "kind": kind})
     assert evidence["ok"] and evidence["verdict"] is verdict
+
+
+# The chosen answer `make demo` once reported verified (finish reason `length`): both tools read "the number after
+# the last '='" (20, the gold answer), so one loose check was counted twice.
+DEMO_CHOSEN = (
+    "If Mia gives 8 stickers to each of her 6 friends, she has 6 x 8 = 40 stickers left.\n"
+    "She has 6 - 40 = 20 stickers left.\n"
+    "#### 2"
+)
+
+
+def test_the_demo_answer_commits_to_2_and_writes_two_false_steps() -> None:
+    answer = ReferenceAnswerTool().invoke({"candidate": DEMO_CHOSEN, "gold": "20"})
+    assert answer["verdict"] is False and answer["data"]["claimed"] == "2" and answer["data"]["check"] == "final answer"
+    steps = CalculatorTool().invoke({"candidate": DEMO_CHOSEN})
+    assert steps["verdict"] is False and steps["data"]["check"] == "steps"
+    assert steps["data"]["statements"] == [
+        {"statement": "6 x 8 = 40", "values": [48, 40], "holds": False},
+        {"statement": "6 - 40 = 20", "values": [-34, 20], "holds": False},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("candidate", "statements", "verdict"),
+    [
+        ("12 + 7 = 19, then 19 x 3 = 57. The answer is 57.", [("12 + 7 = 19", True), ("19 x 3 = 57", True)], True),
+        ("6 × 8 = 48 and 48 ÷ 6 = 8", [("6 × 8 = 48", True), ("48 ÷ 6 = 8", True)], True),
+        ("8 times 6 = 48", [("8 × 6 = 48", True)], True),
+        ("$6 \\times 8 = 48$", [("6 × 8 = 48", True)], True),
+        ("1,000 + 250 = 1,250", [("1,000 + 250 = 1,250", True)], True),
+        ("10 / 3 = 3.33", [("10 / 3 = 3.33", True)], True),  # right to the digits written
+        ("1/3 = 0.5", [("1/3 = 0.5", False)], False),
+        ("6 * 8 = 48 - 8 = 40", [("6 * 8 = 48 - 8 = 40", False)], False),  # a chain says every side is equal
+        ("3 + 4 = 7 = 2 + 5", [("3 + 4 = 7 = 2 + 5", True)], True),
+        # fragments of algebra or of a sentence are not statements that can be checked
+        ("x + 3 = 7, so x = 4", [], None),
+        ("2x - 3 = 7", [], None),
+        ("50% of 80 = 40", [], None),
+        ("half of 6 x 8 = 24", [], None),
+        ("She has 20 stickers. The answer is 20.", [], None),
+    ],
+)
+def test_calculator_checks_every_arithmetic_statement(
+    candidate: str, statements: list[tuple[str, bool]], verdict: bool | None
+) -> None:
+    evidence = CalculatorTool().invoke({"candidate": candidate})
+    assert evidence["ok"] and evidence["verdict"] is verdict
+    assert [(s["statement"], s["holds"]) for s in evidence["data"]["statements"]] == statements
+
+
+def test_calculator_applies_to_arithmetic_prompts_only() -> None:
+    tool = CalculatorTool()
+    assert tool.arguments_for(PromptContext(text="q", meta={"answer": 4}), "x") == {"candidate": "x"}
+    assert tool.arguments_for(PromptContext(text="q", meta={"expression": "2 + 2"}), "x") == {"candidate": "x"}
+    choice = PromptContext(text="q", meta={"answer": "B", "answer_kind": "multiple_choice"})
+    assert tool.arguments_for(choice, "x") is None
+    assert tool.arguments_for(PromptContext(text="q", meta={"tests": "assert f()"}), "x") is None
+    # a prompt that poses an expression and carries no answer: its value is the reference answer's gold
+    assert ReferenceAnswerTool().arguments_for(PromptContext(text="q", meta={"expression": "7 * 6"}), "42") == {
+        "candidate": "42", "gold": "42", "kind": "numeric"}
+
+
+def test_math_verify_works_from_threads_and_is_bounded_without_signals() -> None:
+    """math-verify's own timeouts use signal.alarm, which fails outside the main thread (every comparison would
+    silently be False there); ours bound it from any thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tools.answers import AnswerCheckTimeout, bounded
+
+    cases = [("The answer is 0.5.", "1/2", True), ("The answer is \\frac{1}{2}", "0.5", True),
+             ("The answer is 1,000", "1000", True), ("The answer is 3", "4", False)] * 4
+    tool = ReferenceAnswerTool()
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda c: tool.evidence({"candidate": c[0], "gold": c[1]}), cases))
+    assert [(e.ok, e.verdict) for e in got] == [(True, v) for _, _, v in cases]
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(AnswerCheckTimeout, match="longer than 0.1 s"):
+            pool.submit(bounded, time.sleep, 5, deadline_s=0.1).result()
+    with pytest.raises(ZeroDivisionError):
+        bounded(lambda: 1 / 0)
+
+
+def test_the_finish_check() -> None:
+    from tools.finished import FinishedTool
+
+    tool = FinishedTool()
+    cut = tool.evidence(tool.arguments_for_finish(PromptContext(text="q"), "length"))
+    assert cut.verdict is False and cut.summary == "did not finish (cut off at max_tokens)"
+    assert tool.evidence(tool.arguments_for_finish(PromptContext(text="q"), "stop")).verdict is True
+    allowed = PromptContext(text="q", meta={"allow_unfinished": True})
+    assert tool.evidence(tool.arguments_for_finish(allowed, "length")).verdict is None
+    assert tool.evidence(tool.arguments_for_finish(PromptContext(text="q"), None)).verdict is None
+    assert tool.arguments_for(PromptContext(text="q"), "text") is None, "named in tools.enabled it adds nothing"
 
 
 def test_retrieval_ranks_the_relevant_passage_first(tmp_path: Path) -> None:
@@ -263,7 +368,7 @@ def test_tools_cli() -> None:
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["verdict"] is True
     assert_user_error(
-        prefsmith("tools", "run", "calculator", "--args", '{"expr": "1"}'), "'expression': Field required"
+        prefsmith("tools", "run", "calculator", "--args", '{"expr": "1"}'), "give 'expression' (to evaluate)"
     )
     assert_user_error(prefsmith("tools", "run", "calculator", "--args", "{oops"), "--args: invalid JSON")
 
@@ -315,7 +420,7 @@ def test_evidence_is_what_langchain_invoke_gives(tool: JudgeTool, arguments: dic
 def test_evidence_rejects_bad_arguments_by_field_and_keeps_langchain_tools_working() -> None:
     bad = ReferenceAnswerTool().evidence({"candidate": "17", "gold": "17", "tolerance": "not a number"})
     assert not bad.ok and bad.verdict is None and "tolerance" in (bad.error or "")
-    missing = CalculatorTool().evidence({"candidate": "3"})
+    missing = CalculatorTool().evidence({"expression": 3})
     assert not missing.ok and "expression" in (missing.error or "")
     managed = _ManagedTool().evidence({"candidate": "x"})
     assert managed.ok and managed.verdict is True, "a _run that takes run_manager is called through invoke"

@@ -69,6 +69,7 @@ def test_pages_show_what_the_database_holds(sample_db) -> None:
                   "clear contrast", "You are helpful", "Rank the answers."):
         assert shown in pair.text, shown
     assert 'class="tag pass">pass' in pair.text and 'class="tag fail">fail' in pair.text
+    assert 'id="chosen-finish">finished: stop<' in pair.text and 'id="rejected-finish">finished: stop<' in pair.text
 
 
 @pytest.mark.parametrize("bad", ["min_score=abc", "status=everything", "after=garbage"])

@@ -44,6 +44,9 @@ class JudgeTool(BaseTool):
     # Whether a synthesis run calls it in the episode's own process: tools that take microseconds to
     # milliseconds and run no untrusted code. Others (the sandbox, plug-ins) run as Ray tasks on CPU workers.
     runs_in_process: ClassVar[bool] = False
+    # Whether a pass of this tool verifies a candidate (its answer is right, its tests pass). False for checks a
+    # verified candidate must pass too but that say nothing of its correctness: it finished, its steps are true.
+    verifies: ClassVar[bool] = True
 
     def arguments_for(self, prompt: PromptContext, candidate: str | None) -> dict[str, Any] | None:
         """Arguments to call this tool with on `prompt` and `candidate`, or None when it does not apply."""

@@ -1,5 +1,5 @@
-"""The calculator tool: safe arithmetic on a parsed expression tree (never `eval`), and a check of a
-candidate's answer against the value of the expression its prompt poses.
+"""The calculator tool: safe arithmetic on a parsed expression tree (never `eval`), and the check of a
+candidate's steps: every arithmetic statement it writes (`6 x 8 = 48`, `a = b = c`) must be true.
 
 Every call is bounded before it computes: exponents, rounding digits and the size of every intermediate
 value are capped, so no expression can take more than milliseconds or more than a few kB of memory; a
@@ -11,13 +11,14 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from tools.answers import final_number
 from tools.base import Evidence, JudgeTool, PromptContext
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
@@ -145,35 +146,146 @@ def as_number(value: Fraction | float) -> float | int | str:
         return str(value)
 
 
+# An arithmetic statement: expressions of numbers, + - * / ^, x and × as multiplication, ÷, parentheses, joined
+# by '='. Numbers are plain or grouped by thousands (1,250); a chain a = b = c says all its sides are equal.
+_NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
+_TERM = rf"(?:\([ \t]*)*(?:-[ \t]*)?(?:{_NUM})(?:[ \t]*\))*"
+# 'x' multiplies only between spaces or digits: in "2x - 3" it is a variable.
+_OP = r"(?:[ \t]*(?:\*\*|[-+*/×÷^])[ \t]*|[ \t]+x[ \t]+|(?<=\d)x(?=\d))"
+_EXPR = rf"{_TERM}(?:{_OP}{_TERM})*"
+_STATEMENT = re.compile(rf"{_EXPR}(?:[ \t]*=[ \t]*{_EXPR})+")
+_OPERATOR = re.compile(r"(?<=[\d) \t])[-+*/×x÷^]")
+# Operators in words and LaTeX, written as symbols before statements are read.
+_SPELLED = [
+    (re.compile(r"\\times|\\cdot|·"), " × "), (re.compile(r"\\div"), " ÷ "),
+    (re.compile(r"\\frac\{(\d+)\}\{(\d+)\}"), r"(\1/\2)"), (re.compile(r"[$]|\\[()\[\]]"), " "),
+    (re.compile(r"(?<=\d) +(?:times|multiplied by) +(?=\d)"), " × "), (re.compile(r"(?<=\d) +plus +(?=\d)"), " + "),
+    (re.compile(r"(?<=\d) +minus +(?=\d)"), " - "), (re.compile(r"(?<=\d) +divided by +(?=\d)"), " ÷ "),
+    (re.compile("[−–]"), "-"),
+]
+# A statement whose left side follows one of these words is a part of a larger one ("half of 6 x 8 = 24").
+_PARTIAL_AFTER = ("of", "by", "per", "half", "twice", "double", "than")
+MAX_STATEMENTS = 50
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One arithmetic statement a candidate wrote: its text, the value of each side, whether it holds."""
+
+    text: str
+    values: list[Fraction | float]
+    holds: bool
+
+
+def _part_of_more(text: str, start: int, end: int, statement: str) -> bool:
+    """Whether the statement found at text[start:end] is a fragment of a larger expression or a word problem
+    ("x + 3 = 7", "2 = 5 + y", "50% of 80 = 40"): it is then not checked."""
+    before, after = text[:start], text[end:]
+    last, following = before[-1:], after[:1]
+    if last.isalnum() or last in ("." , "_") or following.isalnum() or following in ("%", "_", "("):
+        return True
+    left = before.rstrip()
+    if left[-1:] in tuple("-+*/×÷^=(%)") or (statement.startswith("-") and left[-1:].isalnum()):
+        return True
+    if left.split()[-1:] and left.split()[-1].lower() in _PARTIAL_AFTER:
+        return True
+    return after.lstrip()[:1] in ("-", "+", "*", "/", "×", "÷", "^", "=", "%")
+
+
+def _holds(left: tuple[str, Fraction | float], right: tuple[str, Fraction | float]) -> bool:
+    """Equal, or equal to the digits written when a side is a rounded decimal (10/3 = 3.33)."""
+    (_, a), (_, b) = left, right
+    if Fraction(a) == Fraction(b):
+        return True
+    digits = [len(t.split(".")[1]) for t, _ in (left, right) if re.fullmatch(r"\d+\.\d+", t.strip())]
+    return bool(digits) and abs(Fraction(a) - Fraction(b)) <= Fraction(1, 2 * 10 ** max(digits))
+
+
+def _exact(side: str) -> str:
+    """`side` as the evaluator reads it exactly: decimals as fractions (3.25 is 325/100, not a float that a
+    400-digit decimal overflows), no thousands separators, x as *."""
+    side = side.replace(",", "").replace("x", "*")
+    return re.sub(r"(\d+)\.(\d+)", lambda m: f"({int(m.group(1) + m.group(2))}/{10 ** len(m.group(2))})", side)
+
+
+def statements_in(text: str) -> list[Statement]:
+    """Every arithmetic statement in `text` with an operator in it (a bare "3 = 3" says nothing), in order."""
+    for pattern, replacement in _SPELLED:
+        text = pattern.sub(replacement, text)
+    found: list[Statement] = []
+    for match in _STATEMENT.finditer(text):
+        written = match.group(0).strip()
+        if not _OPERATOR.search(written) or _part_of_more(text, match.start(), match.end(), written):
+            continue
+        sides = [side.strip() for side in written.split("=")]
+        try:
+            values = [evaluate(_exact(side)) for side in sides]
+        except CalculatorError:
+            continue  # unbalanced parentheses, a division by zero: not a statement that can be checked
+        holds = all(_holds((sides[i], values[i]), (sides[i + 1], values[i + 1])) for i in range(len(sides) - 1))
+        found.append(Statement(" ".join(written.split()), values, holds))
+        if len(found) == MAX_STATEMENTS:
+            break
+    return found
+
+
 class CalculatorArgs(BaseModel):
-    expression: str = Field(description="Arithmetic expression, e.g. '(12 + 7) * 3'.")
-    candidate: str | None = Field(None, description="Answer whose final number is checked against the value.")
+    expression: str | None = Field(None, description="Arithmetic expression to evaluate, e.g. '(12 + 7) * 3'.")
+    candidate: str | None = Field(None, description="Answer whose arithmetic statements are all checked.")
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> CalculatorArgs:
+        if self.expression is None and self.candidate is None:
+            raise ValueError("give 'expression' (to evaluate) or 'candidate' (to check its arithmetic)")
+        return self
+
+
+CHECK = "steps"
 
 
 class CalculatorTool(JudgeTool):
     runs_in_process: ClassVar[bool] = True  # inputs and results are bounded before computing
+    verifies: ClassVar[bool] = False  # true steps are required of a verified answer, and prove nothing alone
     name: str = "calculator"
-    description: str = "Evaluate an arithmetic expression exactly; optionally check a candidate's final number."
+    description: str = (
+        "Evaluate an arithmetic expression exactly; or check every arithmetic statement (a op b = c) a candidate "
+        "writes."
+    )
     args_schema: type[BaseModel] = CalculatorArgs
 
-    def _run(self, expression: str, candidate: str | None = None) -> dict[str, Any]:
+    def _run(self, expression: str | None = None, candidate: str | None = None) -> dict[str, Any]:
+        if candidate is not None:
+            return self._steps(candidate)
         try:
-            value = evaluate(expression)
+            value = evaluate(str(expression))
         except CalculatorError as exc:
             return Evidence(tool=self.name, ok=False, error=str(exc)).model_dump()
         data: dict[str, Any] = {"expression": expression, "value": as_number(value)}
-        if candidate is None:
-            return Evidence(tool=self.name, ok=True, summary=f"{expression} = {data['value']}", data=data).model_dump()
-        claimed = final_number(candidate)
-        data["claimed"] = None if claimed is None else as_number(claimed)
-        # Compared exactly as fractions: float(claimed) overflows on an absurd claim, which is simply wrong.
-        exact = Fraction(value)
-        match = claimed is not None and abs(claimed - exact) <= Fraction(1, 10**9) * max(abs(exact), Fraction(1))
-        summary = f"{expression} = {data['value']}; candidate says {data['claimed']}"
-        return Evidence(tool=self.name, ok=True, verdict=match, summary=summary, data=data).model_dump()
+        return Evidence(tool=self.name, ok=True, summary=f"{expression} = {data['value']}", data=data).model_dump()
+
+    def _steps(self, candidate: str) -> dict[str, Any]:
+        statements = statements_in(candidate)
+        data: dict[str, Any] = {
+            "check": CHECK,
+            "statements": [
+                {"statement": s.text, "values": [as_number(v) for v in s.values], "holds": s.holds}
+                for s in statements
+            ],
+        }
+        if not statements:
+            summary = "no arithmetic statements to check"
+            return Evidence(tool=self.name, ok=True, summary=summary, data=data).model_dump()
+        false = [s for s in statements if not s.holds]
+        if false:
+            shown = "; ".join(f"{s.text} (sides: {', '.join(str(as_number(v)) for v in s.values)})" for s in false[:3])
+            summary = f"{len(false)} of {len(statements)} arithmetic statements false: {shown}"
+        else:
+            summary = f"all {len(statements)} arithmetic statements hold"
+        return Evidence(tool=self.name, ok=True, verdict=not false, summary=summary, data=data).model_dump()
 
     def arguments_for(self, prompt: PromptContext, candidate: str | None) -> dict[str, Any] | None:
-        expression = prompt.meta.get("expression")
-        if not expression or candidate is None:
+        """Applies to the answers of arithmetic problems: prompts posing an expression or with a numeric answer."""
+        numeric = "answer" in prompt.meta and prompt.meta.get("answer_kind", "numeric") == "numeric"
+        if candidate is None or not (prompt.meta.get("expression") or numeric):
             return None
-        return {"expression": str(expression), "candidate": candidate}
+        return {"candidate": candidate}

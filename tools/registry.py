@@ -25,6 +25,12 @@ def _calculator(config: ToolsConfig) -> JudgeTool:
     return CalculatorTool()
 
 
+def _finished(config: ToolsConfig) -> JudgeTool:
+    from tools.finished import FinishedTool
+
+    return FinishedTool()  # the judge runs it on every candidate anyway; listed so `prefsmith tools` shows it
+
+
 def _python_sandbox(config: ToolsConfig) -> JudgeTool:
     from tools.sandbox import PythonSandboxTool
 
@@ -70,6 +76,7 @@ def _instruction_checks(config: ToolsConfig) -> JudgeTool:
 BUILTIN: dict[str, Callable[[ToolsConfig], JudgeTool]] = {
     "reference_answer": _reference_answer,
     "calculator": _calculator,
+    "finished": _finished,
     "python_sandbox": _python_sandbox,
     "retrieval": _retrieval,
     "labor_statistics": _labor_statistics,
