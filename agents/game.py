@@ -86,6 +86,27 @@ class Graded(Generic[T]):
     attempts: int = 1
 
 
+def verdict_of(calls: list[ToolCall], index: int) -> bool | None:
+    """A candidate's verifiable verdict: failed if any tool says so, passed if one does and none fails."""
+    verdicts = [c.evidence.verdict for c in calls if c.candidate == index and c.evidence.verdict is not None]
+    if not verdicts:
+        return None
+    return all(verdicts)
+
+
+# Where a family's committed final form ends, by the `task` its prompts' metadata name: a candidate may stop
+# right after it (`game.stop_at_final_answer`). Arithmetic asks for "The answer is N."; the pattern ends after
+# that sentence's period, not at a decimal point.
+FINAL_FORM_STOPS: dict[str, list[str]] = {
+    "arithmetic": [r"[Tt]he (?:final )?answer is:? *\**-?\$?\d[\d,]*(?:\.\d+)?\**\.(?!\d)"],
+}
+
+
+def final_form_stops(prompt: EpisodePrompt) -> list[str]:
+    """The stop patterns (regular expressions, the match kept) of `prompt`'s family; none when it has none."""
+    return list(FINAL_FORM_STOPS.get(str(prompt.meta.get("task", "")), []))
+
+
 def derived_seed(*parts: object) -> int:
     """A 31-bit seed from stable parts (run seed, prompt id, round): reproducible whatever the schedule."""
     digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).digest()

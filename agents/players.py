@@ -15,7 +15,17 @@ from string import Template
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agents.backends import Backend, ChatMessage, ChatRequest, ParseFailure, generate_structured
-from agents.game import Candidate, EpisodePrompt, Graded, PlayerFailure, Ranking, ScoredCandidate, ToolCall
+from agents.game import (
+    Candidate,
+    EpisodePrompt,
+    Graded,
+    PlayerFailure,
+    Ranking,
+    ScoredCandidate,
+    ToolCall,
+    final_form_stops,
+    verdict_of,
+)
 from agents.verdicts import PromptRewrite, RewardVerdict, ranking_schema, tool_choice_schema
 from configs.schema import SamplingConfig
 from tools.base import JudgeTool
@@ -59,6 +69,7 @@ class Target:
     backend: Backend
     model_id: str
     sampling: SamplingConfig
+    stop_at_final_answer: bool = False  # end each candidate after its family's final form (game.stop_at_final_answer)
 
     def sample(self, prompt: EpisodePrompt, system_prompt: str, n: int, seed: int) -> list[Candidate] | PlayerFailure:
         own_system = [m["content"] for m in prompt.messages if m["role"] == "system"]
@@ -66,7 +77,8 @@ class Target:
         messages = [ChatMessage(role="system", content=system)] + [
             ChatMessage(role=m["role"], content=m["content"]) for m in prompt.messages if m["role"] != "system"
         ]
-        request = ChatRequest.from_sampling(messages, self.sampling, n=n, seed=seed)
+        stops = final_form_stops(prompt) if self.stop_at_final_answer else []
+        request = ChatRequest.from_sampling(messages, self.sampling, n=n, seed=seed, stop_patterns=stops)
         (result,) = self.backend.generate([request])
         if result.error is not None:
             return PlayerFailure("target", f"{type(result.error).__name__}: {result.error}")
@@ -136,7 +148,7 @@ class Judge:
     def rank(
         self, prompt: EpisodePrompt, candidates: list[Candidate], calls: list[ToolCall], system_prompt: str
     ) -> Ranking | PlayerFailure:
-        verified = [_verified(calls, i) for i in range(len(candidates))]
+        verified = [verdict_of(calls, i) for i in range(len(candidates))]
         if self.verdicts_decide and all(v is not None for v in verified) and not all(verified):
             # Scores from the judge model could not overturn a verdict: rank on the verdicts (all wrong is a
             # tie) and spend no tokens. When every candidate passes, the judge still tells them apart.
@@ -173,14 +185,6 @@ class Judge:
                 ScoredCandidate(i, float(entry["score"]), entry["rationale"], v, float(entry["score"]) + _bonus(v))
             )
         return Ranking(scored, RANKING_METHOD, raw=answer.raw, attempts=answer.attempts)
-
-
-def _verified(calls: list[ToolCall], index: int) -> bool | None:
-    """A candidate's verifiable verdict: failed if any tool says so, passed if one does and none fails."""
-    verdicts = [c.evidence.verdict for c in calls if c.candidate == index and c.evidence.verdict is not None]
-    if not verdicts:
-        return None
-    return all(verdicts)
 
 
 def _bonus(verified: bool | None) -> float:

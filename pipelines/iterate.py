@@ -53,6 +53,7 @@ class IterateSettings:
     require_verified: bool = False
     training_overrides: tuple[str, ...] = ()  # as given, for the debiasing trainer (which loads its own config)
     labor_table: str | None = None  # --trainer debias: the BLS table it grounds on and evaluates against
+    include_retired: bool = False  # play prompts this loop's policies mastered or found out of reach
 
 
 def checkpoint_name(iteration: str, round_index: int) -> str:
@@ -205,12 +206,16 @@ class _Loop:
     def synthesize(self, r: int, run_id: str, policy: str) -> dict[str, Any]:
         from pipelines.synthesis import synthesize
 
+        # the policies of this loop so far (the base, then each round's checkpoint) retire prompts for it
+        lineage = [self.config.models[self.config.roles.target].name]
+        lineage += [checkpoint_name(self.settings.name, k) for k in range(1, r)]
         report = synthesize(
             with_target(self.config, policy),
             run_id=run_id,
             db_url=self.url,
             address=self.address,
             progress=self.progress,
+            skip_retired_by=() if self.settings.include_retired else lineage,
         )
         self.log(report.summary())
         if report.interrupted:

@@ -51,6 +51,7 @@ from pipelines.episode import (
 from pipelines.game_setup import build_players, game_settings, model_ids, new_prompt_book, used_model_keys
 from pipelines.prompt_sources import load_prompts
 from pipelines.recording import GroupCommit, RoundToStore, store_rounds
+from pipelines.sampling import PassCounts
 from storage import leases
 from storage import records as rows
 from storage.db import session_scope
@@ -59,7 +60,7 @@ from storage.leases import Lease, LeaseLostError
 from storage.migrate import open_database
 from storage.records import PromptRecord
 from storage.retries import StorageUnavailableError, with_retries
-from storage.vocabulary import EpisodeStatus, RunStatus
+from storage.vocabulary import AcceptedBy, EpisodeStatus, RunStatus
 from tools.base import Evidence, JudgeTool
 from tools.registry import build_tools
 
@@ -383,7 +384,10 @@ class RunMetrics(BaseModel):
     episodes_total: int = 0
     episodes_done: int = 0
     accepted: int = 0
+    verified: int = 0  # accepted pairs the tools verified (chosen passes, rejected fails)
     failed: int = 0
+    mastered: int = 0  # retired prompts (game.retire_after), counted apart from gave_up
+    out_of_reach: int = 0
     rounds: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -401,9 +405,12 @@ class RunMetrics(BaseModel):
         self.episodes_done += 1
         self.accepted += status == EpisodeStatus.ACCEPTED
         self.failed += status == EpisodeStatus.FAILED
+        self.mastered += status == EpisodeStatus.MASTERED
+        self.out_of_reach += status == EpisodeStatus.OUT_OF_REACH
 
     def count_round(self, record: PlayedRound) -> None:
         self.rounds += 1
+        self.verified += record.accepted_by == AcceptedBy.VERIFIED
         self.completion_tokens += sum(c.completion_tokens or 0 for c in record.candidates)
 
     @property
@@ -415,6 +422,11 @@ class RunMetrics(BaseModel):
         return 60 * self.accepted / self.seconds if self.seconds else 0.0
 
     @property
+    def verified_per_1k_tokens(self) -> float:
+        """Yield: verified pairs per 1,000 target completion tokens."""
+        return 1000 * self.verified / self.completion_tokens if self.completion_tokens else 0.0
+
+    @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / self.seconds if self.seconds else 0.0
 
@@ -422,6 +434,7 @@ class RunMetrics(BaseModel):
         return self.model_dump() | {
             "accept_rate": round(self.accept_rate, 4),
             "pairs_per_min": round(self.pairs_per_min, 3),
+            "verified_per_1k_tokens": round(self.verified_per_1k_tokens, 3),
             "target_tokens_per_s": round(self.tokens_per_s, 2),
         }
 
@@ -453,8 +466,10 @@ class SynthesisReport:
         )
         return (
             f"{head}{m.episodes_done}/{m.episodes_total} episodes played this time, {m.accepted} accepted "
-            f"({m.accept_rate:.0%}), {m.failed} failed, {m.rounds} rounds; {m.already_played} already played in "
-            f"earlier runs; {left}{m.pairs_per_min:.2f} pairs/min, {m.tokens_per_s:.1f} target tokens/s over "
+            f"({m.accept_rate:.0%}), {m.failed} failed, {m.mastered} mastered, {m.out_of_reach} out of reach, "
+            f"{m.rounds} rounds; {m.already_played} already played in earlier runs; {left}{m.pairs_per_min:.2f} "
+            f"pairs/min, {m.verified_per_1k_tokens:.2f} verified pairs per 1,000 target tokens, "
+            f"{m.tokens_per_s:.1f} target tokens/s over "
             f"{m.seconds:.0f} s{workers}{unstored}"
         )
 
@@ -585,17 +600,32 @@ class PendingEpisode:
     prompt_id: str
     rounds_played: int = 0
     resume_versions: dict[str, int] | None = None
+    prior: PassCounts = PassCounts()  # its prompt's verdicts by this target model in earlier runs
+    own: PassCounts = PassCounts()  # the verdicts of the rounds it played
 
 
 def pending_episodes(session: Session, run_id: str) -> list[PendingEpisode]:
     """Run `run_id`'s episodes still to finish, each with the rounds it played and the prompt versions its
     next round resumes with (what a rerun plays, and what a replaced episode worker's episodes play)."""
-    resume = rows.resume_prompt_versions(session, run_id)
-    return [PendingEpisode(pid, played, resume.get(pid)) for pid, played in rows.pending_episodes(session, run_id)]
+    resume, counts = rows.resume_prompt_versions(session, run_id), rows.episode_verdicts(session, run_id)
+    return [
+        PendingEpisode(pid, played, resume.get(pid), *_verdicts(*counts.get(pid, (0, 0, 0, 0))))
+        for pid, played in rows.pending_episodes(session, run_id)
+    ]
+
+
+def _verdicts(prior_samples: int, prior_passes: int, samples: int, passes: int) -> tuple[PassCounts, PassCounts]:
+    return PassCounts(prior_passes, prior_samples - prior_passes), PassCounts(passes, samples - passes)
 
 
 def prepare_run(
-    config: SynthesisConfig, run_id: str, db_url: str | None, *, limit: int | None, only_unplayed: bool
+    config: SynthesisConfig,
+    run_id: str,
+    db_url: str | None,
+    *,
+    limit: int | None,
+    only_unplayed: bool,
+    skip_retired_by: Sequence[str] = (),
 ) -> PreparedRun:
     """Store the run and its prompts, take the run's lease (RunLeaseHeldError if another synthesizer plays
     it), give the run one episode per selected prompt and mark it running.
@@ -603,7 +633,8 @@ def prepare_run(
     The run's prompt set is fixed by its episodes: `limit` gives the run episodes for at most that many
     prompts of its sources in total (the first ones, in source order), so rerunning the same command never
     picks new prompts; a larger `limit` or none adds more. `only_unplayed` leaves out prompts that any run
-    with the same config hash finished."""
+    with the same config hash finished, `skip_retired_by` those an episode of one of these target models
+    retired (mastered, out of reach)."""
     check_slug(run_id, "--run-name")
     digest = config_hash(config)
     prompts = {p.id: p for p in load_prompts(config.prompts)}  # bad prompt files fail before the database is touched
@@ -624,10 +655,11 @@ def prepare_run(
         with session_scope(engine) as session:
             leases.renew(session, lease)
             skip = rows.played_prompt_ids(session, digest) if only_unplayed else set()
+            skip |= rows.retired_prompt_ids(session, skip_retired_by)
             existing = rows.run_prompt_ids(session, run_id)
             unplayed = [pid for pid in prompts if pid not in existing and pid not in skip]
             room = len(unplayed) if limit is None else max(0, limit - sum(pid in existing for pid in prompts))
-            rows.ensure_episodes(session, run_id, unplayed[:room])
+            rows.ensure_episodes(session, run_id, unplayed[:room], model_ids(config)["target"])
             pending = [item for item in pending_episodes(session, run_id) if item.prompt_id in prompts]
             rows.update_run(session, run_id, status=RunStatus.RUNNING)
     except BaseException:
@@ -662,6 +694,8 @@ def play_pending(
         first_round=item.rounds_played,
         prompts=prompts,
         on_round=on_round,
+        prior=item.prior,
+        own=item.own,
     )
 
 
@@ -960,15 +994,24 @@ def synthesize(
     only_unplayed: bool = False,
     progress: Callable[[RunMetrics], None] | None = None,
     backend_factory: BackendFactory = create_backend,
+    skip_retired_by: Sequence[str] = (),
 ) -> SynthesisReport:
     """Play every pending prompt of the run (of at most `limit` prompts in all), storing each round as it
     finishes.
 
-    `only_unplayed` (refresh) also skips prompts that any earlier run with the same config hash finished.
+    `only_unplayed` (refresh) also skips prompts that any earlier run with the same config hash finished;
+    `skip_retired_by` (refresh, iterate) those that these target models mastered or found out of reach.
     `backend_factory` builds each engine actor's backend (benchmarks: a simulated or a recording engine).
     """
     tools = build_tools(config.tools)  # a tool that cannot be built is a config error before anything is stored
-    run = prepare_run(config, run_id or default_run_id(config), db_url, limit=limit, only_unplayed=only_unplayed)
+    run = prepare_run(
+        config,
+        run_id or default_run_id(config),
+        db_url,
+        limit=limit,
+        only_unplayed=only_unplayed,
+        skip_retired_by=skip_retired_by,
+    )
     if not run.pending:
         finish(run, None, None)
         return run.report
