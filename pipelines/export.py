@@ -66,6 +66,8 @@ def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str, *, grounded:
         "target_model": pair["target_model"],
         "judge_model": pair["judge_model"],
         "reward_model": pair["reward_model"],
+        "pass_rate": pair["pass_rate"],
+        "samples": pair["samples"],
     }
     if "review" in pair:
         row["review"] = pair["review"]
@@ -130,6 +132,8 @@ def _arrow_schema(*, reviewed: bool = False, grounded: bool = False) -> pa.Schem
             ("target_model", pa.string()),
             ("judge_model", pa.string()),
             ("reward_model", pa.string()),
+            ("pass_rate", pa.float64()),
+            ("samples", pa.int64()),
         ]
         + ([("review", pa.string())] if reviewed else [])
         + ([("occupation", pa.string()), ("dimension", pa.string())] if grounded else [])
