@@ -1,0 +1,130 @@
+"""Sampling by expected yield (pipelines/sampling.py, docs/methods.md): stepped candidates, retired prompts, pass
+rates stored and exported, and final-form stops. Scripted targets whose answers are right with a known
+probability; the judge is the real one with the reference-answer tool. Counted, never timed."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from agents.backends import Backend, ChatRequest, ChatResult, Completion
+from agents.game import Candidate, EpisodePrompt, derived_seed
+from agents.players import Judge, RewardModel, default_prompt
+from pipelines.episode import GameSettings, Players, PromptBook, play_episode
+from pipelines.sampling import PassCounts, chance_of_side, next_step, retired
+from storage.records import prompt_id_for
+from tools.reference_answer import ReferenceAnswerTool
+
+
+class FixedBackend(Backend):
+    """An engine that answers every request with the same text (the judge's and reward model's JSON)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(max_batch_size=8)
+        self.text, self.requests = text, 0
+
+    def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        self.requests += len(requests)
+        return [ChatResult([Completion(self.text, "stop", 5)] * r.n, prompt_tokens=10) for r in requests]
+
+
+@dataclass
+class ChancyTarget:
+    """Each candidate is right with its prompt's probability `meta["p"]`, drawn from the seed of its step and its
+    place in it (the same step drawn again gives the same answers). Each answer is 10 target tokens."""
+
+    model_id: str = "chancy"
+    samples: int = 0
+    seeds: list[int] = field(default_factory=list)
+
+    def sample(self, prompt, system_prompt, n, seed):
+        self.samples += n
+        self.seeds.append(seed)
+        answers = []
+        for i in range(n):
+            right = random.Random(derived_seed(seed, i)).random() < prompt.meta["p"]
+            answer = prompt.meta["answer"] + (0 if right else 1)
+            answers.append(Candidate(f"The answer is {answer}.", self.model_id, "stop", 12, 10))
+        return answers
+
+
+def population(n: int = 66) -> list[EpisodePrompt]:
+    """`n` problems whose target is right with a probability from 0 to 1 in steps of 0.1, in turn."""
+    prompts = []
+    for i in range(n):
+        messages = [{"role": "user", "content": f"What is {i} + 100?"}]
+        prompts.append(EpisodePrompt(prompt_id_for(messages), messages, {"answer": i + 100, "p": (i % 11) / 10}))
+    return prompts
+
+
+def players(target: ChancyTarget) -> Players:
+    judge = Judge(FixedBackend("{}"), "judge", {"reference_answer": ReferenceAnswerTool()}, verdicts_decide=True)
+    reward = RewardModel(FixedBackend('{"analysis": "good", "score": 9}'), "reward")
+    return Players(target, judge, reward, optimizer=None)  # type: ignore[arg-type]  # verified pairs need none
+
+
+def book() -> PromptBook:
+    return PromptBook(default_prompt("target"), default_prompt("judge"))
+
+
+def play_all(settings: GameSettings) -> dict[str, float]:
+    target = ChancyTarget()
+    outcomes = [play_episode(p, players(target), book(), settings) for p in population()]
+    verified = sum(r.accepted_by == "verified" for e in outcomes for r in e.rounds)
+    statuses = [e.status for e in outcomes]
+    return {"verified": verified, "samples": target.samples, "per_sample": verified / target.samples,
+            "mastered": statuses.count("mastered"), "out_of_reach": statuses.count("out_of_reach"),
+            "gave_up": statuses.count("gave_up")}
+
+
+PLAIN = GameSettings(candidates=2, max_rounds=3, accept_threshold=8, seed=3, verdicts_decide=True)
+STEPPED = GameSettings(candidates=2, max_rounds=3, accept_threshold=8, seed=3, verdicts_decide=True,
+                       max_candidates=6, step_candidates=2, retire_after=4)
+
+
+def test_the_posterior_chance_of_the_missing_side() -> None:
+    # Beta(1, 1) prior and k agreeing verdicts: P(the other side among the next n) = n / (k + n + 1)
+    assert chance_of_side(PassCounts(3, 0), want_pass=False, n=3) == pytest.approx(3 / 7)
+    assert chance_of_side(PassCounts(0, 6), want_pass=True, n=3) == pytest.approx(3 / 10)
+    assert chance_of_side(PassCounts(50, 50), want_pass=False, n=4) == pytest.approx(1 - 0.5**4, abs=0.01)
+    assert next_step(PassCounts(3, 0), [True, True, True], size=3, room=3, threshold=0.3) == 3
+    assert next_step(PassCounts(7, 0), [True] * 7, size=3, room=3, threshold=0.3) == 0, "7 passes: unlikely"
+    assert next_step(PassCounts(1, 1), [True, False], size=2, room=4, threshold=0.3) == 0, "mixed: a pair is there"
+    assert next_step(PassCounts(2, 0), [True, None], size=2, room=4, threshold=0.3) == 0, "unverifiable"
+    assert next_step(PassCounts(30, 30), [True, True], size=2, room=1, threshold=0.3) == 1, "capped by the budget"
+    assert retired(PassCounts(4, 0), 4, budget_spent=False) == "mastered"
+    assert retired(PassCounts(0, 4), 4, budget_spent=False) is None, "out of reach only once the rounds are spent"
+    assert retired(PassCounts(0, 4), 4, budget_spent=True) == "out_of_reach"
+    assert retired(PassCounts(3, 1), 4, budget_spent=True) is None
+    assert retired(PassCounts(9, 0), None, budget_spent=True) is None, "off by default"
+
+
+def test_stepped_sampling_gets_more_verified_pairs_per_sample() -> None:
+    plain, stepped = play_all(PLAIN), play_all(STEPPED)
+    assert plain["mastered"] == plain["out_of_reach"] == 0
+    assert stepped["mastered"] >= 6 and stepped["out_of_reach"] >= 6, stepped  # the p = 1 and p = 0 prompts
+    assert stepped["per_sample"] > 1.2 * plain["per_sample"], (plain, stepped)
+    assert stepped["verified"] >= plain["verified"], (plain, stepped)
+
+
+def test_steps_are_seeded_from_the_round_and_replay_the_same() -> None:
+    prompt = population()[5]  # p = 0.5
+    first, again = ChancyTarget(), ChancyTarget()
+    a = play_episode(prompt, players(first), book(), STEPPED)
+    b = play_episode(prompt, players(again), book(), STEPPED)
+    assert first.seeds == again.seeds and [r.steps for r in a.rounds] == [r.steps for r in b.rounds]
+    round_seed = derived_seed(STEPPED.seed, prompt.id, 0)
+    assert first.seeds[0] == round_seed
+    if a.rounds[0].steps > 1:
+        assert first.seeds[1] == derived_seed(round_seed, "step", 1)
+
+
+def test_a_prior_from_earlier_runs_retires_a_mastered_prompt_in_its_first_round() -> None:
+    prompt = population()[10]  # p = 1
+    target = ChancyTarget()
+    episode = play_episode(prompt, players(target), book(), STEPPED, prior=PassCounts(passes=5))
+    assert episode.status == "mastered" and len(episode.rounds) == 1
+    assert target.samples == 2, "5 earlier passes: no second step is worth sampling"
+    assert episode.counts == PassCounts(passes=7) and episode.own == PassCounts(passes=2)
