@@ -36,6 +36,7 @@ class ChancyTarget:
     place in it (the same step drawn again gives the same answers). Each answer is 10 target tokens."""
 
     model_id: str = "chancy"
+    rates: dict[str, float] = field(default_factory=dict)  # by prompt id, where its meta has no "p"
     samples: int = 0
     seeds: list[int] = field(default_factory=list)
 
@@ -43,8 +44,9 @@ class ChancyTarget:
         self.samples += n
         self.seeds.append(seed)
         answers = []
+        p = self.rates.get(prompt.id, prompt.meta.get("p"))
         for i in range(n):
-            right = random.Random(derived_seed(seed, i)).random() < prompt.meta["p"]
+            right = random.Random(derived_seed(seed, i)).random() < p
             answer = prompt.meta["answer"] + (0 if right else 1)
             answers.append(Candidate(f"The answer is {answer}.", self.model_id, "stop", 12, 10))
         return answers
@@ -128,3 +130,101 @@ def test_a_prior_from_earlier_runs_retires_a_mastered_prompt_in_its_first_round(
     assert episode.status == "mastered" and len(episode.rounds) == 1
     assert target.samples == 2, "5 earlier passes: no second step is worth sampling"
     assert episode.counts == PassCounts(passes=7) and episode.own == PassCounts(passes=2)
+
+
+MODEL = "smollm2-135m-instruct"  # the quickstart's target, by name: what retired prompts are kept for
+RETIRING = ["prompts=[{builtin: arithmetic, limit: 3, seed: 0}]", "game.candidates=2", "game.max_rounds=2",
+            "game.max_candidates=4", "game.retire_after=2"]
+
+
+def _play_run(url: str, run_id: str, overrides: list[str], rates: list[float], skip_retired_by=()) -> list[str]:
+    """One synthesis run of the arithmetic prompts with a chancy target (`rates` in source order), its rounds
+    stored as the synthesizer stores them; the prompt ids it played."""
+    from configs import load_config
+    from pipelines.game_setup import game_settings, model_ids, new_prompt_book
+    from pipelines.recording import store_played_round
+    from pipelines.synthesis import finish, play_pending, prepare_run
+
+    config = load_config("quickstart", overrides)
+    run = prepare_run(config, run_id, url, limit=None, only_unplayed=True, skip_retired_by=skip_retired_by)
+    order = list(run.prompts)
+    target = ChancyTarget(model_id=MODEL, rates={pid: rate for pid, rate in zip(order, rates, strict=True)})
+    book, settings, ids = new_prompt_book(), game_settings(config), model_ids(config)
+    for item in run.pending:
+        play_pending(item, run.prompts[item.prompt_id], players(target), book, settings,
+                     lambda e, r: store_played_round(run.engine, run_id, e, r, ids))
+    finish(run, book, None)
+    return [order.index(item.prompt_id) for item in run.pending]
+
+
+def test_retired_prompts_are_stored_skipped_for_their_model_and_pass_rates_exported(empty_db_url, tmp_path) -> None:
+    import json
+
+    from sqlalchemy import select
+
+    from pipelines.export import export_run
+    from storage.db import session_scope
+    from storage.migrate import open_database
+    from storage.models import Episode
+    from storage.queries import run_summary
+
+    assert _play_run(empty_db_url, "first", RETIRING, [1.0, 0.5, 0.0]) == [0, 1, 2]
+    engine = open_database(empty_db_url)
+    with session_scope(engine) as session:
+        rows = {e.prompt_id: e for e in session.execute(select(Episode).where(Episode.run_id == "first")).scalars()}
+        first = {pid: (e.status, e.samples, e.passes, e.pass_rate, e.target_model) for pid, e in rows.items()}
+        summary = run_summary(session, "first")
+    statuses = sorted(status for status, *_ in first.values())
+    assert statuses == ["accepted", "mastered", "out_of_reach"], first
+    for status, samples, passes, pass_rate, model in first.values():
+        assert model == MODEL and pass_rate == pytest.approx((1 + passes) / (2 + samples))
+        if status == "mastered":
+            assert samples == passes >= 2
+        if status == "out_of_reach":
+            assert passes == 0 and samples >= 2
+    assert (summary.mastered, summary.out_of_reach, summary.verified_pairs) == (1, 1, 1)
+    assert summary.target_tokens == 10 * sum(samples for _, samples, *_ in first.values())
+    assert summary.verified_per_1k_tokens == pytest.approx(1000 / summary.target_tokens, abs=1e-3)
+
+    # what `refresh` asks for (another config hash: nothing is skipped as played): the retired prompts are left
+    # out for this model, and the prompt left starts from the verdicts the first run stored
+    assert _play_run(empty_db_url, "second", [*RETIRING, "sampling.seed=1"], [1.0, 0.5, 0.0], [MODEL]) == [1]
+    assert _play_run(empty_db_url, "third", [*RETIRING, "sampling.seed=2"], [1.0, 0.5, 0.0], ["other"]) == [0, 1, 2]
+    with session_scope(engine) as session:
+        (accepted,) = [pid for pid, (status, *_) in first.items() if status == "accepted"]
+        second = session.execute(
+            select(Episode).where(Episode.run_id == "second", Episode.prompt_id == accepted)
+        ).scalar_one()
+        assert (second.prior_samples, second.prior_passes) == first[accepted][1:3]
+
+    result = export_run(engine, "first", tmp_path / "out", fmt="jsonl")
+    (row,) = [json.loads(line) for line in (result.path / "data.jsonl").read_text().splitlines()]
+    assert row["accepted_by"] == "verified" and row["prompt_id"] == accepted
+    assert (row["pass_rate"], row["samples"]) == (pytest.approx(first[accepted][3]), first[accepted][1])
+    engine.dispose()
+
+
+def test_an_arithmetic_candidate_stops_after_its_final_sentence() -> None:
+    from agents.game import final_form_stops
+    from agents.players import Target
+    from configs.schema import SamplingConfig
+
+    class Rambling(Backend):
+        def __init__(self) -> None:
+            super().__init__(max_batch_size=4)
+            self.requests: list[ChatRequest] = []
+
+        def _generate_batch(self, requests):
+            self.requests += requests
+            text = "3 + 4 = 7. So 7.5 is not it. The answer is 7. Also, here is a long aside that goes on"
+            return [ChatResult([Completion(text, "length", 40)] * r.n, prompt_tokens=10) for r in requests]
+
+    prompt = population()[3]
+    backend = Rambling()
+    (plain,) = Target(backend, "t", SamplingConfig()).sample(prompt, "sys", 1, 0)
+    assert plain.finish_reason == "length" and "aside" in plain.text
+    arithmetic = EpisodePrompt(prompt.id, prompt.messages, {"task": "arithmetic"})
+    (cut,) = Target(backend, "t", SamplingConfig(), stop_at_final_answer=True).sample(arithmetic, "sys", 1, 0)
+    assert cut.text == "3 + 4 = 7. So 7.5 is not it. The answer is 7." and cut.finish_reason == "stop"
+    assert backend.requests[-1].stop_patterns == final_form_stops(arithmetic) != []
+    assert backend.requests[0].stop_patterns == [], "off, or a family without a final form: no stop"
