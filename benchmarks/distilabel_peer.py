@@ -64,7 +64,8 @@ def main() -> None:
         (generated,) = list(generate.process([{"instruction": problem["prompt"]}]))
         generated[0]["generations"] = generated[0].pop("generation")  # grouped: UltraFeedback's input column
         tokenizer = generator._pipeline.tokenizer  # what distilabel's own token statistics count with
-        target_tokens += sum(len(tokenizer.encode(g or "", add_special_tokens=False)) for g in generated[0]["generations"])
+        target_tokens += sum(len(tokenizer.encode(g or "", add_special_tokens=False)) 
+                             for g in generated[0]["generations"])
         (judged,) = list(judge.process(generated))
         (formatted,) = list(to_dpo.process(judged))
         rows.extend(formatted)

@@ -48,7 +48,7 @@ def iterate_command(
         bool, typer.Option("--require-verified", help="Train only on pairs the tools verified correct over wrong.")
     ] = False,
     include_retired: Annotated[
-        bool, typer.Option("--include-retired", help="Play prompts this loop's policies mastered or found out of reach.")
+        bool, typer.Option("--include-retired", help="Play prompts this loop's policies retired.")
     ] = False,
     db: DbOption = None,
     address: AddressOption = None,
