@@ -228,3 +228,12 @@ def test_an_arithmetic_candidate_stops_after_its_final_sentence() -> None:
     assert cut.text == "3 + 4 = 7. So 7.5 is not it. The answer is 7." and cut.finish_reason == "stop"
     assert backend.requests[-1].stop_patterns == final_form_stops(arithmetic) != []
     assert backend.requests[0].stop_patterns == [], "off, or a family without a final form: no stop"
+
+
+def test_max_candidates_below_candidates_is_refused_naming_both() -> None:
+    from configs import load_config
+    from configs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"game.max_candidates \(2\) must be at least game.candidates \(3\)"):
+        load_config("quickstart", ["game.max_candidates=2"])
+    assert load_config("quickstart", []).game.max_candidates is None, "off unless set"
