@@ -92,7 +92,7 @@ def test_the_posterior_chance_of_the_missing_side() -> None:
     assert chance_of_side(PassCounts(0, 6), want_pass=True, n=3) == pytest.approx(3 / 10)
     assert chance_of_side(PassCounts(50, 50), want_pass=False, n=4) == pytest.approx(1 - 0.5**4, abs=0.01)
     assert next_step(PassCounts(3, 0), [True, True, True], size=3, room=3, threshold=0.3) == 3
-    assert next_step(PassCounts(7, 0), [True] * 7, size=3, room=3, threshold=0.3) == 0, "7 passes: unlikely"
+    assert next_step(PassCounts(6, 0), [True] * 6, size=3, room=3, threshold=0.3) == 0, "exactly 0.3: no step"
     assert next_step(PassCounts(1, 1), [True, False], size=2, room=4, threshold=0.3) == 0, "mixed: a pair is there"
     assert next_step(PassCounts(2, 0), [True, None], size=2, room=4, threshold=0.3) == 0, "unverifiable"
     assert next_step(PassCounts(30, 30), [True, True], size=2, room=1, threshold=0.3) == 1, "capped by the budget"
