@@ -237,3 +237,72 @@ def test_max_candidates_below_candidates_is_refused_naming_both() -> None:
     with pytest.raises(ConfigError, match=r"game.max_candidates \(2\) must be at least game.candidates \(3\)"):
         load_config("quickstart", ["game.max_candidates=2"])
     assert load_config("quickstart", []).game.max_candidates is None, "off unless set"
+
+
+class Killed(Exception):
+    """The synthesizer dying right after a round was stored."""
+
+
+def _stored(url: str, run_id: str) -> list[tuple]:
+    from sqlalchemy import select
+
+    from storage.db import session_scope
+    from storage.migrate import open_database
+    from storage.models import Episode, Generation, Round
+
+    engine = open_database(url)
+    with session_scope(engine) as session:
+        rows = session.execute(
+            select(Episode.prompt_id, Round.index, Round.outcome, Round.details, Generation.index, Generation.text)
+            .join(Round, Round.episode_id == Episode.id)
+            .join(Generation, Generation.round_id == Round.id)
+            .where(Episode.run_id == run_id)
+            .order_by(Episode.prompt_id, Round.index, Generation.index)
+        ).all()
+        tallies = session.execute(
+            select(Episode.prompt_id, Episode.status, Episode.samples, Episode.passes, Episode.pass_rate)
+            .where(Episode.run_id == run_id).order_by(Episode.prompt_id)
+        ).all()
+    engine.dispose()
+    return [(p, i, o, d["steps"], d["seed"], g, t) for p, i, o, d, g, t in rows] + [tuple(t) for t in tallies]
+
+
+def test_a_run_cut_between_rounds_resumes_the_same_steps(empty_db_url) -> None:
+    """The in-process form of the kill -9 test (tests/test_faults.py plays it on the real stack): a run that dies
+    after its first stored round, rerun, holds what an uninterrupted run holds, steps and pass rates included."""
+    from configs import load_config
+    from pipelines.game_setup import game_settings, model_ids, new_prompt_book
+    from pipelines.recording import store_played_round
+    from pipelines.synthesis import finish, play_pending, prepare_run
+
+    overrides = [*RETIRING, "game.max_rounds=3", "game.retire_after=20"]  # nothing retires: rounds to cut between
+    rates = [0.9, 0.5, 0.1]
+
+    def play(run_id: str, die_after: int | None) -> None:
+        # the uninterrupted run's target by another name: its verdicts are no prior of the cut run's episodes
+        config = load_config("quickstart", [*overrides, f"models.default.name={MODEL}-{run_id}"])
+        run = prepare_run(config, run_id, empty_db_url, limit=None, only_unplayed=False)
+        target = ChancyTarget(model_id=MODEL, rates=dict(zip(list(run.prompts), rates, strict=True)))
+        book, settings, ids, stored = new_prompt_book(), game_settings(config), model_ids(config), []
+
+        def on_round(episode, record) -> None:
+            store_played_round(run.engine, run_id, episode, record, ids)
+            stored.append(record.index)
+            if die_after is not None and len(stored) == die_after:
+                raise Killed()
+
+        try:
+            for item in run.pending:
+                play_pending(item, run.prompts[item.prompt_id], players(target), book, settings, on_round)
+        except Killed:
+            finish(run, book, "killed")
+            return
+        finish(run, book, None)
+
+    play("whole", None)
+    play("cut", 2)  # the first episode's first two rounds, then the process is gone
+    assert _stored(empty_db_url, "cut") != _stored(empty_db_url, "whole")
+    play("cut", None)
+    whole = _stored(empty_db_url, "whole")
+    assert _stored(empty_db_url, "cut") == whole
+    assert any(steps > 1 for _, _, _, steps, *_ in whole[:-3]), "no round sampled a second step"
