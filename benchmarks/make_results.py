@@ -113,7 +113,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--prompts", "128", "--candidates", "8", "--rounds", "2", "--eval-limit", "50", "--eval-samples", "4"),
               hide=r"^round \d+ \w+: done$|^run \S+: |^total "),
     Benchmark("yield", "Yield: verified pairs per 1,000 target tokens, stepped sampling or not, and a distilabel peer",
-              ("--n", "16"), hide=r': \{"seconds"', module="yield_bench"),
+              ("--n", "8"), hide=r': \{"seconds"', module="yield_bench"),
 )  # fmt: skip
 
 
