@@ -8,7 +8,7 @@ the built-in arithmetic problems with the quickstart's settings, same model and 
   time under .cache/: 4 generations at temperature 0.8 and 64 new tokens, UltraFeedback's overall rating by the
   same model, FormatTextGenerationDPO; a valid pair is one whose ratings differ.
 
-    python benchmarks/yield_bench.py [--n 16] [--only TEXT] [--no-peer]
+    python benchmarks/yield_bench.py [--n 8] [--only TEXT] [--no-peer]
 
 Each prefsmith configuration is a whole `synthesize` in a process of its own (a local Ray, the engine loaded, a
 SQLite file). Every accepted pair is checked against the gold answers afterwards (share clean = chosen right,
@@ -108,7 +108,7 @@ def figures(r: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=16, help="arithmetic problems (the first n of the set, seed 0)")
+    parser.add_argument("--n", type=int, default=8, help="arithmetic problems (the first n of the set, seed 0)")
     parser.add_argument("--only", action="append", help="run only the configurations whose label has this text")
     parser.add_argument("--no-peer", action="store_true", help="leave the distilabel peer out")
     args = parser.parse_args()
