@@ -306,3 +306,50 @@ def test_a_run_cut_between_rounds_resumes_the_same_steps(empty_db_url) -> None:
     whole = _stored(empty_db_url, "whole")
     assert _stored(empty_db_url, "cut") == whole
     assert any(steps > 1 for _, _, _, steps, *_ in whole[:-3]), "no round sampled a second step"
+
+
+def test_migration_0008_gives_stored_episodes_their_model_and_verdict_counts(empty_db_url) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+
+    from storage.db import create_db_engine
+    from storage.migrate import upgrade
+    from storage.models import utcnow
+    from tests.test_storage import _migrate
+
+    _migrate(empty_db_url, command.upgrade, "0007")
+    engine = create_db_engine(empty_db_url)
+    now = utcnow()
+
+    def table(name: str, *columns: str, json: tuple[str, ...] = ()) -> sa.TableClause:
+        return sa.table(name, *(sa.column(c) for c in columns), *(sa.column(c, sa.JSON()) for c in json))
+
+    with engine.begin() as conn:
+        conn.execute(table("prompts", "id", "source", "created_at", json=("messages", "meta")).insert().values(
+            id="p", messages=[], source="", meta={}, created_at=now))
+        config = {"models": {"m": {"name": "the-target"}}, "roles": {"target": "m"}}
+        conn.execute(table("runs", "id", "config_hash", "status", "created_at", "updated_at",
+                           "current_target_prompt_version", "current_judge_prompt_version",
+                           json=("config", "metrics")).insert().values(
+            id="old", config_hash="a" * 64, config=config, metrics={}, status="completed", created_at=now,
+            updated_at=now, current_target_prompt_version=0, current_judge_prompt_version=0))
+        conn.execute(table("episodes", "id", "run_id", "prompt_id", "status", "rounds_played", "created_at").insert()
+                     .values(id="e", run_id="old", prompt_id="p", status="gave_up", rounds_played=1, created_at=now))
+        conn.execute(table("rounds", "id", "episode_id", "index", "target_prompt_version", "judge_prompt_version",
+                           "outcome", "created_at", json=("details",)).insert().values(
+            id=1, episode_id="e", index=0, target_prompt_version=0, judge_prompt_version=0, outcome="tie",
+            details={}, created_at=now))
+        judgments = table("judgments", "round_id", "generation_index", "rationale", "verified", "model_id")
+        for i, verified in enumerate([True, False, None, False]):
+            conn.execute(judgments.insert().values(round_id=1, generation_index=i, rationale="", verified=verified,
+                                                   model_id="j"))
+    engine.dispose()
+
+    upgrade(empty_db_url)
+    engine = create_db_engine(empty_db_url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text(
+            "SELECT target_model, samples, passes, pass_rate, prior_samples FROM episodes")).one()
+    assert tuple(row) == ("the-target", 3, 1, pytest.approx(2 / 5), 0)
+    engine.dispose()
+    _migrate(empty_db_url, command.downgrade, "0007")
