@@ -8,7 +8,8 @@ judge, its default structured output) → FormatTextGenerationDPO; a valid pair 
 
 distilabel 1.5.3 builds one outlines logits processor when the judge loads and hands it to every generate call;
 the processor keeps the state of the sequences it guided, so the second prompt fails. Each prompt is judged
-with its own copy of the freshly built processor. Prints one JSON line: the figures and every pair.
+with its own copy of the freshly built processor. A prompt whose ratings did not all parse makes no pair (the
+formatter cannot order None). Prints one JSON line: the figures and every pair.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def main() -> None:
         target_tokens += sum(len(tokenizer.encode(g or "", add_special_tokens=False)) 
                              for g in generated[0]["generations"])
         (judged,) = list(judge.process(generated))
+        if any(rating is None for rating in judged[0]["ratings"]):
+            # the judge's answer did not parse: FormatTextGenerationDPO cannot order None ratings (it raises)
+            rows.append({"chosen": [{"content": ""}], "rejected": [{"content": ""}]})
+            continue
         (formatted,) = list(to_dpo.process(judged))
         rows.extend(formatted)
     seconds = time.perf_counter() - started
