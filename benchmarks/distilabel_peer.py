@@ -60,6 +60,7 @@ def main() -> None:
     loaded = time.perf_counter()
 
     rows: list[dict[str, Any]] = []
+    errors: list[str] = []  # prompts whose judging raised inside distilabel: no pair
     target_tokens = 0
     for problem in problems:
         (generated,) = list(generate.process([{"instruction": problem["prompt"]}]))
@@ -67,8 +68,13 @@ def main() -> None:
         tokenizer = generator._pipeline.tokenizer  # what distilabel's own token statistics count with
         target_tokens += sum(len(tokenizer.encode(g or "", add_special_tokens=False)) 
                              for g in generated[0]["generations"])
-        (judged,) = list(judge.process(generated))
-        if any(rating is None for rating in judged[0]["ratings"]):
+        try:
+            (judged,) = list(judge.process(generated))
+        except IndexError as exc:  # distilabel's own parsing of a judge answer that lists fewer ratings
+            errors.append(f"{type(exc).__name__}: {exc}")
+            rows.append({"chosen": [{"content": ""}], "rejected": [{"content": ""}]})
+            continue
+        if any(rating is None for rating in judged[0].get("ratings") or [None]):
             # the judge's answer did not parse: FormatTextGenerationDPO cannot order None ratings (it raises)
             rows.append({"chosen": [{"content": ""}], "rejected": [{"content": ""}]})
             continue
@@ -84,7 +90,8 @@ def main() -> None:
     valid = [p for p in pairs if p["chosen_rating"] is not None and p["rejected_rating"] is not None
              and p["chosen_rating"] != p["rejected_rating"]]
     print(json.dumps({"seconds": seconds, "load_seconds": loaded - started, "prompts": len(problems),
-                      "target_tokens": target_tokens, "valid": len(valid), "pairs": pairs}))
+                      "target_tokens": target_tokens, "valid": len(valid), "judge_errors": errors,
+                      "pairs": pairs}))
 
 
 if __name__ == "__main__":
