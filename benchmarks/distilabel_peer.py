@@ -70,21 +70,20 @@ def main() -> None:
                              for g in generated[0]["generations"])
         try:
             (judged,) = list(judge.process(generated))
-        except IndexError as exc:  # distilabel's own parsing of a judge answer that lists fewer ratings
+            if any(rating is None for rating in judged[0].get("ratings") or [None]):
+                # the judge's answer did not parse: FormatTextGenerationDPO cannot order None ratings (it raises)
+                rows.append({})
+                continue
+            (formatted,) = list(to_dpo.process(judged))
+            rows.extend(formatted)
+        except IndexError as exc:  # raised inside distilabel on a judge answer it cannot line up with the generations
             errors.append(f"{type(exc).__name__}: {exc}")
-            rows.append({"chosen": [{"content": ""}], "rejected": [{"content": ""}]})
-            continue
-        if any(rating is None for rating in judged[0].get("ratings") or [None]):
-            # the judge's answer did not parse: FormatTextGenerationDPO cannot order None ratings (it raises)
-            rows.append({"chosen": [{"content": ""}], "rejected": [{"content": ""}]})
-            continue
-        (formatted,) = list(to_dpo.process(judged))
-        rows.extend(formatted)
+            rows.append({})
     seconds = time.perf_counter() - started
     pairs = [
-        {"answer": problem["answer"], "chosen": row["chosen"][-1]["content"],
-         "rejected": row["rejected"][-1]["content"], "chosen_rating": row.get("chosen_rating"),
-         "rejected_rating": row.get("rejected_rating")}
+        {"answer": problem["answer"], "chosen": (row.get("chosen") or [{"content": ""}])[-1]["content"],
+         "rejected": (row.get("rejected") or [{"content": ""}])[-1]["content"],
+         "chosen_rating": row.get("chosen_rating"), "rejected_rating": row.get("rejected_rating")}
         for problem, row in zip(problems, rows, strict=True)
     ]
     valid = [p for p in pairs if p["chosen_rating"] is not None and p["rejected_rating"] is not None
