@@ -36,6 +36,9 @@ class ToolCall:
     candidate: int | None
     arguments: dict[str, Any]
     evidence: Evidence
+    # Whether this tool's pass verifies a candidate (`JudgeTool.verifies`: the final answer's check, tests); a
+    # finished completion or true steps are required of a verified answer but verify nothing alone.
+    verifies: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,31 @@ class Graded(Generic[T]):
     value: T
     raw: str
     attempts: int = 1
+
+
+def verdict_of(calls: list[ToolCall], index: int) -> bool | None:
+    """A candidate's verifiable verdict: failed if any check fails it (it did not finish, its answer is wrong,
+    a step is false); passed if none does and a check whose pass verifies (`ToolCall.verifies`) passed it;
+    else none. True steps of a finished answer verify nothing alone."""
+    verdicts = [c for c in calls if c.candidate == index and c.evidence.verdict is not None]
+    if any(c.evidence.verdict is False for c in verdicts):
+        return False
+    if any(c.evidence.verdict and c.verifies for c in verdicts):
+        return True
+    return None
+
+
+# Where a family's committed final form ends, by the `task` its prompts' metadata name: a candidate may stop
+# right after it (`game.stop_at_final_answer`). Arithmetic asks for "The answer is N."; the pattern ends after
+# that sentence's period, not at a decimal point.
+FINAL_FORM_STOPS: dict[str, list[str]] = {
+    "arithmetic": [r"[Tt]he (?:final )?answer is:? *\**-?\$?\d[\d,]*(?:\.\d+)?\**\.(?!\d)"],
+}
+
+
+def final_form_stops(prompt: EpisodePrompt) -> list[str]:
+    """The stop patterns (regular expressions, the match kept) of `prompt`'s family; none when it has none."""
+    return list(FINAL_FORM_STOPS.get(str(prompt.meta.get("task", "")), []))
 
 
 def derived_seed(*parts: object) -> int:

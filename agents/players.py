@@ -15,7 +15,17 @@ from string import Template
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agents.backends import Backend, ChatMessage, ChatRequest, ParseFailure, generate_structured
-from agents.game import Candidate, EpisodePrompt, Graded, PlayerFailure, Ranking, ScoredCandidate, ToolCall
+from agents.game import (
+    Candidate,
+    EpisodePrompt,
+    Graded,
+    PlayerFailure,
+    Ranking,
+    ScoredCandidate,
+    ToolCall,
+    final_form_stops,
+    verdict_of,
+)
 from agents.verdicts import PromptRewrite, RewardVerdict, ranking_schema, tool_choice_schema
 from configs.schema import SamplingConfig
 from tools.base import JudgeTool
@@ -62,6 +72,7 @@ class Target:
     backend: Backend
     model_id: str
     sampling: SamplingConfig
+    stop_at_final_answer: bool = False  # end each candidate after its family's final form (game.stop_at_final_answer)
 
     def sample(self, prompt: EpisodePrompt, system_prompt: str, n: int, seed: int) -> list[Candidate] | PlayerFailure:
         own_system = [m["content"] for m in prompt.messages if m["role"] == "system"]
@@ -69,7 +80,8 @@ class Target:
         messages = [ChatMessage(role="system", content=system)] + [
             ChatMessage(role=m["role"], content=m["content"]) for m in prompt.messages if m["role"] != "system"
         ]
-        request = ChatRequest.from_sampling(messages, self.sampling, n=n, seed=seed)
+        stops = final_form_stops(prompt) if self.stop_at_final_answer else []
+        request = ChatRequest.from_sampling(messages, self.sampling, n=n, seed=seed, stop_patterns=stops)
         (result,) = self.backend.generate([request])
         if result.error is not None:
             return PlayerFailure("target", f"{type(result.error).__name__}: {result.error}")
@@ -131,23 +143,24 @@ class Judge:
         calls = []
         for position, candidate in enumerate(candidates):
             finish = self.finish_check.arguments_for_finish(context, candidate.finish_reason)
-            calls.append(ToolCall(self.finish_check.name, position, finish, self.finish_check.evidence(finish)))
+            calls.append(
+                ToolCall(self.finish_check.name, position, finish, self.finish_check.evidence(finish), verifies=False)
+            )
         for name in tool_names:
             tool = self.tools[name]
+            # A tool run as Ray tasks is a proxy holding the tool as `inner` (pipelines.synthesis.ray_tools).
+            verifies = getattr(tool, "inner", tool).verifies
             targets: list[int | None] = list(range(len(candidates))) if tool.per_candidate else [None]
             for index in targets:
                 arguments = tool.arguments_for(context, None if index is None else candidates[index].text)
                 if arguments is not None:
-                    calls.append(ToolCall(name, index, arguments, tool.evidence(arguments)))
+                    calls.append(ToolCall(name, index, arguments, tool.evidence(arguments), verifies=verifies))
         return calls
 
     def rank(
         self, prompt: EpisodePrompt, candidates: list[Candidate], calls: list[ToolCall], system_prompt: str
     ) -> Ranking | PlayerFailure:
-        # A tool run as Ray tasks is a proxy holding the tool as `inner` (pipelines.synthesis.RayToolProxy).
-        verifying = {name: getattr(tool, "inner", tool).verifies for name, tool in self.tools.items()}
-        verifying[self.finish_check.name] = False
-        verified = [_verified(calls, i, verifying) for i in range(len(candidates))]
+        verified = [verdict_of(calls, i) for i in range(len(candidates))]
         if self.verdicts_decide and all(v is not None for v in verified) and not all(verified):
             # Scores from the judge model could not overturn a verdict: rank on the verdicts (all wrong is a
             # tie) and spend no tokens. When every candidate passes, the judge still tells them apart.
@@ -184,18 +197,6 @@ class Judge:
                 ScoredCandidate(i, float(entry["score"]), entry["rationale"], v, float(entry["score"]) + _bonus(v))
             )
         return Ranking(scored, RANKING_METHOD, raw=answer.raw, attempts=answer.attempts)
-
-
-def _verified(calls: list[ToolCall], index: int, verifying: dict[str, bool]) -> bool | None:
-    """A candidate's verifiable verdict: failed if any check fails it (it did not finish, its answer is wrong,
-    a step is false); passed if none does and a tool whose pass verifies (`JudgeTool.verifies`: the final
-    answer's check, tests) passed it; else none. True steps of a finished answer verify nothing alone."""
-    verdicts = [(c.tool, c.evidence.verdict) for c in calls if c.candidate == index and c.evidence.verdict is not None]
-    if any(verdict is False for _, verdict in verdicts):
-        return False
-    if any(verdict and verifying.get(tool, True) for tool, verdict in verdicts):
-        return True
-    return None
 
 
 def _bonus(verified: bool | None) -> float:

@@ -59,6 +59,7 @@ class Benchmark:
     drop: str | None = None  # regex of stdout lines that are not part of the figures
     unset: tuple[str, ...] = ()  # variables of BENCH_ENV this benchmark runs without
     hide: str | None = None  # regex of recorded lines (progress, per-run records) RESULTS.md leaves out
+    module: str | None = None  # the script's file name in benchmarks/, where it is not NAME.py
 
     @property
     def env(self) -> dict[str, str]:
@@ -66,7 +67,7 @@ class Benchmark:
 
     @property
     def script(self) -> Path:
-        return REPO / "benchmarks" / f"{self.name}.py"
+        return REPO / "benchmarks" / f"{self.module or self.name}.py"
 
     def command(self, labor_table: str) -> list[str]:
         """The command line, run from the repository root; `{labor_table}` in `args` is the BLS table."""
@@ -116,6 +117,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("iterate_loop", "prefsmith iterate: does training on our pairs make the model better (held-out)?",
               ("--prompts", "128", "--candidates", "8", "--rounds", "2", "--eval-limit", "50", "--eval-samples", "4"),
               hide=r"^round \d+ \w+: done$|^run \S+: |^total "),
+    Benchmark("yield", "Yield: verified pairs per 1,000 target tokens, stepped sampling or not, and a distilabel peer",
+              ("--n", "8"), hide=r': \{"seconds"', module="yield_bench"),
 )  # fmt: skip
 
 

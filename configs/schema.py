@@ -125,6 +125,45 @@ class GameConfig(Strict):
         "asked for scores it cannot overturn; all wrong is a tie), and a verified pair (chosen passes, rejected "
         "fails) is accepted without the reward model. Off: the judge and the reward model see every pair.",
     )
+    max_candidates: int | None = Field(
+        None,
+        ge=2,
+        description="Most candidates one round samples, in steps: while the tool verdicts do not yet mix (all pass "
+        "or all fail) and the prompt's estimated pass rate says the next step likely brings the missing side, "
+        "another step is sampled. None = `candidates` (one step, stepped sampling off).",
+    )
+    step_candidates: int | None = Field(
+        None, ge=1, description="Candidates per further step; None = `candidates`."
+    )
+    step_threshold: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="Sample another step when P(at least one candidate of the missing side in it) under the "
+        "prompt's Beta(1, 1)-prior posterior pass rate exceeds this (with no earlier samples, C agreeing verdicts "
+        "give C/(2C+1), about 0.43; 2C give about 0.3).",
+    )
+    retire_after: int | None = Field(
+        None,
+        ge=1,
+        description="N: a prompt whose N samples with tool verdicts by the target model (this run's and earlier "
+        "runs') all passed is retired as `mastered` at once; one whose samples all failed when its rounds are "
+        "spent (N at least) as `out_of_reach`. Retired prompts are skipped by `refresh` and the next `iterate` "
+        "round. None: off (such an episode gives up, as without the setting).",
+    )
+    stop_at_final_answer: bool = Field(
+        False,
+        description="End a candidate right after the final form its prompt's family asks for (arithmetic: "
+        "'The answer is N.'), where the family defines one, instead of spending max_tokens after it.",
+    )
+
+    @model_validator(mode="after")
+    def _max_at_least_candidates(self) -> GameConfig:
+        if self.max_candidates is not None and self.max_candidates < self.candidates:
+            raise ValueError(
+                f"game.max_candidates ({self.max_candidates}) must be at least game.candidates ({self.candidates})"
+            )
+        return self
 
 
 class ToolsConfig(Strict):

@@ -11,8 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from agents.game import Candidate, EpisodePrompt, Graded, PlayerFailure, Ranking, ToolCall, derived_seed
+from agents.game import (
+    Candidate,
+    EpisodePrompt,
+    Graded,
+    PlayerFailure,
+    Ranking,
+    ToolCall,
+    derived_seed,
+    verdict_of,
+)
 from agents.verdicts import PromptRewrite, RewardVerdict
+from pipelines.sampling import PassCounts, next_step, retired
 from storage.vocabulary import AcceptedBy, EpisodeStatus, RoundOutcome
 
 
@@ -85,6 +95,18 @@ class GameSettings:
     accept_threshold: int = 8
     seed: int = 0
     verdicts_decide: bool = False  # a verified pair is accepted without the reward model
+    max_candidates: int | None = None  # a round's budget in steps (pipelines.sampling); None = candidates
+    step_candidates: int | None = None  # candidates per further step; None = candidates
+    step_threshold: float = 0.3
+    retire_after: int | None = None  # N samples of one verdict retire the prompt (None: never)
+
+    @property
+    def round_budget(self) -> int:
+        return max(self.candidates, self.max_candidates or self.candidates)
+
+    @property
+    def step_size(self) -> int:
+        return self.step_candidates or self.candidates
 
 
 @dataclass(frozen=True)
@@ -196,6 +218,7 @@ class PlayedRound:
     seed: int
     outcome: RoundOutcome = RoundOutcome.FAILED
     candidates: list[Candidate] = field(default_factory=list)
+    steps: int = 0  # sampling steps the candidates came in (pipelines.sampling)
     tools: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     ranking: Ranking | None = None
@@ -215,6 +238,11 @@ class PlayedRound:
         """The target and judge prompts the episode's next round plays with."""
         return self.next_prompts or (self.target_prompt, self.judge_prompt)
 
+    @property
+    def verdicts(self) -> list[bool | None]:
+        """Each candidate's tool verdict (None: no tool could check it)."""
+        return [verdict_of(self.tool_calls, i) for i in range(len(self.candidates))]
+
 
 @dataclass
 class EpisodeRecord:
@@ -225,6 +253,14 @@ class EpisodeRecord:
     reason: str | None = None
     promoted: list[PromptRef] = field(default_factory=list)
     finished: bool = False
+    # Tool verdicts of the prompt's candidates by this target model: from earlier runs (`prior`, fixed when the
+    # run's episode was created) and from this episode's rounds (`own`, resumed rounds included).
+    prior: PassCounts = field(default_factory=PassCounts)
+    own: PassCounts = field(default_factory=PassCounts)
+
+    @property
+    def counts(self) -> PassCounts:
+        return self.prior + self.own
 
     @property
     def accepted_round(self) -> PlayedRound | None:
@@ -238,17 +274,59 @@ def _fail(record: PlayedRound, failure: PlayerFailure) -> PlayedRound:
     return record
 
 
-def play_round(prompt: EpisodePrompt, players: Players, settings: GameSettings, record: PlayedRound) -> PlayedRound:
-    """Steps 1–6 of the game for one round; fills `record` and returns it."""
-    candidates = players.target.sample(prompt, record.target_prompt.text, settings.candidates, record.seed)
-    if isinstance(candidates, PlayerFailure):
-        return _fail(record, candidates)
-    record.candidates = candidates
+def sample_in_steps(
+    prompt: EpisodePrompt, players: Players, settings: GameSettings, record: PlayedRound, counts: PassCounts
+) -> PlayerFailure | None:
+    """Steps 1–2 of the game: sample `candidates`, run the tools on them, and while their verdicts do not mix
+    and the prompt's posterior pass rate (`counts`: its samples before this round) says the next step likely
+    brings the missing side, sample and check another step, up to `max_candidates`. Step k > 0 draws with a
+    seed derived from the round's, so a round played again draws the same steps."""
+    first = players.target.sample(prompt, record.target_prompt.text, settings.candidates, record.seed)
+    if isinstance(first, PlayerFailure):
+        return first
+    record.candidates, record.steps = list(first), 1
+    if len(first) < 2:
+        return None
+    record.tools = players.judge.choose_tools(prompt)
+    record.tool_calls = players.judge.investigate(prompt, record.candidates, record.tools)
+    while True:
+        verdicts = record.verdicts
+        room = settings.round_budget - len(record.candidates)
+        n = next_step(counts.plus(verdicts), verdicts, settings.step_size, room, settings.step_threshold)
+        if n == 0:
+            return None
+        seed = derived_seed(record.seed, "step", record.steps)
+        more = players.target.sample(prompt, record.target_prompt.text, n, seed)
+        if isinstance(more, PlayerFailure):
+            record.failures.append(more)  # the candidates so far still make the round
+            return None
+        offset = len(record.candidates)
+        calls = players.judge.investigate(prompt, list(more), record.tools)
+        record.tool_calls += [  # the input's own evidence is already there
+            ToolCall(c.tool, c.candidate + offset, c.arguments, c.evidence, c.verifies)
+            for c in calls
+            if c.candidate is not None
+        ]
+        record.candidates += more
+        record.steps += 1
+
+
+def play_round(
+    prompt: EpisodePrompt,
+    players: Players,
+    settings: GameSettings,
+    record: PlayedRound,
+    counts: PassCounts | None = None,
+) -> PlayedRound:
+    """Steps 1–6 of the game for one round; fills `record` and returns it. `counts` are the prompt's verdicts
+    before this round (what stepped sampling weighs)."""
+    failure = sample_in_steps(prompt, players, settings, record, counts or PassCounts())
+    if failure is not None:
+        return _fail(record, failure)
+    candidates = record.candidates
     if len(candidates) < 2:
         return _fail(record, PlayerFailure("target", f"{len(candidates)} candidate(s); a pair needs 2"))
 
-    record.tools = players.judge.choose_tools(prompt)
-    record.tool_calls = players.judge.investigate(prompt, candidates, record.tools)
     ranking = players.judge.rank(prompt, candidates, record.tool_calls, record.judge_prompt.text)
     if isinstance(ranking, PlayerFailure):
         return _fail(record, ranking)
@@ -300,6 +378,8 @@ def play_episode(
     first_round: int = 0,
     prompts: tuple[PromptRef, PromptRef] | None = None,
     on_round: RoundCallback | None = None,
+    prior: PassCounts | None = None,
+    own: PassCounts | None = None,
 ) -> EpisodeRecord:
     """Play `prompt` until a pair is accepted or `settings.max_rounds` rounds are spent.
 
@@ -311,19 +391,34 @@ def play_episode(
     target and judge `prompts` its last played round left for the next (default: the run's current ones);
     `on_round` is called after every round with the episode as it stands — `episode.finished` tells whether that round
     ended it — so a caller can store each round as it finishes.
+
+    `prior` are the prompt's verdicts by this target model in earlier runs, `own` those of the rounds this
+    episode played before `first_round`: together they are the pass-rate estimate stepped sampling weighs and
+    retiring (`settings.retire_after`) counts.
     """
-    episode = EpisodeRecord(prompt=prompt, settings=settings)
+    episode = EpisodeRecord(prompt=prompt, settings=settings, prior=prior or PassCounts(), own=own or PassCounts())
     target_prompt, judge_prompt = prompts or book.current()
     for index in range(first_round, settings.max_rounds):
         seed = derived_seed(settings.seed, prompt.id, index)
-        record = play_round(prompt, players, settings, PlayedRound(index, target_prompt, judge_prompt, seed))
+        record = PlayedRound(index, target_prompt, judge_prompt, seed)
+        record = play_round(prompt, players, settings, record, episode.counts)
         episode.rounds.append(record)
+        episode.own = episode.own.plus(record.verdicts)
         last_round = index == settings.max_rounds - 1
+        retire = None if record.outcome == RoundOutcome.ACCEPTED else retired(
+            episode.counts, settings.retire_after, budget_spent=last_round
+        )
         if record.outcome == RoundOutcome.ACCEPTED:
             episode.status, episode.finished = EpisodeStatus.ACCEPTED, True
             episode.promoted = [
                 ref for ref in (target_prompt, judge_prompt) if ref.parent is not None and book.promote(ref)
             ]
+        elif retire is not None:
+            episode.status, episode.finished = EpisodeStatus(retire), True
+            episode.reason = (
+                f"retired: all {episode.counts.samples} samples of this target model "
+                f"{'passed' if retire == EpisodeStatus.MASTERED else 'failed'} their tools' checks"
+            )
         elif last_round:
             _close_without_pair(episode)
         elif record.outcome == RoundOutcome.REJECTED:

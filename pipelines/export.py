@@ -75,6 +75,8 @@ def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str, *, grounded:
         target_model=pair["target_model"],
         judge_model=pair["judge_model"],
         reward_model=pair["reward_model"],
+        pass_rate=pair["pass_rate"],
+        samples=pair["samples"],
     )
     if "review" in pair:
         row["review"] = pair["review"]

@@ -21,6 +21,10 @@ def game_settings(config: SynthesisConfig) -> GameSettings:
         accept_threshold=config.game.accept_threshold,
         seed=config.sampling.seed,
         verdicts_decide=config.game.verdicts_decide,
+        max_candidates=config.game.max_candidates,
+        step_candidates=config.game.step_candidates,
+        step_threshold=config.game.step_threshold,
+        retire_after=config.game.retire_after,
     )
 
 
@@ -52,7 +56,9 @@ def build_players(
     if wrap_tool is not None:
         tools = {name: wrap_tool(tool) for name, tool in tools.items()}
     return Players(
-        target=Target(backends[roles.target], models[roles.target].name, config.sampling),
+        target=Target(
+            backends[roles.target], models[roles.target].name, config.sampling, config.game.stop_at_final_answer
+        ),
         judge=Judge(
             backends[roles.judge], models[roles.judge].name, tools,
             select_with_model=config.tools.selection == "model", parse_retries=retries,

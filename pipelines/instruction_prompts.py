@@ -177,7 +177,7 @@ def conflicts() -> dict[str, set[str]]:
     and EXTRA_CONFLICTS."""
     from if_verifiable.ifeval.instructions_registry import INSTRUCTION_CONFLICTS
 
-    table = {kind: set() for kind in INSTRUCTION_TYPES}
+    table: dict[str, set[str]] = {kind: set() for kind in INSTRUCTION_TYPES}
     pairs = [(a, b) for a, others in INSTRUCTION_CONFLICTS.items() for b in others] + EXTRA_CONFLICTS
     for a, b in pairs + [(kind, kind) for kind in INSTRUCTION_TYPES]:
         if a in table and b in table:

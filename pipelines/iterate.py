@@ -55,6 +55,7 @@ class IterateSettings:
     require_verified: bool = False
     training_overrides: tuple[str, ...] = ()  # the --train-set given, part of what makes two invocations one loop
     labor_table: str | None = None  # a trainer that grounds on the BLS table (debias): the table, also measured by
+    include_retired: bool = False  # play prompts this loop's policies mastered or found out of reach
 
 
 def checkpoint_name(iteration: str, round_index: int) -> str:
@@ -219,12 +220,16 @@ class RoundStages:
     def synthesize(self, r: int, run_id: str, policy: str) -> dict[str, Any]:
         from pipelines.synthesis.service import synthesize
 
+        # the policies of this loop so far (the base, then each round's checkpoint) retire prompts for it
+        lineage = [self.config.models[self.config.roles.target].name]
+        lineage += [checkpoint_name(self.settings.name, k) for k in range(1, r)]
         report = synthesize(
             with_target(self.config, policy),
             run_id=run_id,
             db_url=self.url,
             address=self.address,
             progress=self.progress,
+            skip_retired_by=() if self.settings.include_retired else lineage,
         )
         self.log(report.summary())
         if report.interrupted:

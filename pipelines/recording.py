@@ -27,8 +27,11 @@ def _version_row(ref: PromptRef) -> rows.PromptVersionRecord:
     return rows.PromptVersionRecord(ref.role, ref.version, ref.text, ref.parent, ref.critique)
 
 
-def round_row(record: PlayedRound, model_ids: dict[str, str]) -> rows.RoundRecord:
-    """The storage form of one round; `model_ids` maps roles to the model that played them."""
+def round_row(
+    record: PlayedRound, model_ids: dict[str, str], tally: rows.EpisodeTally | None = None
+) -> rows.RoundRecord:
+    """The storage form of one round; `model_ids` maps roles to the model that played them, `tally` is its
+    episode's verdict counts after it."""
     ranking = record.ranking
     judgments = (
         []
@@ -57,6 +60,7 @@ def round_row(record: PlayedRound, model_ids: dict[str, str]) -> rows.RoundRecor
         )
     details: dict[str, Any] = {
         "seed": record.seed,
+        "steps": record.steps,
         "tools": record.tools,
         "ranking_method": ranking.method if ranking else None,
         "judge_attempts": ranking.attempts if ranking else None,
@@ -88,6 +92,7 @@ def round_row(record: PlayedRound, model_ids: dict[str, str]) -> rows.RoundRecor
         pair=pair,
         failure_reason=record.failure_reason,
         details=details,
+        tally=tally,
     )
 
 
@@ -101,12 +106,14 @@ class RoundToStore:
     final_status: EpisodeStatus | None = None
     reason: str | None = None
     promoted: tuple[PromptRef, ...] = ()
+    tally: rows.EpisodeTally | None = None
 
     @classmethod
     def of(cls, episode: EpisodeRecord, record: PlayedRound) -> RoundToStore:
+        tally = rows.EpisodeTally(episode.own.samples, episode.own.passes, episode.counts.pass_rate)
         if not (episode.finished and record is episode.rounds[-1]):
-            return cls(episode.prompt.id, record)
-        return cls(episode.prompt.id, record, episode.status, episode.reason, tuple(episode.promoted))
+            return cls(episode.prompt.id, record, tally=tally)
+        return cls(episode.prompt.id, record, episode.status, episode.reason, tuple(episode.promoted), tally)
 
 
 def store_played_round(
@@ -151,7 +158,7 @@ def store_rounds(
                 session,
                 run_id,
                 item.prompt_id,
-                round_row(record, model_ids),
+                round_row(record, model_ids, item.tally),
                 final_status=item.final_status,
                 reason=item.reason,
             )

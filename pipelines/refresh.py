@@ -1,4 +1,5 @@
-"""Dataset refresh: play only the prompts no run with this config hash has played, then export a new version.
+"""Dataset refresh: play only the prompts no run with this config hash has played (nor any run retired for its
+target model), then export a new version.
 
 What `prefsmith refresh` runs, by hand or from a schedule; a refresh that finds nothing new writes nothing.
 """
@@ -33,11 +34,16 @@ def refresh(
     address: str | None = None,
     progress: Any = None,
     log: Callable[[str], None] = print,
+    include_retired: bool = False,
 ) -> RefreshResult:
     """Play the new prompts of `config`'s sources, then export the run's next version to `out` (default:
-    a new folder under $PREFSMITH_HOME/exports); `log` receives one line per finished stage."""
+    a new folder under $PREFSMITH_HOME/exports); `log` receives one line per finished stage. Prompts the target
+    model mastered or found out of reach in any run are left out, unless `include_retired`."""
     url = db_url or config.storage.url
-    report = synthesize(config, db_url=url, address=address, only_unplayed=True, progress=progress)
+    retired_by = () if include_retired else (config.models[config.roles.target].name,)
+    report = synthesize(
+        config, db_url=url, address=address, only_unplayed=True, progress=progress, skip_retired_by=retired_by
+    )
     if report.interrupted:
         log(report.summary())
         return RefreshResult(report, None)

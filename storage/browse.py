@@ -335,7 +335,8 @@ def _instruction_verdicts(
     ids = meta.get("instruction_id_list")
     if not isinstance(ids, list):
         return []
-    kwargs = meta.get("kwargs") if isinstance(meta.get("kwargs"), list) else []
+    found_kwargs = meta.get("kwargs")
+    kwargs: list[Any] = found_kwargs if isinstance(found_kwargs, list) else []
 
     def results(index: int) -> list[Any]:
         for c in candidates:

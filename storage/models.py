@@ -103,7 +103,11 @@ class Episode(Base):
     """One prompt played in one run: up to R rounds until a pair is accepted or the episode gives up."""
 
     __tablename__ = "episodes"
-    __table_args__ = (UniqueConstraint("run_id", "prompt_id"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "prompt_id"),
+        # a new run's priors and a refresh's retired prompts: the episodes of these prompts by this model
+        Index("ix_episodes_prompt_target_model", "prompt_id", "target_model"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
@@ -111,6 +115,15 @@ class Episode(Base):
     status: Mapped[str] = mapped_column(String(16), default=EpisodeStatus.PENDING)
     rounds_played: Mapped[int] = mapped_column(Integer, default=0)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The prompt's pass rate under its tools' verdicts for this target model (pipelines/sampling.py): the
+    # verdicts of earlier runs' episodes when this one was created (`prior_*`), this episode's own, and the
+    # posterior mean of both. Retired prompts (mastered, out_of_reach) are skipped per target model.
+    target_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    prior_samples: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    prior_passes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    samples: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    passes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    pass_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
 

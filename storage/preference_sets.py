@@ -47,6 +47,8 @@ EXPORT_COLUMNS = (
     "target_model",
     "judge_model",
     "reward_model",
+    "pass_rate",  # the prompt's estimated pass rate under its tools' verdicts, and the samples it rests on
+    "samples",
 )
 
 
@@ -67,8 +69,8 @@ def _column_types() -> dict[str, pa.DataType]:
     import pyarrow as pa
 
     message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-    floats = ("score", "chosen_score", "rejected_score")
-    integers = ("round_index", "target_prompt_version", "judge_prompt_version")
+    floats = ("score", "chosen_score", "rejected_score", "pass_rate")
+    integers = ("round_index", "target_prompt_version", "judge_prompt_version", "samples")
     booleans = ("chosen_verified", "rejected_verified")
     types = {name: message for name in REQUIRED_COLUMNS}
     for name in (*EXPORT_COLUMNS, "review", "occupation", "dimension"):

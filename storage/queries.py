@@ -34,6 +34,10 @@ class RunSummary:
     exports: int
     metrics: dict[str, Any]
     current_prompt_versions: dict[str, int]
+    mastered: int = 0  # prompts retired because every sample passed (game.retire_after)
+    out_of_reach: int = 0  # prompts retired because every sample failed
+    target_tokens: int = 0  # completion tokens of the target's candidates
+    verified_per_1k_tokens: float | None = None  # yield: verified pairs per 1,000 target tokens
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +92,16 @@ def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSu
             select(Export.run_id, func.count()).where(Export.run_id.in_(ids)).group_by(Export.run_id)
         ).all()
     )
+    tokens = {
+        run_id: int(n or 0)
+        for run_id, n in session.execute(
+            select(Episode.run_id, func.sum(Generation.completion_tokens))
+            .join(Round, Round.episode_id == Episode.id)
+            .join(Generation, Generation.round_id == Round.id)
+            .where(Episode.run_id.in_(ids))
+            .group_by(Episode.run_id)
+        ).all()
+    }
     return [
         RunSummary(
             id=r.id,
@@ -105,6 +119,12 @@ def _summaries(session: Session, run_ids: list[str] | None = None) -> list[RunSu
             exports=exports.get(r.id, 0),
             metrics=dict(r.metrics or {}),
             current_prompt_versions=r.current_prompt_versions,
+            mastered=by_status.get(r.id, {}).get(EpisodeStatus.MASTERED, 0),
+            out_of_reach=by_status.get(r.id, {}).get(EpisodeStatus.OUT_OF_REACH, 0),
+            target_tokens=tokens.get(r.id, 0),
+            verified_per_1k_tokens=round(1000 * pairs.get(r.id, (0, 0, 0))[2] / tokens[r.id], 3)
+            if tokens.get(r.id)
+            else None,
         )
         for r in runs
     ]
@@ -157,17 +177,25 @@ def accepted_pairs(
     grade: their tools' checks accepted them). With `reviewed`, people's reviews in force are applied: a
     rejected pair is dropped, a flipped one swapped (chosen ⇄ rejected with their scores), and each row says
     its review (None where nobody reviewed it). Each row carries the tools' verdict on its chosen and its
-    rejected answer (True, False, or None without one) and why the backend ended each (`chosen_finish`,
-    `rejected_finish`: 'stop', 'length' — cut off at max_tokens — or None); `require_verified` keeps only pairs
-    whose chosen answer passed and rejected answer failed."""
+    rejected answer (True, False, or None without one), why the backend ended each (`chosen_finish`,
+    `rejected_finish`: 'stop', 'length' — cut off at max_tokens — or None), and its prompt's pass rate and
+    samples (`pipelines/sampling.py`); `require_verified` keeps only pairs whose chosen answer passed and
+    rejected answer failed."""
     chosen_j, rejected_j = aliased(Judgment), aliased(Judgment)
     chosen_g, rejected_g = aliased(Generation), aliased(Generation)
-    columns = (chosen_j.verified, rejected_j.verified, chosen_g.finish_reason, rejected_g.finish_reason)
+    columns = (
+        chosen_j.verified,
+        rejected_j.verified,
+        chosen_g.finish_reason,
+        rejected_g.finish_reason,
+        Episode.pass_rate,
+        Episode.prior_samples + Episode.samples,
+    )
     query = (
         _with_verdicts(
-            select(PreferencePair, Prompt.messages, Prompt.meta, *columns).join(
-                Prompt, Prompt.id == PreferencePair.prompt_id
-            ),
+            select(PreferencePair, Prompt.messages, Prompt.meta, *columns)
+            .join(Prompt, Prompt.id == PreferencePair.prompt_id)
+            .join(Episode, Episode.id == PreferencePair.episode_id),
             chosen_j,
             rejected_j,
         )
@@ -191,9 +219,17 @@ def accepted_pairs(
         )
     reviews = reviews_in_force(session, run_id=run_id) if reviewed else {}
     rows = []
-    for pair, messages, meta, chosen_verified, rejected_verified, chosen_finish, rejected_finish in session.execute(
-        query
-    ).all():
+    for (
+        pair,
+        messages,
+        meta,
+        chosen_verified,
+        rejected_verified,
+        chosen_finish,
+        rejected_finish,
+        pass_rate,
+        samples,
+    ) in session.execute(query).all():
         review = reviews.get(pair.id)
         if review is not None and review.decision == ReviewDecision.REJECTED:
             continue
@@ -219,6 +255,9 @@ def accepted_pairs(
             "target_model": pair.target_model,
             "judge_model": pair.judge_model,
             "reward_model": pair.reward_model,
+            # the prompt's pass-rate estimate for this target model and the verdicted samples it rests on
+            "pass_rate": pass_rate,
+            "samples": samples,
             # what an occupation prompt is about (pipelines.prompt_sources.occupation_prompts); None otherwise
             "occupation": (meta or {}).get("occupation"),
             "dimension": (meta or {}).get("dimension"),

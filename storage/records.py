@@ -31,7 +31,7 @@ from storage.models import (
     ToolEvidence,
     utcnow,
 )
-from storage.vocabulary import EPISODE_FINISHED, Candidate, EpisodeStatus, RoundOutcome, RunStatus
+from storage.vocabulary import EPISODE_FINISHED, EPISODE_RETIRED, Candidate, EpisodeStatus, RoundOutcome, RunStatus
 
 
 def sha256_hex(*parts: str) -> str:
@@ -122,6 +122,15 @@ class PairRecord:
 
 
 @dataclass(frozen=True)
+class EpisodeTally:
+    """The episode's own verdict counts after a round, and the pass rate they and its priors estimate."""
+
+    samples: int
+    passes: int
+    pass_rate: float
+
+
+@dataclass(frozen=True)
 class RoundRecord:
     """Everything one round produced, as storage writes it."""
 
@@ -135,6 +144,7 @@ class RoundRecord:
     pair: PairRecord | None = None
     failure_reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    tally: EpisodeTally | None = None
 
 
 def ensure_run(session: Session, run_id: str, config_hash: str, config: dict[str, Any]) -> Run:
@@ -177,8 +187,13 @@ def add_prompts(session: Session, prompts: Sequence[PromptRecord]) -> list[str]:
     return [p.id for p in prompts]
 
 
-def ensure_episodes(session: Session, run_id: str, prompt_ids: Sequence[str]) -> list[str]:
-    """One pending episode per (run, prompt); existing episodes are left as they are."""
+def ensure_episodes(
+    session: Session, run_id: str, prompt_ids: Sequence[str], target_model: str | None = None
+) -> list[str]:
+    """One pending episode per (run, prompt); existing episodes are left as they are. A new episode played by
+    `target_model` starts from the verdicts other runs' episodes of its prompt by that model have stored."""
+    ids = list(dict.fromkeys(prompt_ids))
+    priors = prior_verdicts(session, run_id, ids, target_model) if target_model is not None else {}
     rows: list[dict[str, Any]] = [
         {
             "id": episode_id_for(run_id, pid),
@@ -186,9 +201,12 @@ def ensure_episodes(session: Session, run_id: str, prompt_ids: Sequence[str]) ->
             "prompt_id": pid,
             "status": EpisodeStatus.PENDING,
             "rounds_played": 0,
+            "target_model": target_model,
+            "prior_samples": priors.get(pid, (0, 0))[0],
+            "prior_passes": priors.get(pid, (0, 0))[1],
             "created_at": utcnow(),
         }
-        for pid in dict.fromkeys(prompt_ids)
+        for pid in ids
     ]
     insert_ignore(session, Episode, rows, ["id"])
     return [r["id"] for r in rows]
@@ -392,6 +410,9 @@ def _advance_episode(
         select(func.count()).select_from(Round).where(Round.episode_id == episode_id)
     ).scalar_one()
     values: dict[str, Any] = {"rounds_played": rounds_played, "status": EpisodeStatus.RUNNING}
+    if record.tally is not None:  # absolute counts, so a replayed round writes the same values
+        t = record.tally
+        values |= {"samples": t.samples, "passes": t.passes, "pass_rate": t.pass_rate}
     if final_status is not None:
         if final_status not in EPISODE_FINISHED:
             raise ValueError(f"final_status must be one of {', '.join(EPISODE_FINISHED)}, not {final_status!r}")
@@ -446,6 +467,43 @@ def resume_prompt_versions(session: Session, run_id: str) -> dict[str, dict[str,
         after = (details or {}).get("next_prompt_versions") or {}
         resume[prompt_id] = {"target": int(after.get("target", target)), "judge": int(after.get("judge", judge))}
     return resume
+
+
+def prior_verdicts(
+    session: Session, run_id: str, prompt_ids: Sequence[str], target_model: str
+) -> dict[str, tuple[int, int]]:
+    """(samples, passes) of `prompt_ids` by `target_model` in the episodes of runs other than `run_id`."""
+    if not prompt_ids:
+        return {}
+    result = session.execute(
+        select(Episode.prompt_id, func.sum(Episode.samples), func.sum(Episode.passes))
+        .where(Episode.prompt_id.in_(prompt_ids), Episode.target_model == target_model, Episode.run_id != run_id)
+        .group_by(Episode.prompt_id)
+    )
+    return {pid: (int(samples or 0), int(passes or 0)) for pid, samples, passes in result.all()}
+
+
+def episode_verdicts(session: Session, run_id: str) -> dict[str, tuple[int, int, int, int]]:
+    """(prior samples, prior passes, samples, passes) of run `run_id`'s unfinished episodes, by prompt: what a
+    resumed episode's stepped sampling and retiring continue from."""
+    result = session.execute(
+        select(Episode.prompt_id, Episode.prior_samples, Episode.prior_passes, Episode.samples, Episode.passes).where(
+            Episode.run_id == run_id, Episode.status.not_in(EPISODE_FINISHED)
+        )
+    )
+    return {pid: (ps, pp, s, p) for pid, ps, pp, s, p in result.all()}
+
+
+def retired_prompt_ids(session: Session, target_models: Sequence[str]) -> set[str]:
+    """Prompts some episode retired (mastered, out_of_reach) when played by one of `target_models`."""
+    if not target_models:
+        return set()
+    result = session.execute(
+        select(Episode.prompt_id).where(
+            Episode.target_model.in_(list(target_models)), Episode.status.in_(EPISODE_RETIRED)
+        )
+    )
+    return set(result.scalars())
 
 
 def played_prompt_ids(session: Session, config_hash: str) -> set[str]:

@@ -26,10 +26,21 @@ class EpisodeStatus(StrEnum):
     ACCEPTED = "accepted"
     GAVE_UP = "gave_up"  # every round was played and no pair reached the reward threshold
     FAILED = "failed"  # every round failed, or the episode could not be played at all
+    # Retired (game.retire_after): no pair can come out of more samples of this target model.
+    MASTERED = "mastered"  # every one of at least N samples passed its tools' checks
+    OUT_OF_REACH = "out_of_reach"  # every sample failed them, and the episode's rounds are spent
 
 
 # Episodes that a rerun does not play again.
-EPISODE_FINISHED: tuple[EpisodeStatus, ...] = (EpisodeStatus.ACCEPTED, EpisodeStatus.GAVE_UP, EpisodeStatus.FAILED)
+EPISODE_FINISHED: tuple[EpisodeStatus, ...] = (
+    EpisodeStatus.ACCEPTED,
+    EpisodeStatus.GAVE_UP,
+    EpisodeStatus.FAILED,
+    EpisodeStatus.MASTERED,
+    EpisodeStatus.OUT_OF_REACH,
+)
+# Prompts `refresh` and the next `iterate` round skip for the model that retired them (unless asked).
+EPISODE_RETIRED: tuple[EpisodeStatus, ...] = (EpisodeStatus.MASTERED, EpisodeStatus.OUT_OF_REACH)
 
 
 class RoundOutcome(StrEnum):

@@ -49,12 +49,13 @@ def _config(folder: Path, *, tools: str = "[reference_answer, calculator]") -> P
     write_prompts(prompts, EASY[:3])
     config = folder / "faults.yaml"
     # τ = 10 makes most rounds rejected, so episodes play both rounds and the optimizer's rewrites are in use
-    # (verdicts do not decide here: a verified pair would be accepted whatever τ says).
+    # (verdicts do not decide here: a verified pair would be accepted whatever τ says). Rounds whose verdicts
+    # agree sample more steps (max_candidates), so a resumed run must draw the same steps again.
     config.write_text(f"""
 models:
   default: {{name: smollm2-135m-instruct, backend: transformers, dtype: float32, threads: 1}}
 sampling: {{temperature: 1.0, top_p: 0.95, max_tokens: 10, seed: 1}}
-game: {{candidates: 2, max_rounds: {ROUNDS}, accept_threshold: 10, verdicts_decide: false}}
+game: {{candidates: 2, max_rounds: {ROUNDS}, accept_threshold: 10, verdicts_decide: false, max_candidates: 6}}
 tools: {{enabled: {tools}, call_timeout_s: {TOOL_TIMEOUT_S}}}
 prompts: [{{path: {prompts}}}]
 storage: {{lease_ttl_s: 6, retry_s: 30}}
@@ -154,8 +155,10 @@ def snapshot(url: str, run: str) -> dict:
                            PreferencePair.accepted).where(PreferencePair.round_id == r.id)
                 ).one_or_none()
                 played.append((r.index, r.outcome, r.target_prompt_version, r.judge_prompt_version, tuple(texts),
-                               tuple(pair) if pair else None))
-            held["episodes"][episode.prompt_id] = (episode.status, episode.rounds_played, played)
+                               tuple(pair) if pair else None, r.details.get("steps")))
+            held["episodes"][episode.prompt_id] = (
+                episode.status, episode.rounds_played, played, episode.samples, episode.passes, episode.pass_rate
+            )
         held["prompt_versions"] = sorted(session.execute(
             select(PromptVersion.role, PromptVersion.version, PromptVersion.text).where(PromptVersion.run_id == run)
         ).all())
@@ -181,8 +184,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, small_model_path: Path, post
         assert whole.run() == 0, whole.err()[-3000:]
         reference = snapshot(url, "whole")
         assert reference["status"] == "completed" and len(reference["episodes"]) == 3
-        assert any(len(rounds) == ROUNDS for _, _, rounds in reference["episodes"].values()), (
+        assert any(len(rounds) == ROUNDS for _, _, rounds, *_ in reference["episodes"].values()), (
             "no episode played a second round: the test would not cut inside an episode"
+        )
+        assert any(r[-1] > 1 for _, _, rounds, *_ in reference["episodes"].values() for r in rounds), (
+            "no round sampled a second step: the test would not resume stepped sampling"
         )
         yield config, url, reference
     finally:
@@ -195,7 +201,7 @@ def test_kill_minus_nine_at_five_seeded_moments_equals_an_uninterrupted_run(stac
     """Also: while a synthesizer plays the run, a second one is refused naming it; after a kill, the next
     one takes the run over at once (its holder is a dead process of this machine)."""
     config, url, reference = stack
-    total = sum(len(rounds) for _, _, rounds in reference["episodes"].values())
+    total = sum(len(rounds) for _, _, rounds, *_ in reference["episodes"].values())
     rng = random.Random(20261201)
     # the i-th kill comes a seeded 0-4 s after the run has stored i/5 of the rounds: at start-up, inside
     # episodes (between their rounds and in the middle of one) and near the end
@@ -231,7 +237,7 @@ def test_episode_workers_killed_with_the_synthesizer_leave_nothing_twice(stack) 
     rerun → what an uninterrupted run with episodes in the driver holds. Rounds a worker had played but the
     driver not yet written are played again, identically."""
     config, url, reference = stack
-    total = sum(len(rounds) for _, _, rounds in reference["episodes"].values())
+    total = sum(len(rounds) for _, _, rounds, *_ in reference["episodes"].values())
     synth = Synthesizer(config, url, "workers", "ray.episode_workers=1").start()
     reached = _wait_for(lambda: _rounds(url, "workers") >= total // 2, 400, synth)
     assert reached and synth.proc is not None and synth.proc.poll() is None, synth.err()[-3000:]
@@ -266,7 +272,7 @@ def test_an_episode_worker_killed_mid_run_is_replaced_and_the_run_holds_what_an_
     what an uninterrupted run holds (rounds the dead worker had played unstored are played again,
     identically; their prompt rewrites keep their version numbers)."""
     config, url, reference = stack
-    total = sum(len(rounds) for _, _, rounds in reference["episodes"].values())
+    total = sum(len(rounds) for _, _, rounds, *_ in reference["episodes"].values())
     synth = Synthesizer(config, url, "replaced", "ray.episode_workers=1").start()
     try:
         reached = _wait_for(lambda: _rounds(url, "replaced") >= 1 and _episode_worker_pids(synth), 400, synth, 0.1)
@@ -300,15 +306,15 @@ def test_vllm_engine_kill_minus_nine_and_rerun_store_each_round_once(tmp_path: P
     assert final.run() == 0, final.err()[-3000:]
     after = snapshot(fresh_postgres_url, "vllm")
     assert after["status"] == "completed" and len(after["episodes"]) == 3
-    assert all(status in {"accepted", "gave_up", "failed"} for status, _, _ in after["episodes"].values())
-    assert sum(len(r) for _, _, r in before.values()) < sum(len(r) for _, _, r in after["episodes"].values())
-    for prompt_id, (_, _, rounds) in before.items():  # what the killed run stored is kept, unchanged
+    assert all(status in {"accepted", "gave_up", "failed"} for status, *_ in after["episodes"].values())
+    assert sum(len(r) for _, _, r, *_ in before.values()) < sum(len(r) for _, _, r, *_ in after["episodes"].values())
+    for prompt_id, (_, _, rounds, *_) in before.items():  # what the killed run stored is kept, unchanged
         assert after["episodes"][prompt_id][2][: len(rounds)] == rounds
     engine = open_database(fresh_postgres_url)
     with session_scope(engine) as session:
         stored = session.execute(select(Round.episode_id, Round.index)).all()
     engine.dispose()
-    assert len(stored) == len(set(stored)) == sum(len(r) for _, _, r in after["episodes"].values())
+    assert len(stored) == len(set(stored)) == sum(len(r) for _, _, r, *_ in after["episodes"].values())
 
 
 def _terminate(admin, database: str) -> int:
@@ -357,7 +363,7 @@ def test_terminated_connections_are_retried_and_an_outage_stops_the_run_cleanly(
     assert "the database kept failing for 3 s" in err and "run pg interrupted (" in err and "Traceback" not in err
     stopped = snapshot(url, "pg")
     assert stopped["status"] == "interrupted"
-    assert all(status != "failed" for status, _, _ in stopped["episodes"].values()), "an outage failed an episode"
+    assert all(status != "failed" for status, *_ in stopped["episodes"].values()), "an outage failed an episode"
     rerun = Synthesizer(config, url, "pg")
     assert rerun.run() == 0, rerun.err()[-3000:]
     assert snapshot(url, "pg") == reference

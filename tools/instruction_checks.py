@@ -228,7 +228,7 @@ def _resource(exc: LookupError) -> str:
     return found.group(1) if found else "an nltk resource"
 
 
-class InstructionChecksArgs(BaseModel):
+class InstructionChecksArgs(BaseModel):  # type: ignore[no-redef]  # a field named kwargs, as IFEval names it
     candidate: str = Field(description="The answer to check.")
     instruction_id_list: list[str] = Field(description="IFEval instruction ids, e.g. 'punctuation:no_comma'.")
     kwargs: list[dict[str, Any]] = Field(description="The parameters of each instruction, in the same order.")

@@ -30,7 +30,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from agents.backends.errors import InvalidRequestError
-from agents.backends.protocol import ChatRequest, ChatResult, Completion, FinishReason, LocalBackend, _Ticket
+from agents.backends.protocol import (
+    ChatRequest,
+    ChatResult,
+    Completion,
+    FinishReason,
+    LocalBackend,
+    _Ticket,
+    cut_after_patterns,
+)
 from agents.catalog import resolve_model
 from configs.schema import ModelConfig
 
@@ -64,6 +72,7 @@ class _Row:
     temperature: float
     top_p: float
     stop: list[str]
+    stop_patterns: list[str]
     generator: torch.Generator | None
     matcher: Any | None  # xgrammar.GrammarMatcher of a JSON-schema request
     finished: bool = False
@@ -285,6 +294,7 @@ class TransformersBackend(LocalBackend):
                 temperature=request.temperature,
                 top_p=request.top_p,
                 stop=request.stop,
+                stop_patterns=request.stop_patterns,
                 generator=torch.Generator().manual_seed(sample_seed(seed, sample)) if request.temperature > 0 else None,
                 matcher=xgrammar.GrammarMatcher(grammar) if grammar is not None else None,
             )
@@ -474,6 +484,11 @@ class TransformersBackend(LocalBackend):
             cut = min((text.find(stop) for stop in row.stop if stop in text), default=-1)
             if cut >= 0:
                 _finish(row, "stop", text[:cut])
+                return True
+        if row.stop_patterns:
+            kept = cut_after_patterns(self._decode(row.tokens), row.stop_patterns)
+            if kept is not None:
+                _finish(row, "stop", kept)
                 return True
         if len(row.tokens) >= row.max_new:
             _finish(row, "length", self._decode(row.tokens))

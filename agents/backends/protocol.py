@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -39,6 +40,12 @@ class ChatRequest(BaseModel):
     max_tokens: int = Field(256, gt=0, description="Most new tokens per completion.")
     seed: int | None = Field(None, description="Makes sampling reproducible on the same backend.")
     stop: list[str] = Field(default_factory=list, description="Strings that end a completion (not included).")
+    stop_patterns: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions that end a completion right after their first match (kept): the "
+        "transformers backend stops generating there; vLLM and OpenAI-compatible engines know only stop strings, "
+        "so their texts are cut there after generating.",
+    )
     json_schema: dict[str, Any] | None = Field(None, description="JSON schema the answer must follow.")
 
     @classmethod
@@ -57,6 +64,23 @@ class ChatRequest(BaseModel):
 
     def chat(self) -> list[dict[str, str]]:
         return [message.model_dump() for message in self.messages]
+
+
+def cut_after_patterns(text: str, patterns: list[str]) -> str | None:
+    """`text` up to the end of the earliest match of any of `patterns`; None when none matches."""
+    ends = [m.end() for m in (re.search(p, text) for p in patterns) if m is not None]
+    return text[: min(ends)] if ends else None
+
+
+def _cut(request: ChatRequest, result: ChatResult) -> ChatResult:
+    """`result` with every completion ended after the request's first stop-pattern match."""
+    if not request.stop_patterns or not result.ok:
+        return result
+    completions = []
+    for c in result.completions:
+        kept = cut_after_patterns(c.text, request.stop_patterns)
+        completions.append(c if kept is None or kept == c.text else Completion(kept, "stop", c.completion_tokens))
+    return ChatResult(completions, result.prompt_tokens, result.error)
 
 
 @dataclass(frozen=True)
@@ -151,6 +175,7 @@ class Backend(ABC):
                 ticket.failure = failure
                 ticket.done.set()
             return
+        results = [_cut(request, result) for request, result in zip(flat, results, strict=True)]
         offset = 0
         for ticket in tickets:
             ticket.results = results[offset : offset + len(ticket.requests)]

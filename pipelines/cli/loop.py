@@ -47,6 +47,9 @@ def iterate_command(
     require_verified: Annotated[
         bool, typer.Option("--require-verified", help="Train only on pairs the tools verified correct over wrong.")
     ] = False,
+    include_retired: Annotated[
+        bool, typer.Option("--include-retired", help="Play prompts this loop's policies retired.")
+    ] = False,
     db: DbOption = None,
     address: AddressOption = None,
 ) -> None:
@@ -71,6 +74,7 @@ def iterate_command(
         require_verified=require_verified,
         training_overrides=tuple(train_set or []),
         labor_table=labor_table,
+        include_retired=include_retired,
     )
     rows = iterate(synthesis, settings, db_url=db, address=address, log=say, progress=EpisodeProgress(),
                    eval_progress=StageProgress())

@@ -111,6 +111,9 @@ def refresh_command(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet, jsonl or hf.")] = "parquet",
     address: AddressOption = None,
+    include_retired: Annotated[
+        bool, typer.Option("--include-retired", help="Play prompts the target model mastered or found out of reach.")
+    ] = False,
 ) -> None:
     """Play only prompts no run with this config hash has played, then write a new export version."""
     from configs.loading import load_config
@@ -124,6 +127,7 @@ def refresh_command(
         address=address,
         progress=EpisodeProgress(),
         log=say,
+        include_retired=include_retired,
     )
     _exit_if_interrupted(result.report)
 

@@ -8,11 +8,11 @@ import functools
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from agents.game import EpisodePrompt
 from configs.schema import SynthesisConfig
-from pipelines.episode import Book, EpisodeRecord, PlayedRound, Players, play_episode
+from pipelines.episode import Book, EpisodeRecord, GameSettings, PlayedRound, Players, play_episode
 from pipelines.game_setup import build_players, game_settings
 from pipelines.recording import RoundToStore
 from pipelines.synthesis.engines import ActorBackend, Engines
@@ -99,19 +99,7 @@ class EpisodePlayer(ABC):
         self.end(item.prompt_id, episode.status)
 
     def _continue(self, item: PendingEpisode, prompt: PromptRecord) -> EpisodeRecord:
-        """`item`'s episode from its next round, with the prompt versions it left off with."""
-        resume = item.resume_versions
-        book = self.book
-        prompts = None if resume is None else (book.get("target", resume["target"]), book.get("judge", resume["judge"]))
-        return play_episode(
-            EpisodePrompt(prompt.id, prompt.messages, prompt.meta),
-            self.players,
-            book,
-            self.settings,
-            first_round=item.rounds_played,
-            prompts=prompts,
-            on_round=self._on_round,
-        )
+        return play_pending(item, prompt, self.players, self.book, self.settings, self._on_round)
 
     def _on_round(self, episode: EpisodeRecord, record: PlayedRound) -> None:
         if self.abandon.is_set():
@@ -119,3 +107,28 @@ class EpisodePlayer(ABC):
         self.keep(RoundToStore.of(episode, record))
         if self.stopping and not episode.finished:
             raise Abandoned()  # stopping: the kept round is where a rerun continues
+
+
+def play_pending(
+    item: PendingEpisode,
+    prompt: PromptRecord,
+    players: Players,
+    book: Book,
+    settings: GameSettings,
+    on_round: Callable[[EpisodeRecord, PlayedRound], None],
+) -> EpisodeRecord:
+    """Play (or continue) `item`'s episode: from its next round, with the prompt versions it left off with and
+    the verdict counts its stepped sampling continues from."""
+    resume = item.resume_versions
+    prompts = None if resume is None else (book.get("target", resume["target"]), book.get("judge", resume["judge"]))
+    return play_episode(
+        EpisodePrompt(prompt.id, prompt.messages, prompt.meta),
+        players,
+        book,
+        settings,
+        first_round=item.rounds_played,
+        prompts=prompts,
+        on_round=on_round,
+        prior=item.prior,
+        own=item.own,
+    )

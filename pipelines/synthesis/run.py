@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +22,9 @@ from configs.loading import config_hash
 from configs.schema import SynthesisConfig
 from configs.secrets import masked
 from pipelines.episode import Book, PlayedRound, PromptBook, PromptRef
-from pipelines.game_setup import new_prompt_book
+from pipelines.game_setup import model_ids, new_prompt_book
 from pipelines.prompt_sources import load_prompts
+from pipelines.sampling import PassCounts
 from storage import leases
 from storage import records as rows
 from storage.db import session_scope
@@ -32,7 +33,7 @@ from storage.leases import Lease, LeaseLostError
 from storage.migrate import open_database
 from storage.records import PromptRecord
 from storage.retries import StorageUnavailableError, with_retries
-from storage.vocabulary import EpisodeStatus, RunStatus
+from storage.vocabulary import AcceptedBy, EpisodeStatus, RunStatus
 
 LEASE_THREAD_JOIN_S = 60.0  # how long the end of a run waits for the lease renewal thread to stop
 STORE_PROGRESS_S = 10.0  # how often a playing run stores its metrics and prompt versions
@@ -44,7 +45,10 @@ class RunMetrics(BaseModel):
     episodes_total: int = 0
     episodes_done: int = 0
     accepted: int = 0
+    verified: int = 0  # accepted pairs the tools verified (chosen passes, rejected fails)
     failed: int = 0
+    mastered: int = 0  # retired prompts (game.retire_after), counted apart from gave_up
+    out_of_reach: int = 0
     rounds: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -62,9 +66,12 @@ class RunMetrics(BaseModel):
         self.episodes_done += 1
         self.accepted += status == EpisodeStatus.ACCEPTED
         self.failed += status == EpisodeStatus.FAILED
+        self.mastered += status == EpisodeStatus.MASTERED
+        self.out_of_reach += status == EpisodeStatus.OUT_OF_REACH
 
     def count_round(self, record: PlayedRound) -> None:
         self.rounds += 1
+        self.verified += record.accepted_by == AcceptedBy.VERIFIED
         self.completion_tokens += sum(c.completion_tokens or 0 for c in record.candidates)
 
     @property
@@ -76,6 +83,11 @@ class RunMetrics(BaseModel):
         return 60 * self.accepted / self.seconds if self.seconds else 0.0
 
     @property
+    def verified_per_1k_tokens(self) -> float:
+        """Yield: verified pairs per 1,000 target completion tokens."""
+        return 1000 * self.verified / self.completion_tokens if self.completion_tokens else 0.0
+
+    @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / self.seconds if self.seconds else 0.0
 
@@ -83,6 +95,7 @@ class RunMetrics(BaseModel):
         return self.model_dump() | {
             "accept_rate": round(self.accept_rate, 4),
             "pairs_per_min": round(self.pairs_per_min, 3),
+            "verified_per_1k_tokens": round(self.verified_per_1k_tokens, 3),
             "target_tokens_per_s": round(self.tokens_per_s, 2),
         }
 
@@ -114,8 +127,10 @@ class SynthesisReport:
         )
         return (
             f"{head}{m.episodes_done}/{m.episodes_total} episodes played this time, {m.accepted} accepted "
-            f"({m.accept_rate:.0%}), {m.failed} failed, {m.rounds} rounds; {m.already_played} already played in "
-            f"earlier runs; {left}{m.pairs_per_min:.2f} pairs/min, {m.tokens_per_s:.1f} target tokens/s over "
+            f"({m.accept_rate:.0%}), {m.failed} failed, {m.mastered} mastered, {m.out_of_reach} out of reach, "
+            f"{m.rounds} rounds; {m.already_played} already played in earlier runs; {left}{m.pairs_per_min:.2f} "
+            f"pairs/min, {m.verified_per_1k_tokens:.2f} verified pairs per 1,000 target tokens, "
+            f"{m.tokens_per_s:.1f} target tokens/s over "
             f"{m.seconds:.0f} s{workers}{unstored}"
         )
 
@@ -229,17 +244,33 @@ class PendingEpisode:
     prompt_id: str
     rounds_played: int = 0
     resume_versions: dict[str, int] | None = None
+    prior: PassCounts = PassCounts()  # its prompt's verdicts by this target model in earlier runs
+    own: PassCounts = PassCounts()  # the verdicts of the rounds it played
 
 
 def pending_episodes(session: Session, run_id: str) -> list[PendingEpisode]:
-    """Run `run_id`'s episodes still to finish, each with the rounds it played and the prompt versions its
-    next round resumes with (what a rerun plays, and what a replaced episode worker's episodes play)."""
-    resume = rows.resume_prompt_versions(session, run_id)
-    return [PendingEpisode(pid, played, resume.get(pid)) for pid, played in rows.pending_episodes(session, run_id)]
+    """Run `run_id`'s episodes still to finish, each with the rounds it played, the prompt versions its
+    next round resumes with (what a rerun plays, and what a replaced episode worker's episodes play) and the
+    verdict counts its stepped sampling continues from."""
+    resume, counts = rows.resume_prompt_versions(session, run_id), rows.episode_verdicts(session, run_id)
+    return [
+        PendingEpisode(pid, played, resume.get(pid), *_verdicts(*counts.get(pid, (0, 0, 0, 0))))
+        for pid, played in rows.pending_episodes(session, run_id)
+    ]
+
+
+def _verdicts(prior_samples: int, prior_passes: int, samples: int, passes: int) -> tuple[PassCounts, PassCounts]:
+    return PassCounts(prior_passes, prior_samples - prior_passes), PassCounts(passes, samples - passes)
 
 
 def prepare_run(
-    config: SynthesisConfig, run_id: str, db_url: str | None, *, limit: int | None, only_unplayed: bool
+    config: SynthesisConfig,
+    run_id: str,
+    db_url: str | None,
+    *,
+    limit: int | None,
+    only_unplayed: bool,
+    skip_retired_by: Sequence[str] = (),
 ) -> PreparedRun:
     """Store the run and its prompts, take the run's lease (RunLeaseHeldError if another synthesizer plays
     it), give the run one episode per selected prompt and mark it running.
@@ -247,7 +278,8 @@ def prepare_run(
     The run's prompt set is fixed by its episodes: `limit` gives the run episodes for at most that many
     prompts of its sources in total (the first ones, in source order), so rerunning the same command never
     picks new prompts; a larger `limit` or none adds more. `only_unplayed` leaves out prompts that any run
-    with the same config hash finished."""
+    with the same config hash finished, `skip_retired_by` those an episode of one of these target models
+    retired (mastered, out of reach)."""
     check_slug(run_id, "--run-name")
     digest = config_hash(config)
     prompts = {p.id: p for p in load_prompts(config.prompts)}  # bad prompt files fail before the database is touched
@@ -268,10 +300,11 @@ def prepare_run(
         with session_scope(engine) as session:
             leases.renew(session, lease)
             skip = rows.played_prompt_ids(session, digest) if only_unplayed else set()
+            skip |= rows.retired_prompt_ids(session, skip_retired_by)
             existing = rows.run_prompt_ids(session, run_id)
             unplayed = [pid for pid in prompts if pid not in existing and pid not in skip]
             room = len(unplayed) if limit is None else max(0, limit - sum(pid in existing for pid in prompts))
-            rows.ensure_episodes(session, run_id, unplayed[:room])
+            rows.ensure_episodes(session, run_id, unplayed[:room], model_ids(config)["target"])
             pending = [item for item in pending_episodes(session, run_id) if item.prompt_id in prompts]
             rows.update_run(session, run_id, status=RunStatus.RUNNING)
     except BaseException:

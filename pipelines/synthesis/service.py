@@ -5,7 +5,7 @@ episodes as threads of the driver or on episode workers, and finishes the run.""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import ray
@@ -55,15 +55,24 @@ def synthesize(
     only_unplayed: bool = False,
     progress: Callable[[RunMetrics], None] | None = None,
     backend_factory: BackendFactory = create_backend,
+    skip_retired_by: Sequence[str] = (),
 ) -> SynthesisReport:
     """Play every pending prompt of the run (of at most `limit` prompts in all), storing each round as it
     finishes.
 
-    `only_unplayed` (refresh) also skips prompts that any earlier run with the same config hash finished.
+    `only_unplayed` (refresh) also skips prompts that any earlier run with the same config hash finished;
+    `skip_retired_by` (refresh, iterate) those that these target models mastered or found out of reach.
     `backend_factory` builds each engine actor's backend (benchmarks: a simulated or a recording engine).
     """
     tools = build_tools(config.tools)  # a tool that cannot be built is a config error before anything is stored
-    run = prepare_run(config, run_id or default_run_id(config), db_url, limit=limit, only_unplayed=only_unplayed)
+    run = prepare_run(
+        config,
+        run_id or default_run_id(config),
+        db_url,
+        limit=limit,
+        only_unplayed=only_unplayed,
+        skip_retired_by=skip_retired_by,
+    )
     if not run.pending:
         finish(run, None, None)
         return run.report

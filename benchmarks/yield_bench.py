@@ -1,0 +1,146 @@
+"""Yield: verified pairs per 1,000 target tokens and per minute, before and after sampling by expected yield, on
+the built-in arithmetic problems with the quickstart's settings, same model and seeds, side by side in one run:
+
+- before: the quickstart as it is (3 candidates a round, 2 rounds, 48 tokens): stepped sampling off, no stop;
+- after: the same game with stepped sampling (up to 9 candidates a round in steps of 3), prompts retired after
+  6 samples of one verdict, and candidates that stop after the arithmetic family's final sentence;
+- a distilabel 1.5.3 peer (benchmarks/distilabel_peer.py) in its own venv, which this script builds the first
+  time under .cache/: 4 generations at temperature 0.8 and 64 new tokens, UltraFeedback's overall rating by the
+  same model, FormatTextGenerationDPO; a valid pair is one whose ratings differ.
+
+    python benchmarks/yield_bench.py [--n 8] [--only TEXT] [--no-peer]
+
+Each prefsmith configuration is a whole `synthesize` in a process of its own (a local Ray, the engine loaded, a
+SQLite file). Every accepted pair is checked against the gold answers afterwards (share clean = chosen right,
+rejected wrong), the peer's pairs the same way. Printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pairs_per_min import grade
+from tools_effect import correct
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_VENV = REPO / ".cache" / "distilabel-1.5.3"
+# What the peer's venv holds: distilabel 1.5.3 with the outlines its structured outputs need, on the CPU torch.
+PEER_PACKAGES = [["torch==2.13.0"], ["setuptools<81", "distilabel==1.5.3", "outlines==0.1.14", "transformers==5.24.*"]]
+AFTER = ["game.max_candidates=9", "game.step_candidates=3", "game.retire_after=6", "game.stop_at_final_answer=true"]
+RUNS = {"before: stepped sampling off, no stop": [], "after: stepped sampling, retiring, final-form stop": AFTER}
+
+PLAY = """
+import json, sys, time
+from configs import load_config
+from pipelines.synthesis.service import synthesize
+db, run_id, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+started = time.perf_counter()
+report = synthesize(load_config("quickstart", overrides), run_id=run_id, db_url=db)
+m = report.metrics
+print(json.dumps({"seconds": time.perf_counter() - started, "episodes": m.episodes_done, "rounds": m.rounds,
+                  "verified": m.verified, "target_tokens": m.completion_tokens, "mastered": m.mastered,
+                  "out_of_reach": m.out_of_reach}))
+"""
+
+
+def play(n: int, overrides: list[str], db: Path, run_id: str) -> dict:
+    sources = [f"prompts=[{{builtin: arithmetic, limit: {n}, seed: 0}}]"]
+    done = subprocess.run(
+        [sys.executable, "-c", PLAY, f"sqlite:///{db}", run_id, json.dumps([*sources, *overrides])],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{run_id} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]) | grade(db, run_id)
+
+
+def peer_python() -> Path:
+    """The peer venv's interpreter, building the venv first if it is not there (pip, a few minutes)."""
+    python = PEER_VENV / "bin" / "python"
+    stamp = PEER_VENV / ".built"
+    if not stamp.exists():
+        print(f"building the distilabel peer's venv in {PEER_VENV} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        for packages in PEER_PACKAGES:  # torch first: the CPU build present, nothing pulls a CUDA one
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+        stamp.write_text(json.dumps(PEER_PACKAGES))
+    return python
+
+
+def run_peer(n: int, folder: Path) -> dict:
+    from agents.catalog import prepare
+    from pipelines.prompt_sources import arithmetic_prompts
+
+    problems = [{"prompt": p["prompt"], "answer": p["answer"]} for p in arithmetic_prompts(n, 0, "train")]
+    problems_file = folder / "problems.json"
+    problems_file.write_text(json.dumps(problems))
+    model = prepare("smollm2-135m-instruct")
+    done = subprocess.run(
+        [str(peer_python()), str(REPO / "benchmarks" / "distilabel_peer.py"), str(model), str(problems_file)],
+        capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the distilabel peer failed:\n{done.stderr[-3000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    valid = [p for p in figures.pop("pairs") if p["chosen_rating"] != p["rejected_rating"]
+             and None not in (p["chosen_rating"], p["rejected_rating"])]
+    clean = sum(correct(p["chosen"], p["answer"]) and not correct(p["rejected"], p["answer"]) for p in valid)
+    # every valid pair counts as the peer's "verified" pair: it has no check of its own to tell them apart
+    return figures | {"verified": len(valid), "accepted": len(valid), "correct_over_wrong": clean}
+
+
+def figures(r: dict) -> dict:
+    minutes = r["seconds"] / 60
+    return r | {
+        "seconds": round(r["seconds"], 1),
+        "share_clean": round(r["correct_over_wrong"] / r["accepted"], 3) if r["accepted"] else None,
+        "verified_per_1k_tokens": round(1000 * r["verified"] / r["target_tokens"], 3) if r["target_tokens"] else 0.0,
+        "verified_per_min": round(r["verified"] / minutes, 2),
+        "pairs_per_min": round(r["accepted"] / minutes, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=8, help="arithmetic problems (the first n of the set, seed 0)")
+    parser.add_argument("--only", action="append", help="run only the configurations whose label has this text")
+    parser.add_argument("--no-peer", action="store_true", help="leave the distilabel peer out")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="prefsmith-yield-"))
+    results = {}
+    for i, (label, overrides) in enumerate(RUNS.items()):
+        if args.only and not any(text in label for text in args.only):
+            continue
+        results[label] = figures(play(args.n, overrides, folder / f"run{i}.db", f"yield-{i}"))
+        print(f"{label}: {json.dumps(results[label])}", flush=True)
+    if not args.no_peer:
+        label = "distilabel 1.5.3: TextGeneration x4 + UltraFeedback + DPO format"
+        results[label] = figures(run_peer(args.n, folder))
+        print(f"{label}: {json.dumps(results[label])}", flush=True)
+    print(f"\n{'configuration':<54}{'verified':>9}{'tokens':>8}{'per 1k tok':>11}{'per min':>8}{'clean':>7}"
+          f"{'seconds':>9}")
+    for label, r in results.items():
+        clean = "-" if r["share_clean"] is None else f"{r['share_clean']:.2f}"
+        print(f"{label:<54}{r['verified']:>9}{r['target_tokens']:>8}{r['verified_per_1k_tokens']:>11}"
+              f"{r['verified_per_min']:>8}{clean:>7}{r['seconds']:>9}")
+    labels = list(results)
+    before = next((results[k] for k in labels if k.startswith("before")), None)
+    after = next((results[k] for k in labels if k.startswith("after")), None)
+    peer = next((results[k] for k in labels if k.startswith("distilabel")), None)
+    if before and after and before["verified_per_1k_tokens"]:
+        print(f"verified pairs per 1,000 target tokens, after / before: "
+              f"{after['verified_per_1k_tokens'] / before['verified_per_1k_tokens']:.2f}")
+    if after and peer and peer["verified"]:
+        ratio = (after["verified"] / after["seconds"]) / (peer["verified"] / peer["seconds"])
+        print(f"verified pairs per minute, after / distilabel's valid pairs per minute: {ratio:.2f}")
+    print(json.dumps({"n": args.n, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
