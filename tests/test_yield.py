@@ -236,7 +236,7 @@ def test_max_candidates_below_candidates_is_refused_naming_both() -> None:
     from configs.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"game.max_candidates \(2\) must be at least game.candidates \(3\)"):
-        load_config("quickstart", ["game.max_candidates=2"])
+        load_config("quickstart", ["game.candidates=3", "game.max_candidates=2"])
     assert load_config("quickstart", []).game.max_candidates is None, "off unless set"
 
 
