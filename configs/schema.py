@@ -143,6 +143,12 @@ class GameConfig(Strict):
         "prompt's Beta(1, 1)-prior posterior pass rate exceeds this (with no earlier samples, C agreeing verdicts "
         "give C/(2C+1), about 0.43; 2C give about 0.3).",
     )
+    prior_from_history: bool = Field(
+        True,
+        description="Start each prompt's pass-rate estimate (stepped sampling, retiring) from the verdicts earlier "
+        "runs of it by the same target model stored. False: from this run's own candidates alone, so a run's step "
+        "decisions do not depend on what else the database holds.",
+    )
     retire_after: int | None = Field(
         None,
         ge=1,

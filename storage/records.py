@@ -188,12 +188,18 @@ def add_prompts(session: Session, prompts: Sequence[PromptRecord]) -> list[str]:
 
 
 def ensure_episodes(
-    session: Session, run_id: str, prompt_ids: Sequence[str], target_model: str | None = None
+    session: Session,
+    run_id: str,
+    prompt_ids: Sequence[str],
+    target_model: str | None = None,
+    *,
+    with_prior: bool = True,
 ) -> list[str]:
     """One pending episode per (run, prompt); existing episodes are left as they are. A new episode played by
-    `target_model` starts from the verdicts other runs' episodes of its prompt by that model have stored."""
+    `target_model` starts from the verdicts other runs' episodes of its prompt by that model have stored
+    (unless not `with_prior`)."""
     ids = list(dict.fromkeys(prompt_ids))
-    priors = prior_verdicts(session, run_id, ids, target_model) if target_model is not None else {}
+    priors = prior_verdicts(session, run_id, ids, target_model) if target_model is not None and with_prior else {}
     rows: list[dict[str, Any]] = [
         {
             "id": episode_id_for(run_id, pid),

@@ -50,12 +50,14 @@ def _config(folder: Path, *, tools: str = "[reference_answer, calculator]") -> P
     config = folder / "faults.yaml"
     # τ = 10 makes most rounds rejected, so episodes play both rounds and the optimizer's rewrites are in use
     # (verdicts do not decide here: a verified pair would be accepted whatever τ says). Rounds whose verdicts
-    # agree sample more steps (max_candidates), so a resumed run must draw the same steps again.
+    # agree sample more steps (max_candidates), so a resumed run must draw the same steps again; each run's pass
+    # rates start from its own candidates (prior_from_history off), not from the other runs this database holds.
     config.write_text(f"""
 models:
   default: {{name: smollm2-135m-instruct, backend: transformers, dtype: float32, threads: 1}}
 sampling: {{temperature: 1.0, top_p: 0.95, max_tokens: 10, seed: 1}}
-game: {{candidates: 2, max_rounds: {ROUNDS}, accept_threshold: 10, verdicts_decide: false, max_candidates: 6}}
+game: {{candidates: 2, max_rounds: {ROUNDS}, accept_threshold: 10, verdicts_decide: false, max_candidates: 6,
+        prior_from_history: false}}
 tools: {{enabled: {tools}, call_timeout_s: {TOOL_TIMEOUT_S}}}
 prompts: [{{path: {prompts}}}]
 storage: {{lease_ttl_s: 6, retry_s: 30}}

@@ -127,6 +127,7 @@ def test_token_masks_and_a_bias_report_from_the_real_renderers(tmp_path: Path) -
             assert frame.locator("span.t").count() == 2 * (5 + 4)  # reward and KL mask of both responses
             image = page.locator("section.masks img")
             image.wait_for()
+            page.wait_for_function("img => img.complete", arg=image.element_handle())  # loaded, or failed to
             assert page.evaluate("img => img.naturalWidth", image.element_handle()) > 100
             page.click("a[href*='bias-before']")
             assert "baseline: train mean" in page.inner_text("#bias")
@@ -134,7 +135,9 @@ def test_token_masks_and_a_bias_report_from_the_real_renderers(tmp_path: Path) -
             plots = page.locator(".plots img")
             assert plots.count() >= 1
             for i in range(plots.count()):
-                assert page.evaluate("img => img.complete && img.naturalWidth", plots.nth(i).element_handle()) > 100
+                plot = plots.nth(i).element_handle()
+                page.wait_for_function("img => img.complete", arg=plot)  # a loaded host may still be fetching it
+                assert page.evaluate("img => img.naturalWidth", plot) > 100
             assert dialogs == [] and page.evaluate("window.__xss === undefined")
     finally:
         engine.dispose()

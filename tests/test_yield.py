@@ -198,6 +198,12 @@ def test_retired_prompts_are_stored_skipped_for_their_model_and_pass_rates_expor
         ).scalar_one()
         assert (second.prior_samples, second.prior_passes) == first[accepted][1:3]
 
+    # game.prior_from_history off: a run's estimates start from its own candidates, whatever the database holds
+    _play_run(empty_db_url, "fourth", [*RETIRING, "sampling.seed=3", "game.prior_from_history=false"], [1.0, 0.5, 0.0])
+    with session_scope(engine) as session:
+        fourth = session.execute(select(Episode).where(Episode.run_id == "fourth")).scalars().all()
+        assert fourth and all((e.prior_samples, e.prior_passes) == (0, 0) for e in fourth)
+
     result = export_run(engine, "first", tmp_path / "out", fmt="jsonl")
     (row,) = [json.loads(line) for line in (result.path / "data.jsonl").read_text().splitlines()]
     assert row["accepted_by"] == "verified" and row["prompt_id"] == accepted

@@ -304,7 +304,13 @@ def prepare_run(
             existing = rows.run_prompt_ids(session, run_id)
             unplayed = [pid for pid in prompts if pid not in existing and pid not in skip]
             room = len(unplayed) if limit is None else max(0, limit - sum(pid in existing for pid in prompts))
-            rows.ensure_episodes(session, run_id, unplayed[:room], model_ids(config)["target"])
+            rows.ensure_episodes(
+                session,
+                run_id,
+                unplayed[:room],
+                model_ids(config)["target"],
+                with_prior=config.game.prior_from_history,
+            )
             pending = [item for item in pending_episodes(session, run_id) if item.prompt_id in prompts]
             rows.update_run(session, run_id, status=RunStatus.RUNNING)
     except BaseException:
