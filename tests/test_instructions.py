@@ -313,11 +313,17 @@ def test_a_smollm2_episode_on_instruction_prompts_stores_the_tools_verdicts(
             evidence = session.execute(select(ToolEvidence)).scalars().all()
             judgments = session.execute(select(Judgment)).scalars()
             verified = {(j.round_id, j.generation_index): j.verified for j in judgments}
-            assert rounds and len(evidence) == 3 * len([r for r in rounds if r.outcome != RoundOutcome.FAILED])
-            for e in evidence:
-                assert e.tool == "instruction_checks" and e.error is None and e.verdict is not None
+            played = len([r for r in rounds if r.outcome != RoundOutcome.FAILED])
+            # every candidate gets the judge's finish check and the configured instruction_checks, nothing else
+            finished = {(e.round_id, e.generation_index): e.verdict for e in evidence if e.tool == "finished"}
+            checks = [e for e in evidence if e.tool == "instruction_checks"]
+            assert rounds and len(checks) == len(finished) == 3 * played and len(evidence) == 6 * played
+            for e in checks:
+                assert e.error is None and e.verdict is not None
                 assert len(e.result["instructions"]) == len(e.arguments["instruction_id_list"])
                 assert e.verdict == all(r["strict"] for r in e.result["instructions"])
-                assert verified[(e.round_id, e.generation_index)] == e.verdict
+                # a cut-off answer fails whatever its instructions say; a finished one is what they say
+                key = (e.round_id, e.generation_index)
+                assert verified[key] == (e.verdict if finished[key] else False)
     finally:
         engine.dispose()
