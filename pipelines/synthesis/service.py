@@ -5,9 +5,11 @@ episodes as threads of the driver or on episode workers, and finishes the run.""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import psutil
 import ray
 
 from agents.backends import BackendFactory, create_backend
@@ -38,11 +40,40 @@ def ray_session(config: SynthesisConfig, address: str | None) -> Iterator[None]:
     if address:
         ray.init(address=address, namespace="prefsmith", log_to_driver=False)
     else:
-        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, namespace="prefsmith", log_to_driver=False)
+        start_local_ray(config.ray.num_cpus)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def start_local_ray(num_cpus: int | None, attempts: int = 3) -> None:
+    """Start a local Ray for this driver. Ray gives a new node a fixed 30 s to register with its GCS; a host
+    busy enough to miss that (a few cores under a model engine) gets the half-started node's processes stopped
+    and the start tried again, up to `attempts` times, instead of a failed run."""
+    driver = psutil.Process()
+    for attempt in range(1, attempts + 1):
+        before = {child.pid for child in driver.children(recursive=True)}
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="prefsmith", log_to_driver=False)
+            return
+        except Exception as error:
+            if "timed out during startup" not in str(error) or attempt == attempts:
+                raise
+            started = [child for child in driver.children(recursive=True) if child.pid not in before]
+            for child in started:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(started, timeout=10)
+            ray.shutdown()
+            print(
+                f"prefsmith: Ray's local node did not start within Ray's 30 s (a busy host?); "
+                f"starting it again ({attempt + 1}/{attempts})",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def synthesize(
