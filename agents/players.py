@@ -148,13 +148,11 @@ class Judge:
             )
         for name in tool_names:
             tool = self.tools[name]
-            # A tool run as Ray tasks is a proxy holding the tool as `inner` (pipelines.synthesis.ray_tools).
-            verifies = getattr(tool, "inner", tool).verifies
             targets: list[int | None] = list(range(len(candidates))) if tool.per_candidate else [None]
             for index in targets:
                 arguments = tool.arguments_for(context, None if index is None else candidates[index].text)
                 if arguments is not None:
-                    calls.append(ToolCall(name, index, arguments, tool.evidence(arguments), verifies=verifies))
+                    calls.append(ToolCall(name, index, arguments, tool.evidence(arguments), verifies=tool.verifies))
         return calls
 
     def rank(

@@ -24,6 +24,7 @@ from storage.folders import check_slug, folder_written_whole, prefsmith_home
 from storage.models import Export
 from storage.preference_sets import (
     DATA_FILES,
+    EXPORT_COLUMNS,
     FORMATS,
     MANIFEST,
     REQUIRED_COLUMNS,
@@ -53,31 +54,9 @@ def export_id_for(run_id: str, version: int) -> str:
 def to_trl_row(pair: dict[str, Any], run_id: str, config_hash: str, *, grounded: bool = False) -> dict[str, Any]:
     """One accepted pair as a TRL conversational preference row with its lineage; `grounded` (a run of
     occupation prompts) adds the occupation and dimension each pair is about, which the debiasing trainer reads."""
-    row = preference_row(
-        pair["messages"],
-        pair["chosen"],
-        pair["rejected"],
-        score=pair["score"],
-        accepted_by=pair["accepted_by"],
-        chosen_verified=pair["chosen_verified"],
-        rejected_verified=pair["rejected_verified"],
-        chosen_finish=pair["chosen_finish"],
-        rejected_finish=pair["rejected_finish"],
-        chosen_score=pair["chosen_score"],
-        rejected_score=pair["rejected_score"],
-        pair_id=pair["pair_id"],
-        prompt_id=pair["prompt_id"],
-        run_id=run_id,
-        config_hash=config_hash,
-        round_index=pair["round_index"],
-        target_prompt_version=pair["target_prompt_version"],
-        judge_prompt_version=pair["judge_prompt_version"],
-        target_model=pair["target_model"],
-        judge_model=pair["judge_model"],
-        reward_model=pair["reward_model"],
-        pass_rate=pair["pass_rate"],
-        samples=pair["samples"],
-    )
+    lineage = {"run_id": run_id, "config_hash": config_hash}
+    columns = {name: lineage[name] if name in lineage else pair[name] for name in EXPORT_COLUMNS}
+    row = preference_row(pair["messages"], pair["chosen"], pair["rejected"], **columns)
     if "review" in pair:
         row["review"] = pair["review"]
     if grounded:

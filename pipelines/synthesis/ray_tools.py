@@ -35,6 +35,10 @@ class RayToolProxy(JudgeTool):
     def per_candidate(self) -> bool:  # type: ignore[override]
         return self.inner.per_candidate
 
+    @property
+    def verifies(self) -> bool:  # type: ignore[override]
+        return self.inner.verifies
+
     @classmethod
     def wrap(cls, tool: JudgeTool, timeout_s: float = 120.0, abandon: threading.Event | None = None) -> RayToolProxy:
         return cls(
