@@ -441,3 +441,20 @@ def load_evaluation_set(source: str, limit: int | None = None, seed: int = 0) ->
         prompts.append(InstructionPrompt(record.id, record.messages, text, list(record.meta["instruction_id_list"]),
                                          list(record.meta["kwargs"])))
     return InstructionSet(source, str(config.split), prompts)
+
+
+def instruction_source(source: str) -> bool:
+    """Whether `source` holds IFEval-format prompts (measured by IFEval's figures, not gold answers)."""
+    if source == "builtin:instructions":
+        return True
+    if source.startswith("builtin:"):
+        return False
+    return isinstance(load_evaluation_set(source, 1), InstructionSet)
+
+
+def load_instruction_set(source: str, limit: int | None = None, seed: int = 0) -> InstructionSet:
+    """`source`'s instruction prompts (load_evaluation_set); EvalError for a source of problems with answers."""
+    loaded = load_evaluation_set(source, limit, seed)
+    if not isinstance(loaded, InstructionSet):
+        raise EvalError(f"{source}: no 'instruction_id_list' on its prompts (IFEval's format)")
+    return loaded
