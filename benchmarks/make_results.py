@@ -117,6 +117,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("iterate_loop", "prefsmith iterate: does training on our pairs make the model better (held-out)?",
               ("--prompts", "128", "--candidates", "8", "--rounds", "2", "--eval-limit", "50", "--eval-samples", "4"),
               hide=r"^round \d+ \w+: done$|^run \S+: |^total "),
+    Benchmark("iterate_instructions", "prefsmith iterate on instructions: IFEval's figures per round (held-out)",
+              ("--rounds", "2", "--prompts", "64", "--eval-limit", "50"),
+              hide=r"^round \d+ \w+: done$|^run \S+: |^total "),
     Benchmark("yield", "Yield: verified pairs per 1,000 target tokens, stepped sampling or not, and a distilabel peer",
               ("--n", "8"), hide=r': \{"seconds"', module="yield_bench"),
 )  # fmt: skip

@@ -318,6 +318,19 @@ class TrainingConfig(Strict):
     )
 
 
+class EvaluationConfig(Strict):
+    """What `prefsmith iterate` measures each round on (its --eval-* options override these)."""
+
+    prompts: str | None = Field(
+        None, description="Held-out prompts: builtin:arithmetic, builtin:instructions, or a file; None = arithmetic."
+    )
+    limit: int | None = Field(None, gt=0, description="Prompts evaluated; None = 50.")
+    max_tokens: int | None = Field(None, gt=0, description="Answer budget; None = 64 (arithmetic), 512 (instructions).")
+    backend: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", description="Instruction prompts: the engine of the greedy answers (auto = vLLM where installed)."
+    )
+
+
 class SynthesisConfig(Strict):
     """Everything a synthesis run needs. `config_hash` identifies the data it produces."""
 
@@ -331,6 +344,11 @@ class SynthesisConfig(Strict):
     )
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    # how the loop measures its rounds, not what synthesis produces: outside config_hash
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, json_schema_extra={_EXECUTION_KEY: True},
+        description="What `prefsmith iterate` evaluates each round on.",
+    )
 
     @model_validator(mode="after")
     def _roles_name_models(self) -> SynthesisConfig:

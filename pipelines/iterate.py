@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from configs.errors import PrefsmithError
 from configs.schema import SynthesisConfig, TrainingConfig
 from storage.db import session_scope
-from storage.evaluations import EvaluationRecord
+from storage.evaluations import BIAS_MEASURES, EvaluationRecord
 from storage.folders import check_slug, prefsmith_home
 from training.evaluation.base import EvalPlan, EvalSettings, Evaluation
 
@@ -52,6 +52,7 @@ class IterateSettings:
     eval_prompts: str = "builtin:arithmetic"
     eval_limit: int | None = 50
     eval: EvalSettings = field(default_factory=EvalSettings)
+    eval_backend: str = "auto"  # instruction prompts: the engine of the greedy answers (auto, vllm, transformers)
     require_verified: bool = False
     training_overrides: tuple[str, ...] = ()  # the --train-set given, part of what makes two invocations one loop
     labor_table: str | None = None  # a trainer that grounds on the BLS table (debias): the table, also measured by
@@ -87,9 +88,11 @@ def iterate(
     eval_progress: Callable[[str, int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Play `settings.rounds` rounds (see the module doc); returns one row per round (0 = the base model)."""
-    from pipelines.prompt_sources import load_problems
+    from pipelines.prompt_sources import instruction_source, load_instruction_set, load_problems
     from storage.migrate import open_database, upgrade
     from training.evaluation import evaluation_class
+    from training.evaluation.generation import GenerationBackend
+    from training.evaluation.instructions import InstructionEvaluation
     from training.train import trainer_class, trainers
 
     check_slug(settings.name, "--name")
@@ -109,7 +112,16 @@ def iterate(
         # the occupations a grounded trainer probes are the ones its bias is measured on
         min_employed=int(settings.training.extra.get("min_employed", 100)),
     )
-    evaluation = evaluation_class(trainer.evaluation)(plan, eval_progress)
+    evaluation: Evaluation
+    if trainer.evaluation == "task" and instruction_source(settings.eval_prompts):
+        evaluation = InstructionEvaluation(
+            plan,
+            partial(load_instruction_set, settings.eval_prompts, settings.eval_limit, settings.eval.seed),
+            cast(GenerationBackend, settings.eval_backend),
+            eval_progress,
+        )
+    else:
+        evaluation = evaluation_class(trainer.evaluation)(plan, eval_progress)
     url = db_url or config.storage.url
     upgrade(url, create_dirs=url is None)
     engine = open_database(url)
@@ -134,7 +146,7 @@ def fingerprint(config: SynthesisConfig, settings: IterateSettings) -> str:
         "trainer": s.trainer,
         "training": config_hash(s.training),
         "training_overrides": list(s.training_overrides),
-        "eval": [s.eval_prompts, s.eval_limit, vars(s.eval)],
+        "eval": [s.eval_prompts, s.eval_limit, vars(s.eval)],  # not the backend: an engine, not what is measured
         "require_verified": s.require_verified,
         "labor_table": s.labor_table,
     }
@@ -320,7 +332,7 @@ def round_table(rows: list[dict[str, Any]]) -> list[str]:
     """The per-round table as text lines: pairs, their quality, and each measure with its 95% interval."""
     records = [EvaluationRecord.from_stored(row["eval"]) for row in rows]
     measures = records[0].measures
-    digits = 3 if records[0].is_task else 1  # shares of problems, or bias in points
+    digits = 1 if records[0].measures == BIAS_MEASURES else 3  # bias in points, or shares of problems
     width = 24 if digits == 3 else 20
     lines = [
         f"{'round':<6}{'model':<28}{'pairs':>6}{'r>w':>6}  " + "  ".join(f"{label:<{width}}" for _, label in measures)

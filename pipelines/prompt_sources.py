@@ -29,6 +29,7 @@ from tools.answers import as_fraction
 from tools.calculator import evaluate
 from tools.instruction_checks import check_spec
 from training.evaluation.base import EvalError, Problem, ProblemSet
+from training.evaluation.instructions import InstructionPrompt, InstructionSet
 
 
 class PromptSourceError(PrefsmithError):
@@ -411,3 +412,49 @@ def load_problems(source: str, limit: int | None = None, seed: int = 0) -> Probl
     if not problems:
         raise EvalError(f"{source}: no problems to evaluate")
     return ProblemSet(source, str(config.split), problems)
+
+
+def _evaluation_config(source: str, limit: int | None, seed: int) -> PromptSourceConfig:
+    if source.startswith("builtin:"):
+        return PromptSourceConfig(builtin=source.removeprefix("builtin:"), split="heldout", limit=limit, seed=seed)
+    if not Path(source).expanduser().exists():
+        raise EvalError(
+            f"--prompts {source}: no such file or folder (or give builtin:arithmetic, builtin:instructions)"
+        )
+    return PromptSourceConfig(path=source, limit=limit)
+
+
+def load_evaluation_set(source: str, limit: int | None = None, seed: int = 0) -> ProblemSet | InstructionSet:
+    """What `eval task` measures on: IFEval-format prompts (`builtin:instructions`' held-out split, or a file whose
+    rows carry `instruction_id_list`) as an InstructionSet, anything else as problems with gold answers. A row's
+    instruction ids and kwargs are checked as the file is read: a bad one fails naming the file and line."""
+    config = _evaluation_config(source, limit, seed)
+    records = list(load_prompts([config]))
+    if not any("instruction_id_list" in r.meta for r in records):
+        return load_problems(source, limit, seed)
+    prompts = []
+    for i, record in enumerate(records):
+        text = "\n".join(m["content"] for m in record.messages if m["role"] != "system")
+        if "instruction_id_list" not in record.meta:
+            raise EvalError(f"{source}: prompt {i + 1} ({text[:60]!r}) has no 'instruction_id_list'; an "
+                            "instruction evaluation needs verifiable instructions on every prompt")
+        prompts.append(InstructionPrompt(record.id, record.messages, text, list(record.meta["instruction_id_list"]),
+                                         list(record.meta["kwargs"])))
+    return InstructionSet(source, str(config.split), prompts)
+
+
+def instruction_source(source: str) -> bool:
+    """Whether `source` holds IFEval-format prompts (measured by IFEval's figures, not gold answers)."""
+    if source == "builtin:instructions":
+        return True
+    if source.startswith("builtin:"):
+        return False
+    return isinstance(load_evaluation_set(source, 1), InstructionSet)
+
+
+def load_instruction_set(source: str, limit: int | None = None, seed: int = 0) -> InstructionSet:
+    """`source`'s instruction prompts (load_evaluation_set); EvalError for a source of problems with answers."""
+    loaded = load_evaluation_set(source, limit, seed)
+    if not isinstance(loaded, InstructionSet):
+        raise EvalError(f"{source}: no 'instruction_id_list' on its prompts (IFEval's format)")
+    return loaded

@@ -23,6 +23,14 @@ TASK_MEASURES: tuple[tuple[str, str], ...] = (
     ("greedy_accuracy", "greedy accuracy"),
     ("answer_ranking", "answer ranking"),
 )
+# (key, label) of what instruction evaluation measures (IFEval's four figures): shares of prompts whose every
+# instruction passes, and shares of all instructions that pass, strictly and loosely.
+INSTRUCTION_MEASURES: tuple[tuple[str, str], ...] = (
+    ("prompt_strict", "prompt-level strict"),
+    ("prompt_loose", "prompt-level loose"),
+    ("instruction_strict", "instruction-level strict"),
+    ("instruction_loose", "instruction-level loose"),
+)
 # (key, label) of what bias evaluation measures on held-out occupations: bias in points.
 BIAS_MEASURES: tuple[tuple[str, str], ...] = (
     ("bias_overall", "bias overall"),

@@ -6,7 +6,7 @@ Torch and TRL are imported inside the commands, not at CLI start-up.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -76,43 +76,72 @@ def eval_task(
     ] = "smollm2-135m-instruct",
     prompts: Annotated[
         str,
-        typer.Option("--prompts", help="builtin:arithmetic (its held-out split), or a file with an 'answer' column."),
+        typer.Option(
+            "--prompts", "--source",
+            help="builtin:arithmetic or builtin:instructions (their held-out splits), a file with an 'answer' "
+            "column, or an IFEval-format JSONL file (instruction_id_list, kwargs).",
+        ),
     ] = "builtin:arithmetic",
     samples: Annotated[int, typer.Option("--samples", min=1, help="Sampled answers a problem.")] = 4,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate at most N problems.")] = 50,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.8,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1)] = 64,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", min=1, help="Default: 64 (arithmetic), 512 (instructions).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", help="Instruction prompts: auto (vLLM where installed), vllm or transformers."
+        ),
+    ] = "auto",
     out: Annotated[
         Path | None, typer.Option("--out", help="Report folder (default under $PREFSMITH_HOME/evals).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing report folder.")] = False,
 ) -> None:
     """Evaluate a model on held-out problems with gold answers: sampled and greedy accuracy, answer ranking
-    against near misses, each with a 95% interval; writes report.json, report.md and report.png."""
-    from pipelines.prompt_sources import load_problems
-    from storage.evaluations import TASK_MEASURES
+    against near misses, each with a 95% interval; on instruction prompts, IFEval's four figures (prompt- and
+    instruction-level, strict and loose) and a table per instruction type. Writes report.json and report.md."""
+    from pipelines.prompt_sources import load_evaluation_set
+    from storage.evaluations import INSTRUCTION_MEASURES, TASK_MEASURES
     from storage.folders import prefsmith_home
+    from training.evaluation import instructions, task
     from training.evaluation.base import EvalError, EvalSettings
-    from training.evaluation.task import evaluate_task, write_report
+    from training.evaluation.generation import GenerationBackend, chosen_backend
 
+    if backend not in ("auto", "vllm", "transformers"):
+        raise EvalError(f"--backend {backend}: give auto, vllm or transformers")
     if out is not None and out.exists() and any(out.iterdir()) and not force:
         raise EvalError(f"{out} exists and is not empty (pass --force to replace it)")  # before minutes of work
-    problems = load_problems(prompts, limit, seed)  # a bad source fails before torch loads
-    report = evaluate_task(
-        model,
-        problems,
-        EvalSettings(samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed),
-        progress=StageProgress(),
-    )
+    loaded = load_evaluation_set(prompts, limit, seed)  # a bad source fails before torch loads
     if out is None:
         slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{Path(model).name}-{prompts}-seed{seed}")
         out = prefsmith_home() / "evals" / slug
         force = True  # the default folder holds the latest evaluation of this model, source and seed
-    write_report(report, out, replace=force)
-    measures = report.measures()
-    for key, label in TASK_MEASURES:
+    if isinstance(loaded, instructions.InstructionSet):
+        engine = cast(GenerationBackend, backend)
+        chosen_backend(engine)  # an engine that is not installed fails before a model loads
+        followed = instructions.evaluate_instructions(
+            model, loaded, max_tokens=max_tokens or instructions.DEFAULT_MAX_TOKENS, seed=seed, backend=engine,
+            progress=StageProgress(),
+        )
+        instructions.write_report(followed, out, replace=force)
+        for row in followed.per_type:
+            console.print(f"  {row.type:<45} n={row.n:<3} strict {row.strict:.3f}  loose {row.loose:.3f}", markup=False)
+        measures, labels = followed.measures(), INSTRUCTION_MEASURES
+        problems, split, seconds = followed.problems, followed.split, followed.seconds
+    else:
+        solved = task.evaluate_task(
+            model,
+            loaded,
+            EvalSettings(samples=samples, temperature=temperature, max_tokens=max_tokens or 64, seed=seed),
+            progress=StageProgress(),
+        )
+        task.write_report(solved, out, replace=force)
+        measures, labels = solved.measures(), TASK_MEASURES
+        problems, split, seconds = solved.problems, solved.split, solved.seconds
+    for key, label in labels:
         m = measures[key]
-        console.print(f"{label:<17} {m.value:.3f}  (95% interval {m.ci95[0]:.3f} – {m.ci95[1]:.3f})")
-    console.print(f"{report.problems} {report.split} problems of {prompts}, {report.seconds:.0f} s → {out}")
-
+        console.print(f"{label:<24} {m.value:.3f}  (95% interval {m.ci95[0]:.3f} – {m.ci95[1]:.3f})")
+    console.print(f"{problems} {split} problems of {prompts}, {seconds:.0f} s → {out}")

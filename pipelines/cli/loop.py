@@ -37,13 +37,23 @@ def iterate_command(
         list[str] | None, typer.Option("--train-set", help="Override a training config field (repeatable).")
     ] = None,
     eval_prompts: Annotated[
-        str, typer.Option("--eval-prompts", help="builtin:arithmetic (held-out split) or a file with answers.")
-    ] = "builtin:arithmetic",
+        str | None,
+        typer.Option(
+            "--eval-prompts",
+            help="builtin:arithmetic or builtin:instructions (held-out splits), or a file with answers or IFEval's "
+            "instructions (default: the config's evaluation.prompts, else builtin:arithmetic).",
+        ),
+    ] = None,
     eval_limit: Annotated[
-        int, typer.Option("--eval-limit", min=1, help="Problems (debias: held-out occupations) evaluated.")
-    ] = 50,
+        int | None, typer.Option("--eval-limit", min=1, help="Problems (debias: held-out occupations) evaluated.")
+    ] = None,
     eval_samples: Annotated[int, typer.Option("--eval-samples", min=1)] = 4,
-    eval_max_tokens: Annotated[int, typer.Option("--eval-max-tokens", min=1)] = 64,
+    eval_max_tokens: Annotated[
+        int | None, typer.Option("--eval-max-tokens", min=1, help="Default 64 (arithmetic), 512 (instructions).")
+    ] = None,
+    eval_backend: Annotated[
+        str | None, typer.Option("--eval-backend", help="Instruction prompts: auto, vllm or transformers.")
+    ] = None,
     require_verified: Annotated[
         bool, typer.Option("--require-verified", help="Train only on pairs the tools verified correct over wrong.")
     ] = False,
@@ -57,10 +67,17 @@ def iterate_command(
     it on held-out problems, and makes it the next target. A rerun continues after the last finished stage."""
     from configs.loading import config_hash, load_config, resolve_config_path
     from configs.schema import TrainingConfig
-    from pipelines.iterate import IterateSettings, iterate, round_table
+    from pipelines.iterate import IterateError, IterateSettings, iterate, round_table
+    from pipelines.prompt_sources import instruction_source
     from training.evaluation.base import EvalSettings
 
     synthesis: SynthesisConfig = load_config(config, set_ or [])
+    evaluation = synthesis.evaluation
+    prompts = eval_prompts or evaluation.prompts or "builtin:arithmetic"
+    instructions = instruction_source(prompts)
+    backend = eval_backend or evaluation.backend
+    if backend not in ("auto", "vllm", "transformers"):
+        raise IterateError(f"--eval-backend {backend}: give auto, vllm or transformers")
     train_source = train_config or f"train_{trainer}"
     settings = IterateSettings(
         name=name or f"iterate-{config_hash(synthesis)[:12]}",
@@ -68,9 +85,14 @@ def iterate_command(
         trainer=trainer,
         training=load_config(train_source, train_set or [], schema=TrainingConfig),
         training_source=str(resolve_config_path(train_source)),
-        eval_prompts=eval_prompts,
-        eval_limit=eval_limit,
-        eval=EvalSettings(samples=eval_samples, max_tokens=eval_max_tokens, seed=synthesis.sampling.seed or 0),
+        eval_prompts=prompts,
+        eval_limit=eval_limit or evaluation.limit or 50,
+        eval=EvalSettings(
+            samples=eval_samples,
+            max_tokens=eval_max_tokens or evaluation.max_tokens or (512 if instructions else 64),
+            seed=synthesis.sampling.seed or 0,
+        ),
+        eval_backend=backend,
         require_verified=require_verified,
         training_overrides=tuple(train_set or []),
         labor_table=labor_table,
