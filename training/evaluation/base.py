@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from configs.errors import PrefsmithError
-from storage.evaluations import EvaluationRecord
+from storage.evaluations import EvaluationRecord, Measure
 
 # `task`: problems with gold answers (`prefsmith eval task`); `bias`: occupational bias against the BLS table
 # (`prefsmith eval bias`).
@@ -84,3 +84,38 @@ class Evaluation(ABC):
     @abstractmethod
     def run(self, model: str, out: Path) -> EvaluationRecord:
         """Measure `model`, write the report into `out` (replacing one there), return what is stored about it."""
+
+
+class MeasuredReport(ABC):
+    """A report whose figures are `Measure` fields named by `MEASURES` (TaskReport, InstructionReport): written
+    whole as JSON, and kept by a loop as the same record: the figures, what they were measured on, and per problem
+    what paired comparisons of rounds resample. Subclasses are dataclasses with `model`, `split`, `problems` and
+    `seconds` fields."""
+
+    MEASURES: ClassVar[tuple[tuple[str, str], ...]]
+    model: str
+    split: str
+    problems: int
+    seconds: float
+
+    @abstractmethod
+    def problem_counts(self) -> list[list[Any]]:
+        """Per problem, the outcomes a paired comparison of two rounds resamples."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+
+    def measures(self) -> dict[str, Measure]:
+        return {key: getattr(self, key) for key, _ in self.MEASURES}
+
+    def record(self) -> EvaluationRecord:
+        """What a loop keeps of this report."""
+        return EvaluationRecord(
+            model=self.model,
+            measures=self.MEASURES,
+            scores=self.measures(),
+            problems=self.problems,
+            split=self.split,
+            per_problem=self.problem_counts(),
+            seconds=self.seconds,
+        )

@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from storage.evaluations import INSTRUCTION_MEASURES, EvaluationRecord, Measure
 from storage.folders import folder_written_whole
 from tools.instruction_checks import check_instructions
-from training.evaluation.base import EvalError, EvalKind, Evaluation
+from training.evaluation.base import EvalError, EvalKind, Evaluation, MeasuredReport
 from training.evaluation.generation import GenerationBackend, greedy_answers
 from training.evaluation.task import BOOTSTRAP_REPS
 
@@ -72,7 +72,9 @@ class TypeRow:
 
 
 @dataclass
-class InstructionReport:
+class InstructionReport(MeasuredReport):
+    MEASURES = INSTRUCTION_MEASURES
+
     model: str
     source: str
     split: str
@@ -87,23 +89,8 @@ class InstructionReport:
     per_prompt: list[PromptResult] = field(default_factory=list)
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def measures(self) -> dict[str, Measure]:
-        return {key: getattr(self, key) for key, _ in INSTRUCTION_MEASURES}
-
-    def record(self) -> EvaluationRecord:
-        """What a loop keeps: the four figures and, per prompt, what paired comparisons of rounds resample."""
-        return EvaluationRecord(
-            model=self.model,
-            measures=INSTRUCTION_MEASURES,
-            scores=self.measures(),
-            problems=self.problems,
-            split=self.split,
-            per_problem=[pass_counts(p) for p in self.per_prompt],
-            seconds=self.seconds,
-        )
+    def problem_counts(self) -> list[list[Any]]:
+        return [pass_counts(p) for p in self.per_prompt]
 
 
 def pass_counts(result: PromptResult) -> list[int]:

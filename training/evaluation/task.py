@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from configs.schema import ModelConfig
 from storage.evaluations import TASK_MEASURES, EvaluationRecord, Measure
 from storage.folders import folder_written_whole
-from training.evaluation.base import EvalError, EvalKind, EvalSettings, Evaluation, ProblemSet
+from training.evaluation.base import EvalError, EvalKind, EvalSettings, Evaluation, MeasuredReport, ProblemSet
 from training.evaluation.plots import plot_measures
 
 ANSWER_TEMPLATE = "The answer is {}."
@@ -51,7 +51,9 @@ class ProblemResult:
 
 
 @dataclass
-class TaskReport:
+class TaskReport(MeasuredReport):
+    MEASURES = TASK_MEASURES
+
     model: str
     source: str
     split: str
@@ -63,28 +65,14 @@ class TaskReport:
     per_problem: list[ProblemResult] = field(default_factory=list)
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def figures(self) -> dict[str, Any]:
         """What the evaluation found, without how long it took (which differs run to run)."""
         data = self.as_dict()
         data.pop("seconds")
         return data
 
-    def measures(self) -> dict[str, Measure]:
-        return {key: getattr(self, key) for key, _ in TASK_MEASURES}
-
-    def record(self) -> EvaluationRecord:
-        """What a loop keeps of this report."""
-        return EvaluationRecord(
-            model=self.model,
-            measures=TASK_MEASURES,
-            scores=self.measures(),
-            problems=self.problems,
-            split=self.split,
-            per_problem=[[p.sampled_correct, p.greedy_correct, p.ranked_first] for p in self.per_problem],
-        )
+    def problem_counts(self) -> list[list[Any]]:
+        return [[p.sampled_correct, p.greedy_correct, p.ranked_first] for p in self.per_problem]
 
 
 def number_text(value: Fraction) -> str:
