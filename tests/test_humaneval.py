@@ -62,7 +62,9 @@ def test_every_humaneval_problem_is_judged_right(problems: list[dict]) -> None:
     """All 164 canonical solutions pass; all 328 wrong candidates fail, each naming the line it failed at."""
     cases = [case for index in range(len(problems)) for case in cases_for(problems, index)]
     judged = judge(cases, WORKERS)
-    misjudged = [f"{j.case.task_id} {j.case.kind}: {j.evidence.summary}" for j in judged if not j.right]
+    misjudged = [
+        f"{j.case.task_id} {j.case.kind}: {j.evidence.summary or j.evidence.error}" for j in judged if not j.right
+    ]
     assert misjudged == []
     assert {kind: sum(j.case.kind == kind for j in judged) for kind in KINDS} == dict.fromkeys(KINDS, 164)
 
