@@ -19,7 +19,13 @@ from typing import Any, TypeVar
 
 from agents.backends.errors import EngineError
 from agents.backends.protocol import ChatRequest, ChatResult, LocalBackend
-from agents.backends.vllm_inprocess import admit_with_params, chat_result, engine_arguments
+from agents.backends.vllm_inprocess import (
+    admit_with_params,
+    chat_result,
+    child_pids,
+    engine_arguments,
+    wait_until_gone,
+)
 from configs.schema import ModelConfig
 
 T = TypeVar("T")
@@ -38,11 +44,13 @@ class VLLMAsyncBackend(LocalBackend):
         self._thread = threading.Thread(target=self._loop.run_forever, name="prefsmith-vllm-loop", daemon=True)
         self._thread.start()
         args = AsyncEngineArgs(**arguments, disable_log_stats=True)
+        before = child_pids()
         try:
             self.engine = self._submit(self._start(args)).result()
         except BaseException:
             self._stop_loop()
             raise
+        self._engine_pids = child_pids() - before
         self.tokenizer = AutoTokenizer.from_pretrained(arguments["model"])
         self.max_model_len = int(self.engine.model_config.max_model_len)
 
@@ -99,5 +107,6 @@ class VLLMAsyncBackend(LocalBackend):
         if engine is not None:
             engine.shutdown()
             del self.engine
+            wait_until_gone(self._engine_pids)
         if self._thread.is_alive():
             self._stop_loop()

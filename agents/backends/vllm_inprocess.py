@@ -9,7 +9,10 @@ vLLM starts its engine core with `spawn`: create this backend from importable co
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
+
+import psutil
 
 from agents.backends.errors import EngineError, InvalidRequestError
 from agents.backends.protocol import ChatRequest, ChatResult, Completion, LocalBackend
@@ -24,7 +27,9 @@ class VLLMBackend(LocalBackend):
         super().__init__(config.max_batch_size)
         from vllm import LLM
 
+        before = child_pids()
         self.llm = LLM(**engine_arguments(config))
+        self._engine_pids = child_pids() - before
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
@@ -70,6 +75,27 @@ class VLLMBackend(LocalBackend):
         if engine is not None:
             engine.llm_engine.engine_core.shutdown()
             del self.llm
+            wait_until_gone(self._engine_pids)
+
+
+def child_pids() -> set[int]:
+    """This process's children now: what an engine start adds to them is the engine's core."""
+    return {child.pid for child in psutil.Process().children()}
+
+
+def wait_until_gone(pids: set[int], timeout_s: float = 30.0) -> None:
+    """Wait, up to `timeout_s`, until the engine's processes have exited. vLLM's shutdown asks its engine core to
+    stop, waits a few seconds, then sends SIGKILL without waiting for it to land, so on a busy host the core can
+    still be running when shutdown returns. Exited is enough: the zombie is its parent's to reap (multiprocessing
+    owns it), so it is not reaped here."""
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            while process.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except psutil.NoSuchProcess:
+            continue
 
 
 def admit_with_params(backend: LocalBackend, request: ChatRequest) -> tuple[list[int], Any] | ChatResult:
