@@ -69,10 +69,11 @@ test: install
 	exit $$status
 
 # The tests that need no model, Ray, vLLM or trainer, less the sandbox's whole corpora (HumanEval's 492
-# candidates, the hostile corpus as root and unprivileged; `make test` runs them): config, storage (SQLite and
-# PostgreSQL), episodes with scripted players, tools, export, the UI, CLI errors. One worker per core
-# (pytest-xdist); under two minutes on two cores, and a test stuck for two is a failure here.
-QUICK := $(FAST) and not sandbox
+# candidates, the hostile corpus as root and unprivileged) and the `slow` ones (the CLI run many times in
+# subprocesses); `make test` runs those too: config, storage (SQLite and PostgreSQL), episodes with scripted
+# players, tools, export, the UI, CLI errors. One worker per core (pytest-xdist); under two minutes on two cores,
+# and a test stuck for two is a failure here.
+QUICK := $(FAST) and not sandbox and not slow
 test-fast: install
 	$(PYTEST) --timeout=120 -n auto -m "$(QUICK)" tests
 

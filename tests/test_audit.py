@@ -150,6 +150,7 @@ def test_audit_runs_the_sandbox_on_code_pairs(stored: Stored) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_audit_from_the_terminal(stored: Stored) -> None:
     """--json carries every pair not verified now and writes nothing; the text names the pair and the check, and
     with --record the summary is kept in the run's metrics; an unknown run is one line of error."""

@@ -544,6 +544,7 @@ def _draw_with_a_full_sort(logits: torch.Tensor, temperature: float, top_p: floa
     return int(torch.multinomial(torch.zeros_like(probs).scatter_(0, order, ranked), 1, generator=generator))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spread", [0.5, 3.0, 8.0])
 def test_top_p_draws_the_token_a_full_sort_draws(spread: float) -> None:
     """The transformers engine ranks only the first tokens to find a top-p nucleus: narrow nuclei (peaked

@@ -46,6 +46,7 @@ def stored_db(db_url: str) -> str:
     return db_url
 
 
+@pytest.mark.slow
 def test_runs_list_and_show_json(stored_db: str) -> None:
     listed = prefsmith("runs", "list", "--json", "--db", stored_db)
     assert listed.returncode == 0, listed.stderr
@@ -65,6 +66,7 @@ def test_runs_list_and_show_json(stored_db: str) -> None:
     assert "3 of 3 accepted (100%)" in human.stdout and "agreed on 3 of 6 graded pairs (50%)" in human.stdout
 
 
+@pytest.mark.slow
 def test_export_command_and_its_errors(stored_db: str, tmp_path: Path) -> None:
     out = tmp_path / "set"
     done = prefsmith("export", "--run", "cli-run", "--out", str(out), "--format", "jsonl", "--db", stored_db)
@@ -88,6 +90,7 @@ def test_malformed_config_is_one_line(tmp_path: Path) -> None:
     assert_user_error(prefsmith("config", "show", "--config", str(bad)), str(bad), "sampling.temperature")
 
 
+@pytest.mark.slow
 def test_unreachable_database_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
     assert_user_error(
         prefsmith("runs", "list", "--db", "postgresql://bob:hunter2@127.0.0.1:1/none"),
@@ -150,6 +153,7 @@ def test_console_script_is_the_same_program() -> None:
         assert command in done.stdout
 
 
+@pytest.mark.slow
 def test_unsafe_run_name_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     db = tmp_path / "x.db"
     assert_user_error(

@@ -361,6 +361,7 @@ def test_registry_builds_configured_tools_and_plugins() -> None:
         build_tools(ToolsConfig(enabled=["retrieval"]))
 
 
+@pytest.mark.slow
 def test_tools_cli() -> None:
     listed = prefsmith("tools", "list")
     assert listed.returncode == 0 and "python_sandbox(code, tests, prelude, timeout_s, memory_mb)" in listed.stdout

@@ -282,6 +282,7 @@ def test_export_reviewed_drops_rejected_and_swaps_flipped(sample_db, tmp_path: P
     assert {r["review"] for r in out.values()} == {"approved", "flipped", None}
 
 
+@pytest.mark.slow
 def test_cli_refuses_to_serve_off_loopback_without_a_token(tmp_path: Path) -> None:
     assert_user_error(prefsmith("ui", "--host", "0.0.0.0", home=tmp_path), "PREFSMITH_UI_TOKEN")
     result = prefsmith("export", "--help")
