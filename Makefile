@@ -47,14 +47,14 @@ demo: install
 # group spends most of its time in `prefsmith synthesize` processes starting Ray and loading the model, so on two
 # cores lane 1 (that group) and lane 2 (the fast, trainer and vLLM groups in turn) take about as long together as
 # the longer of them. Lane 1's output is kept in a file and printed when both lanes are done, so the two never
-# interleave. The small model is converted once before they start. Each Ray a test starts is its own (own ports, own temp dir): the lanes share nothing.
+# interleave; each group lists its ten slowest tests. The small model is converted once before they start. Each Ray a test starts is its own (own ports, own temp dir): the lanes share nothing.
 PYTEST := OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest -q --timeout=900 -p no:cacheprovider
 FAST := not model and not ray and not vllm and not train
 LANE1 := "(model or ray) and not train and not vllm"
 LANE2 := "$(FAST)" "train and not vllm" "vllm"
 RUN_GROUPS := run_groups() { status=0; for group in "$$@"; do \
 		echo "make test: pytest -m '$$group'"; \
-		$(PYTEST) -m "$$group" tests; code=$$?; \
+		$(PYTEST) --durations=10 -m "$$group" tests; code=$$?; \
 		if [ $$code -ne 0 ]; then echo "make test: group '$$group' failed (pytest exit $$code)"; status=1; fi; \
 	done; return $$status; }
 
