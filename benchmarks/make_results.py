@@ -118,7 +118,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--prompts", "128", "--candidates", "8", "--rounds", "2", "--eval-limit", "50", "--eval-samples", "4"),
               hide=r"^round \d+ \w+: done$|^run \S+: |^total "),
     Benchmark("iterate_instructions", "prefsmith iterate on instructions: IFEval's figures per round (held-out)",
-              ("--rounds", "2", "--prompts", "64", "--eval-limit", "50"),
+              ("--rounds", "2", "--prompts", "32", "--eval-limit", "30", "--eval-max-tokens", "256"),
               hide=r"^round \d+ \w+: done$|^run \S+: |^total "),
     Benchmark("yield", "Yield: verified pairs per 1,000 target tokens, stepped sampling or not, and a distilabel peer",
               ("--n", "8"), hide=r': \{"seconds"', module="yield_bench"),
