@@ -120,8 +120,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("iterate_instructions", "prefsmith iterate on instructions: IFEval's figures per round (held-out)",
               ("--rounds", "2", "--prompts", "32", "--eval-limit", "30", "--eval-max-tokens", "256"),
               hide=r"^round \d+ \w+: done$|^run \S+: |^total "),
-    Benchmark("yield", "Yield: verified pairs per 1,000 target tokens, stepped sampling or not, and a distilabel peer",
-              ("--n", "8"), hide=r': \{"seconds"', module="yield_bench"),
+    Benchmark("yield", "Yield: verified pairs per 1,000 target tokens, sampling by yield or not, a distilabel peer",
+              ("--n", "24", "--instructions", "16"), hide=r': \{"seconds"', module="yield_bench"),
 )  # fmt: skip
 
 

@@ -1,18 +1,24 @@
-"""Yield: verified pairs per 1,000 target tokens and per minute, before and after sampling by expected yield, on
-the built-in arithmetic problems with the quickstart's settings, same model and seeds, side by side in one run:
+"""Yield: verified pairs per 1,000 target tokens and per minute, before and after sampling by expected yield, same
+model and seeds, side by side in one run, on two families:
 
-- before: the quickstart as it is (3 candidates a round, 2 rounds, 48 tokens): stepped sampling off, no stop;
-- after: the same game with stepped sampling (up to 9 candidates a round in steps of 3), prompts retired after
-  6 samples of one verdict, and candidates that stop after the arithmetic family's final sentence;
-- a distilabel 1.5.3 peer (benchmarks/distilabel_peer.py) in its own venv, which this script builds the first
-  time under .cache/: 4 generations at temperature 0.8 and 64 new tokens, UltraFeedback's overall rating by the
-  same model, FormatTextGenerationDPO; a valid pair is one whose ratings differ.
+- arithmetic: the built-in arithmetic problems with the quickstart's game (4 candidates a round, 3 rounds, 48
+  tokens, temperature 0.6). *before*: every candidate in one step, no stop, every round played (what the game did
+  before this work); *after*: stepped sampling (up to 8 candidates a round in steps of 4), each prompt's prior
+  pooled from the run's other prompts, an episode ended once another round is unlikely to bring the side its
+  agreeing verdicts lack (`game.round_threshold` 0.2), prompts retired after 8 samples of one verdict, and
+  candidates that stop after the family's final sentence;
+- instructions (`--instructions N`): the built-in instruction-following prompts with configs/instructions.yaml,
+  before and after as above (that family defines no final form, so no stop);
+- a distilabel 1.5.3 peer (benchmarks/distilabel_peer.py) on the arithmetic problems, in its own venv, which this
+  script builds the first time under .cache/: 4 generations at temperature 0.8 and 64 new tokens, UltraFeedback's
+  overall rating by the same model, FormatTextGenerationDPO; a valid pair is one whose ratings differ.
 
-    python benchmarks/yield_bench.py [--n 8] [--only TEXT] [--no-peer]
+    python benchmarks/yield_bench.py [--n 8] [--instructions 0] [--only TEXT] [--no-peer]
 
 Each prefsmith configuration is a whole `synthesize` in a process of its own (a local Ray, the engine loaded, a
 SQLite file). Every accepted pair is checked against the gold answers afterwards (share clean = chosen right,
-rejected wrong), the peer's pairs the same way. Printed, never asserted.
+rejected wrong), the peer's pairs the same way; an instruction pair is clean when its chosen answer passes every
+instruction strictly and its rejected one does not, by the if-verifiable checkers. Printed, never asserted.
 """
 
 from __future__ import annotations
@@ -32,16 +38,24 @@ REPO = Path(__file__).resolve().parents[1]
 PEER_VENV = REPO / ".cache" / "distilabel-1.5.3"
 # What the peer's venv holds: distilabel 1.5.3 with the outlines its structured outputs need, on the CPU torch.
 PEER_PACKAGES = [["torch==2.13.0"], ["setuptools<81", "distilabel==1.5.3", "outlines==0.1.14", "transformers==5.24.*"]]
-AFTER = ["game.max_candidates=9", "game.step_candidates=3", "game.retire_after=6", "game.stop_at_final_answer=true"]
-RUNS = {"before: stepped sampling off, no stop": [], "after: stepped sampling, retiring, final-form stop": AFTER}
+BEFORE = ["game.stop_at_final_answer=false"]
+YIELD = ["game.step_candidates=4", "game.retire_after=8", "game.pooled_prior=true", "game.round_threshold=0.2"]
+AFTER = ["game.max_candidates=8", *YIELD, "game.stop_at_final_answer=true"]
+RUNS = {  # label: (preset, prompt source, overrides)
+    "before: arithmetic, one step, every round": ("quickstart", "arithmetic", BEFORE),
+    "after: arithmetic, stepped, pooled prior, early end": ("quickstart", "arithmetic", AFTER),
+    "before: instructions, one step, every round": ("instructions", "instructions", BEFORE),
+    "after: instructions, stepped, pooled prior, early end": ("instructions", "instructions",
+                                                              ["game.max_candidates=8", *YIELD]),
+}
 
 PLAY = """
 import json, sys, time
 from configs import load_config
 from pipelines.synthesis.service import synthesize
-db, run_id, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+db, run_id, preset, overrides = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 started = time.perf_counter()
-report = synthesize(load_config("quickstart", overrides), run_id=run_id, db_url=db)
+report = synthesize(load_config(preset, overrides), run_id=run_id, db_url=db)
 m = report.metrics
 print(json.dumps({"seconds": time.perf_counter() - started, "episodes": m.episodes_done, "rounds": m.rounds,
                   "verified": m.verified, "target_tokens": m.completion_tokens, "mastered": m.mastered,
@@ -49,15 +63,40 @@ print(json.dumps({"seconds": time.perf_counter() - started, "episodes": m.episod
 """
 
 
-def play(n: int, overrides: list[str], db: Path, run_id: str) -> dict:
-    sources = [f"prompts=[{{builtin: arithmetic, limit: {n}, seed: 0}}]"]
+def play(preset: str, source: str, n: int, overrides: list[str], db: Path, run_id: str) -> dict:
+    sources = [f"prompts=[{{builtin: {source}, limit: {n}, seed: 0}}]"]
     done = subprocess.run(
-        [sys.executable, "-c", PLAY, f"sqlite:///{db}", run_id, json.dumps([*sources, *overrides])],
+        [sys.executable, "-c", PLAY, f"sqlite:///{db}", run_id, preset, json.dumps([*sources, *overrides])],
         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
     )
     if done.returncode != 0:
         raise SystemExit(f"{run_id} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1]) | grade(db, run_id)
+    return json.loads(done.stdout.strip().splitlines()[-1]) | (grade(db, run_id) if source == "arithmetic"
+                                                                else grade_instructions(db, run_id))
+
+
+def grade_instructions(db: Path, run_id: str) -> dict:
+    """The run's accepted pairs checked against their prompts' instructions: clean when the chosen answer follows
+    every one strictly and the rejected one does not (if-verifiable's checkers, tools/instruction_checks.py)."""
+    import sqlite3
+
+    from tools.instruction_checks import check_instructions
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT pp.chosen, pp.rejected, pr.meta, pr.messages FROM preference_pairs pp "
+            "JOIN prompts pr ON pr.id = pp.prompt_id WHERE pp.run_id = ? AND pp.accepted",
+            (run_id,),
+        ).fetchall()
+
+    def follows(text: str, meta: dict, prompt: str) -> bool:
+        return all(r["strict"] for r in check_instructions(text, meta["instruction_id_list"], meta["kwargs"], prompt))
+
+    clean = 0
+    for chosen, rejected, meta, messages in rows:
+        meta, prompt = json.loads(meta), json.loads(messages)[-1]["content"]
+        clean += follows(chosen, meta, prompt) and not follows(rejected, meta, prompt)
+    return {"accepted": len(rows), "correct_over_wrong": clean}
 
 
 def peer_python() -> Path:
@@ -109,15 +148,18 @@ def figures(r: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="arithmetic problems (the first n of the set, seed 0)")
+    parser.add_argument("--instructions", type=int, default=0,
+                        help="instruction prompts (the first n of the built-in set, seed 0); 0 leaves them out")
     parser.add_argument("--only", action="append", help="run only the configurations whose label has this text")
     parser.add_argument("--no-peer", action="store_true", help="leave the distilabel peer out")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="prefsmith-yield-"))
     results = {}
-    for i, (label, overrides) in enumerate(RUNS.items()):
-        if args.only and not any(text in label for text in args.only):
+    for i, (label, (preset, source, overrides)) in enumerate(RUNS.items()):
+        n = args.instructions if source == "instructions" else args.n
+        if n <= 0 or (args.only and not any(text in label for text in args.only)):
             continue
-        results[label] = figures(play(args.n, overrides, folder / f"run{i}.db", f"yield-{i}"))
+        results[label] = figures(play(preset, source, n, overrides, folder / f"run{i}.db", f"yield-{i}"))
         print(f"{label}: {json.dumps(results[label])}", flush=True)
     if not args.no_peer:
         label = "distilabel 1.5.3: TextGeneration x4 + UltraFeedback + DPO format"
@@ -130,12 +172,15 @@ def main() -> None:
         print(f"{label:<54}{r['verified']:>9}{r['target_tokens']:>8}{r['verified_per_1k_tokens']:>11}"
               f"{r['verified_per_min']:>8}{clean:>7}{r['seconds']:>9}")
     labels = list(results)
-    before = next((results[k] for k in labels if k.startswith("before")), None)
-    after = next((results[k] for k in labels if k.startswith("after")), None)
     peer = next((results[k] for k in labels if k.startswith("distilabel")), None)
-    if before and after and before["verified_per_1k_tokens"]:
-        print(f"verified pairs per 1,000 target tokens, after / before: "
-              f"{after['verified_per_1k_tokens'] / before['verified_per_1k_tokens']:.2f}")
+    for family in ("arithmetic", "instructions"):
+        before = next((results[k] for k in labels if k.startswith(f"before: {family}")), None)
+        after = next((results[k] for k in labels if k.startswith(f"after: {family}")), None)
+        if before and after and before["verified_per_1k_tokens"]:
+            print(f"{family}: verified pairs per 1,000 target tokens, after / before: "
+                  f"{after['verified_per_1k_tokens'] / before['verified_per_1k_tokens']:.2f}; per minute: "
+                  f"{after['verified_per_min'] / before['verified_per_min']:.2f}")
+    after = next((results[k] for k in labels if k.startswith("after: arithmetic")), None)
     if after and peer and peer["verified"]:
         ratio = (after["verified"] / after["seconds"]) / (peer["verified"] / peer["seconds"])
         print(f"verified pairs per minute, after / distilabel's valid pairs per minute: {ratio:.2f}")

@@ -140,8 +140,27 @@ class GameConfig(Strict):
         gt=0,
         lt=1,
         description="Sample another step when P(at least one candidate of the missing side in it) under the "
-        "prompt's Beta(1, 1)-prior posterior pass rate exceeds this (with no earlier samples, C agreeing verdicts "
-        "give C/(2C+1), about 0.43; 2C give about 0.3).",
+        "prompt's posterior pass rate (Beta(1, 1) prior, or the pooled one) exceeds this (Beta(1, 1) with no "
+        "earlier samples: C agreeing verdicts give C/(2C+1), about 0.43; 2C give about 0.3).",
+    )
+    pooled_prior: bool = Field(
+        False,
+        description="Empirical Bayes: each prompt's pass-rate prior has the mean pass rate the target model has shown "
+        "on the run's other prompts so far (the episodes this process plays), weighing `prior_strength` samples, "
+        "instead of Beta(1, 1). A family the model rarely solves (or always does) then stops sampling a prompt "
+        "whose first candidates agree sooner. Step and round decisions then depend on the order episodes finish.",
+    )
+    prior_strength: float = Field(
+        2.0, gt=0, description="The pooled prior's weight in samples (2 with no pooled verdicts yet: Beta(1, 1))."
+    )
+    round_threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="End an episode whose tool verdicts all agree (all failed, or all passed) before its last round "
+        "when P(a candidate of the missing side among the next round's `candidates`) under the prompt's posterior "
+        "is at most this: stored as out_of_reach or mastered once `retire_after` samples are reached, else as "
+        "gave_up saying why. None: every round is played.",
     )
     prior_from_history: bool = Field(
         True,

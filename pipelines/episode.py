@@ -22,7 +22,7 @@ from agents.game import (
     verdict_of,
 )
 from agents.verdicts import PromptRewrite, RewardVerdict
-from pipelines.sampling import PassCounts, next_step, retired
+from pipelines.sampling import UNIFORM, PassCounts, Prior, VerdictPool, hopeless, next_step, retired
 from storage.vocabulary import AcceptedBy, EpisodeStatus, RoundOutcome
 
 
@@ -99,6 +99,9 @@ class GameSettings:
     step_candidates: int | None = None  # candidates per further step; None = candidates
     step_threshold: float = 0.3
     retire_after: int | None = None  # N samples of one verdict retire the prompt (None: never)
+    pooled_prior: bool = False  # each prompt's prior pooled from the run's other prompts (else Beta(1, 1))
+    prior_strength: float = 2.0  # the pooled prior's weight, in samples
+    round_threshold: float | None = None  # another round only above this chance of the missing side (None: always)
 
     @property
     def round_budget(self) -> int:
@@ -257,10 +260,20 @@ class EpisodeRecord:
     # run's episode was created) and from this episode's rounds (`own`, resumed rounds included).
     prior: PassCounts = field(default_factory=PassCounts)
     own: PassCounts = field(default_factory=PassCounts)
+    # The run's verdicts on its other prompts, when the prior is pooled (`settings.pooled_prior`), and what this
+    # episode added to it.
+    pool: VerdictPool | None = None
+    pooled: PassCounts = field(default_factory=PassCounts)
 
     @property
     def counts(self) -> PassCounts:
         return self.prior + self.own
+
+    def beta_prior(self) -> Prior:
+        """The prior of the prompt's pass rate: pooled from the run's other prompts, or Beta(1, 1)."""
+        if not self.settings.pooled_prior or self.pool is None:
+            return UNIFORM
+        return Prior.pooled(self.pool.counts() - self.pooled, self.settings.prior_strength)
 
     @property
     def accepted_round(self) -> PlayedRound | None:
@@ -275,7 +288,12 @@ def _fail(record: PlayedRound, failure: PlayerFailure) -> PlayedRound:
 
 
 def sample_in_steps(
-    prompt: EpisodePrompt, players: Players, settings: GameSettings, record: PlayedRound, counts: PassCounts
+    prompt: EpisodePrompt,
+    players: Players,
+    settings: GameSettings,
+    record: PlayedRound,
+    counts: PassCounts,
+    prior: Prior = UNIFORM,
 ) -> PlayerFailure | None:
     """Steps 1–2 of the game: sample `candidates`, run the tools on them, and while their verdicts do not mix
     and the prompt's posterior pass rate (`counts`: its samples before this round) says the next step likely
@@ -292,7 +310,7 @@ def sample_in_steps(
     while True:
         verdicts = record.verdicts
         room = settings.round_budget - len(record.candidates)
-        n = next_step(counts.plus(verdicts), verdicts, settings.step_size, room, settings.step_threshold)
+        n = next_step(counts.plus(verdicts), verdicts, settings.step_size, room, settings.step_threshold, prior)
         if n == 0:
             return None
         seed = derived_seed(record.seed, "step", record.steps)
@@ -317,10 +335,11 @@ def play_round(
     settings: GameSettings,
     record: PlayedRound,
     counts: PassCounts | None = None,
+    prior: Prior = UNIFORM,
 ) -> PlayedRound:
     """Steps 1–6 of the game for one round; fills `record` and returns it. `counts` are the prompt's verdicts
-    before this round (what stepped sampling weighs)."""
-    failure = sample_in_steps(prompt, players, settings, record, counts or PassCounts())
+    before this round and `prior` the Beta prior of its pass rate (what stepped sampling weighs)."""
+    failure = sample_in_steps(prompt, players, settings, record, counts or PassCounts(), prior)
     if failure is not None:
         return _fail(record, failure)
     candidates = record.candidates
@@ -380,6 +399,7 @@ def play_episode(
     on_round: RoundCallback | None = None,
     prior: PassCounts | None = None,
     own: PassCounts | None = None,
+    pool: VerdictPool | None = None,
 ) -> EpisodeRecord:
     """Play `prompt` until a pair is accepted or `settings.max_rounds` rounds are spent.
 
@@ -394,17 +414,29 @@ def play_episode(
 
     `prior` are the prompt's verdicts by this target model in earlier runs, `own` those of the rounds this
     episode played before `first_round`: together they are the pass-rate estimate stepped sampling weighs and
-    retiring (`settings.retire_after`) counts.
+    retiring (`settings.retire_after`) counts. `pool` gathers the verdicts of the run's episodes in this process:
+    with `settings.pooled_prior` the prompt's prior is pooled from the others' (empirical Bayes), and with
+    `settings.round_threshold` an episode whose verdicts all agree ends once another round is unlikely to bring
+    the missing side.
     """
-    episode = EpisodeRecord(prompt=prompt, settings=settings, prior=prior or PassCounts(), own=own or PassCounts())
+    episode = EpisodeRecord(
+        prompt=prompt, settings=settings, prior=prior or PassCounts(), own=own or PassCounts(), pool=pool
+    )
     target_prompt, judge_prompt = prompts or book.current()
     for index in range(first_round, settings.max_rounds):
         seed = derived_seed(settings.seed, prompt.id, index)
         record = PlayedRound(index, target_prompt, judge_prompt, seed)
-        record = play_round(prompt, players, settings, record, episode.counts)
+        record = play_round(prompt, players, settings, record, episode.counts, episode.beta_prior())
         episode.rounds.append(record)
-        episode.own = episode.own.plus(record.verdicts)
-        last_round = index == settings.max_rounds - 1
+        seen = PassCounts().plus(record.verdicts)
+        episode.own = episode.own + seen
+        if pool is not None:
+            pool.add(seen)
+            episode.pooled = episode.pooled + seen
+        chance = None if index == settings.max_rounds - 1 else hopeless(
+            episode.counts, settings.candidates, settings.round_threshold, episode.beta_prior()
+        )
+        last_round = index == settings.max_rounds - 1 or chance is not None
         retire = None if record.outcome == RoundOutcome.ACCEPTED else retired(
             episode.counts, settings.retire_after, budget_spent=last_round
         )
@@ -420,7 +452,7 @@ def play_episode(
                 f"{'passed' if retire == EpisodeStatus.MASTERED else 'failed'} their tools' checks"
             )
         elif last_round:
-            _close_without_pair(episode)
+            _close_without_pair(episode, chance)
         elif record.outcome == RoundOutcome.REJECTED:
             assert record.ranking is not None and record.reward is not None
             assert record.chosen_index is not None and record.rejected_index is not None
@@ -451,7 +483,9 @@ def play_episode(
     return episode
 
 
-def _close_without_pair(episode: EpisodeRecord) -> None:
+def _close_without_pair(episode: EpisodeRecord, chance: float | None = None) -> None:
+    """Close an episode that made no pair: failed when every round failed, else gave up — after its rounds, or
+    early when another round had only `chance` of bringing the side its agreeing verdicts lack."""
     settings = episode.settings
     outcomes = [r.outcome for r in episode.rounds]
     episode.finished = True
@@ -460,6 +494,16 @@ def _close_without_pair(episode: EpisodeRecord) -> None:
         return
     best = max((r.reward.score for r in episode.rounds if r.reward is not None), default=None)
     episode.status = EpisodeStatus.GAVE_UP
+    if chance is not None:
+        counts = episode.counts
+        side = "passing" if counts.passes == 0 else "failing"
+        episode.reason = (
+            f"stopped after {len(episode.rounds)} of {settings.max_rounds} rounds: all {counts.samples} samples "
+            f"{'failed' if counts.passes == 0 else 'passed'} their tools' checks, and a {side} candidate among the "
+            f"next round's {settings.candidates} had chance {chance:.2f} (game.round_threshold "
+            f"{settings.round_threshold:g})"
+        )
+        return
     episode.reason = (
         f"no pair reached reward {settings.accept_threshold} in {settings.max_rounds} rounds "
         f"(best reward {best if best is not None else 'none'}; rounds: {', '.join(outcomes) or 'none'})"

@@ -25,6 +25,9 @@ def game_settings(config: SynthesisConfig) -> GameSettings:
         step_candidates=config.game.step_candidates,
         step_threshold=config.game.step_threshold,
         retire_after=config.game.retire_after,
+        pooled_prior=config.game.pooled_prior,
+        prior_strength=config.game.prior_strength,
+        round_threshold=config.game.round_threshold,
     )
 
 

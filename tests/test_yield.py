@@ -13,7 +13,7 @@ from agents.backends import Backend, ChatRequest, ChatResult, Completion
 from agents.game import Candidate, EpisodePrompt, derived_seed
 from agents.players import Judge, RewardModel, default_prompt
 from pipelines.episode import GameSettings, Players, PromptBook, play_episode
-from pipelines.sampling import PassCounts, chance_of_side, next_step, retired
+from pipelines.sampling import UNIFORM, PassCounts, Prior, VerdictPool, chance_of_side, hopeless, next_step, retired
 from storage.records import prompt_id_for
 from tools.reference_answer import ReferenceAnswerTool
 
@@ -130,6 +130,75 @@ def test_a_prior_from_earlier_runs_retires_a_mastered_prompt_in_its_first_round(
     assert episode.status == "mastered" and len(episode.rounds) == 1
     assert target.samples == 2, "5 earlier passes: no second step is worth sampling"
     assert episode.counts == PassCounts(passes=7) and episode.own == PassCounts(passes=2)
+
+
+def hard_family(n: int = 60) -> list[EpisodePrompt]:
+    """`n` problems of a family the target rarely solves: seven in ten never (p = 0), two in ten at 0.3, one at
+    0.7: the built-in arithmetic set as SmolLM2-135M sees it."""
+    rates = [0.0] * 7 + [0.3, 0.3, 0.7]
+    prompts = []
+    for i in range(n):
+        messages = [{"role": "user", "content": f"What is {i} + 200?"}]
+        prompts.append(EpisodePrompt(prompt_id_for(messages), messages, {"answer": i + 200, "p": rates[i % 10]}))
+    return prompts
+
+
+def play_family(settings: GameSettings) -> dict[str, float]:
+    """The hard family played in order by one process, its episodes' verdicts pooled."""
+    target, pool = ChancyTarget(), VerdictPool()
+    outcomes = [play_episode(p, players(target), book(), settings, pool=pool) for p in hard_family()]
+    verified = sum(r.accepted_by == "verified" for e in outcomes for r in e.rounds)
+    return {"verified": verified, "samples": target.samples, "per_sample": verified / target.samples,
+            "rounds": sum(len(e.rounds) for e in outcomes), "pool": pool.counts(),
+            "stopped": sum("stopped after" in (e.reason or "") for e in outcomes)}
+
+
+def test_a_pooled_prior_is_uniform_until_verdicts_come_and_then_leans_to_the_family() -> None:
+    assert Prior.pooled(PassCounts(), strength=2.0) == UNIFORM
+    hard = Prior.pooled(PassCounts(passes=2, fails=38), strength=2.0)
+    assert hard.passes == pytest.approx(2 * 3 / 42) and hard.passes + hard.fails == pytest.approx(2.0)
+    four_wrong = PassCounts(fails=4)
+    assert chance_of_side(four_wrong, want_pass=True, n=4, prior=hard) < 0.15 < 0.4 < chance_of_side(
+        four_wrong, want_pass=True, n=4)
+    assert next_step(four_wrong, [False] * 4, size=4, room=4, threshold=0.3) == 4
+    assert next_step(four_wrong, [False] * 4, size=4, room=4, threshold=0.3, prior=hard) == 0
+    assert hopeless(four_wrong, 4, 0.2, prior=hard) == pytest.approx(chance_of_side(four_wrong, True, 4, hard))
+    assert hopeless(four_wrong, 4, 0.2) is None, "Beta(1, 1): 4/9 > 0.2"
+    assert hopeless(four_wrong, 4, None, prior=hard) is None, "off"
+    assert hopeless(PassCounts(1, 3), 4, 0.99, prior=hard) is None, "mixed verdicts: a pair can still come"
+    assert hopeless(PassCounts(), 4, 0.99) is None, "nothing checked yet"
+    assert PassCounts(3, 5) - PassCounts(1, 5) == PassCounts(2, 0)
+
+
+POOLED = GameSettings(candidates=2, max_rounds=3, accept_threshold=8, seed=3, verdicts_decide=True,
+                      max_candidates=6, step_candidates=2, retire_after=4, pooled_prior=True, round_threshold=0.2)
+
+
+def test_a_pooled_prior_spends_fewer_samples_per_pair_on_a_family_the_model_rarely_solves() -> None:
+    stepped, pooled = play_family(STEPPED), play_family(POOLED)
+    assert stepped["stopped"] == 0 and pooled["stopped"] > 0, (stepped, pooled)
+    assert pooled["rounds"] < stepped["rounds"], (stepped, pooled)
+    assert pooled["per_sample"] > 1.3 * stepped["per_sample"], (stepped, pooled)
+    assert pooled["verified"] >= 0.8 * stepped["verified"], (stepped, pooled)
+    assert pooled["pool"].samples == pooled["samples"], "every checked candidate joined the pool"
+
+
+def test_an_episode_ended_by_the_round_threshold_says_why_and_retires_only_after_n_samples() -> None:
+    prompt = hard_family()[0]  # p = 0
+    pool = VerdictPool()
+    pool.add(PassCounts(passes=1, fails=39))  # the family so far
+    settings = GameSettings(candidates=2, max_rounds=3, seed=3, verdicts_decide=True, pooled_prior=True,
+                            round_threshold=0.2)
+    episode = play_episode(prompt, players(ChancyTarget()), book(), settings, pool=pool)
+    assert len(episode.rounds) == 1 and episode.status == "gave_up"
+    assert episode.reason.startswith("stopped after 1 of 3 rounds: all 2 samples failed"), episode.reason
+    assert "game.round_threshold 0.2" in episode.reason
+    assert pool.counts() == PassCounts(passes=1, fails=41)
+    retiring = GameSettings(candidates=2, max_rounds=3, seed=3, verdicts_decide=True, pooled_prior=True,
+                            round_threshold=0.2, retire_after=2)
+    assert play_episode(prompt, players(ChancyTarget()), book(), retiring, pool=pool).status == "out_of_reach"
+    alone = play_episode(prompt, players(ChancyTarget()), book(), settings)  # no pool: Beta(1, 1)
+    assert len(alone.rounds) == 3, "Beta(1, 1): a pass among the next 2 after 2 and 4 failures, 2/5 and 2/7 > 0.2"
 
 
 MODEL = "smollm2-135m-instruct"  # the quickstart's target, by name: what retired prompts are kept for

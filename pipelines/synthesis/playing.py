@@ -15,6 +15,7 @@ from configs.schema import SynthesisConfig
 from pipelines.episode import Book, EpisodeRecord, GameSettings, PlayedRound, Players, play_episode
 from pipelines.game_setup import build_players, game_settings
 from pipelines.recording import RoundToStore
+from pipelines.sampling import VerdictPool
 from pipelines.synthesis.engines import ActorBackend, Engines
 from pipelines.synthesis.ray_tools import wrap_tool
 from pipelines.synthesis.run import Abandoned, PendingEpisode
@@ -64,6 +65,7 @@ class EpisodePlayer(ABC):
         self.abandon, self.book = abandon, book
         self.players = ray_players(config, replicas, tools, abandon)
         self.settings = game_settings(config)
+        self.verdict_pool = VerdictPool()  # the verdicts of the episodes this process plays (`game.pooled_prior`)
         self._lock = threading.Lock()  # `keep` and `end` are called from every episode's thread
 
     @property
@@ -99,7 +101,7 @@ class EpisodePlayer(ABC):
         self.end(item.prompt_id, episode.status)
 
     def _continue(self, item: PendingEpisode, prompt: PromptRecord) -> EpisodeRecord:
-        return play_pending(item, prompt, self.players, self.book, self.settings, self._on_round)
+        return play_pending(item, prompt, self.players, self.book, self.settings, self._on_round, self.verdict_pool)
 
     def _on_round(self, episode: EpisodeRecord, record: PlayedRound) -> None:
         if self.abandon.is_set():
@@ -116,9 +118,10 @@ def play_pending(
     book: Book,
     settings: GameSettings,
     on_round: Callable[[EpisodeRecord, PlayedRound], None],
+    pool: VerdictPool | None = None,
 ) -> EpisodeRecord:
     """Play (or continue) `item`'s episode: from its next round, with the prompt versions it left off with and
-    the verdict counts its stepped sampling continues from."""
+    the verdict counts its stepped sampling continues from; its verdicts join `pool`."""
     resume = item.resume_versions
     prompts = None if resume is None else (book.get("target", resume["target"]), book.get("judge", resume["judge"]))
     return play_episode(
@@ -131,4 +134,5 @@ def play_pending(
         on_round=on_round,
         prior=item.prior,
         own=item.own,
+        pool=pool,
     )
