@@ -88,7 +88,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--n", "16")),
     # --before names the last commit with the loose checks (the number after the last '=', no finish check).
     Benchmark("verdicts_clean", "Is a verified pair clean? Strict checks vs. the loose ones, pairs per minute",
-              ("--n", "8", "--before", "f271b91")),
+              ("--n", "24", "--before", "f271b91")),
     # A whole synthesis as a user runs it: the engine takes its default threads (every CPU), the old code the
     # one thread its quickstart set.
     Benchmark(
@@ -121,7 +121,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--rounds", "2", "--prompts", "32", "--eval-limit", "30", "--eval-max-tokens", "256"),
               hide=r"^round \d+ \w+: done$|^run \S+: |^total "),
     Benchmark("yield", "Yield: verified pairs per 1,000 target tokens, sampling by yield or not, a distilabel peer",
-              ("--n", "24", "--instructions", "16"), hide=r': \{"seconds"', module="yield_bench"),
+              ("--n", "24", "--one-step", "24", "--instructions", "16", "--peer-on", "arithmetic",
+               "--peer-on", "arithmetic_one_step"), hide=r': \{"seconds"', module="yield_bench"),
 )  # fmt: skip
 
 

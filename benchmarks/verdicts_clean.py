@@ -17,6 +17,7 @@ asserted.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -49,9 +50,15 @@ def play(n: int, in_flight: int) -> dict:
     players = build_players(config, backends)
     book = new_prompt_book()
     prompts = [EpisodePrompt(p.id, p.messages, p.meta) for p in load_prompts(config.prompts)]
+    # the episodes' verdicts pooled as the synthesizer pools them, where the tree has it (game.pooled_prior)
+    pooled = {}
+    if "pool" in inspect.signature(play_episode).parameters:
+        from pipelines.sampling import VerdictPool
+
+        pooled = {"pool": VerdictPool()}
     started = time.perf_counter()
     with ThreadPoolExecutor(in_flight) as pool:
-        episodes = list(pool.map(lambda p: play_episode(p, players, book, game_settings(config)), prompts))
+        episodes = list(pool.map(lambda p: play_episode(p, players, book, game_settings(config), **pooled), prompts))
     seconds = time.perf_counter() - started
     for backend in backends.values():
         backend.close()

@@ -7,13 +7,15 @@ model and seeds, side by side in one run, on two families:
   pooled from the run's other prompts, an episode ended once another round is unlikely to bring the side its
   agreeing verdicts lack (`game.round_threshold` 0.2), prompts retired after 8 samples of one verdict, and
   candidates that stop after the family's final sentence;
+- one-step arithmetic (`--one-step N`): the quickstart's own problems (one operation each, where SmolLM2-135M
+  is right about a third of the time), the same two games;
 - instructions (`--instructions N`): the built-in instruction-following prompts with configs/instructions.yaml,
   before and after as above (that family defines no final form, so no stop);
 - a distilabel 1.5.3 peer (benchmarks/distilabel_peer.py) on the arithmetic problems, in its own venv, which this
   script builds the first time under .cache/: 4 generations at temperature 0.8 and 64 new tokens, UltraFeedback's
   overall rating by the same model, FormatTextGenerationDPO; a valid pair is one whose ratings differ.
 
-    python benchmarks/yield_bench.py [--n 8] [--instructions 0] [--only TEXT] [--no-peer]
+    python benchmarks/yield_bench.py [--n 8] [--one-step 0] [--instructions 0] [--only TEXT] [--no-peer]
 
 Each prefsmith configuration is a whole `synthesize` in a process of its own (a local Ray, the engine loaded, a
 SQLite file). Every accepted pair is checked against the gold answers afterwards (share clean = chosen right,
@@ -38,12 +40,17 @@ REPO = Path(__file__).resolve().parents[1]
 PEER_VENV = REPO / ".cache" / "distilabel-1.5.3"
 # What the peer's venv holds: distilabel 1.5.3 with the outlines its structured outputs need, on the CPU torch.
 PEER_PACKAGES = [["torch==2.13.0"], ["setuptools<81", "distilabel==1.5.3", "outlines==0.1.14", "transformers==5.24.*"]]
-BEFORE = ["game.stop_at_final_answer=false"]
+# before: what the game did before sampling by yield, whatever the presets now turn on
+BEFORE = ["game.stop_at_final_answer=false", "game.pooled_prior=false", "game.round_threshold=null",
+          "game.max_candidates=null", "game.retire_after=null"]
 YIELD = ["game.step_candidates=4", "game.retire_after=8", "game.pooled_prior=true", "game.round_threshold=0.2"]
 AFTER = ["game.max_candidates=8", *YIELD, "game.stop_at_final_answer=true"]
+FAMILY = {"arithmetic": "arithmetic", "arithmetic_one_step": "one-step arithmetic", "instructions": "instructions"}
 RUNS = {  # label: (preset, prompt source, overrides)
     "before: arithmetic, one step, every round": ("quickstart", "arithmetic", BEFORE),
     "after: arithmetic, stepped, pooled prior, early end": ("quickstart", "arithmetic", AFTER),
+    "before: one-step arithmetic, one step, every round": ("quickstart", "arithmetic_one_step", BEFORE),
+    "after: one-step arithmetic, stepped, pooled prior, early end": ("quickstart", "arithmetic_one_step", AFTER),
     "before: instructions, one step, every round": ("instructions", "instructions", BEFORE),
     "after: instructions, stepped, pooled prior, early end": ("instructions", "instructions",
                                                               ["game.max_candidates=8", *YIELD]),
@@ -71,8 +78,8 @@ def play(preset: str, source: str, n: int, overrides: list[str], db: Path, run_i
     )
     if done.returncode != 0:
         raise SystemExit(f"{run_id} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1]) | (grade(db, run_id) if source == "arithmetic"
-                                                                else grade_instructions(db, run_id))
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures | (grade_instructions(db, run_id) if source == "instructions" else grade(db, run_id))
 
 
 def grade_instructions(db: Path, run_id: str) -> dict:
@@ -112,11 +119,13 @@ def peer_python() -> Path:
     return python
 
 
-def run_peer(n: int, folder: Path) -> dict:
+def run_peer(n: int, folder: Path, source: str = "arithmetic") -> dict:
     from agents.catalog import prepare
-    from pipelines.prompt_sources import arithmetic_prompts
+    from configs.schema import PromptSourceConfig
+    from pipelines.prompt_sources import BUILTIN_SETS
 
-    problems = [{"prompt": p["prompt"], "answer": p["answer"]} for p in arithmetic_prompts(n, 0, "train")]
+    rows = BUILTIN_SETS[source](PromptSourceConfig(builtin=source, limit=n, seed=0))
+    problems = [{"prompt": p["prompt"], "answer": p["answer"]} for p in rows]
     problems_file = folder / "problems.json"
     problems_file.write_text(json.dumps(problems))
     model = prepare("smollm2-135m-instruct")
@@ -148,43 +157,49 @@ def figures(r: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="arithmetic problems (the first n of the set, seed 0)")
+    parser.add_argument("--one-step", type=int, default=0,
+                        help="one-step arithmetic problems (the quickstart's set, first n, seed 0); 0 leaves them out")
     parser.add_argument("--instructions", type=int, default=0,
                         help="instruction prompts (the first n of the built-in set, seed 0); 0 leaves them out")
     parser.add_argument("--only", action="append", help="run only the configurations whose label has this text")
     parser.add_argument("--no-peer", action="store_true", help="leave the distilabel peer out")
+    parser.add_argument("--peer-on", action="append", choices=["arithmetic", "arithmetic_one_step"],
+                        help="the problem sets the peer plays (default: arithmetic)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="prefsmith-yield-"))
     results = {}
     for i, (label, (preset, source, overrides)) in enumerate(RUNS.items()):
-        n = args.instructions if source == "instructions" else args.n
+        n = {"instructions": args.instructions, "arithmetic_one_step": args.one_step}.get(source, args.n)
         if n <= 0 or (args.only and not any(text in label for text in args.only)):
             continue
         results[label] = figures(play(preset, source, n, overrides, folder / f"run{i}.db", f"yield-{i}"))
         print(f"{label}: {json.dumps(results[label])}", flush=True)
-    if not args.no_peer:
-        label = "distilabel 1.5.3: TextGeneration x4 + UltraFeedback + DPO format"
-        results[label] = figures(run_peer(args.n, folder))
+    for source in [] if args.no_peer else args.peer_on or ["arithmetic"]:
+        n = args.one_step if source == "arithmetic_one_step" else args.n
+        if n <= 0:
+            continue
+        label = f"distilabel 1.5.3 on {FAMILY[source]}: TextGeneration x4, UltraFeedback, DPO format"
+        results[label] = figures(run_peer(n, folder, source))
         print(f"{label}: {json.dumps(results[label])}", flush=True)
-    print(f"\n{'configuration':<54}{'verified':>9}{'tokens':>8}{'per 1k tok':>11}{'per min':>8}{'clean':>7}"
+    print(f"\n{'configuration':<80}{'verified':>9}{'tokens':>8}{'per 1k tok':>11}{'per min':>8}{'clean':>7}"
           f"{'seconds':>9}")
     for label, r in results.items():
         clean = "-" if r["share_clean"] is None else f"{r['share_clean']:.2f}"
-        print(f"{label:<54}{r['verified']:>9}{r['target_tokens']:>8}{r['verified_per_1k_tokens']:>11}"
+        print(f"{label:<80}{r['verified']:>9}{r['target_tokens']:>8}{r['verified_per_1k_tokens']:>11}"
               f"{r['verified_per_min']:>8}{clean:>7}{r['seconds']:>9}")
     labels = list(results)
-    peer = next((results[k] for k in labels if k.startswith("distilabel")), None)
-    for family in ("arithmetic", "instructions"):
+    for family in FAMILY.values():
         before = next((results[k] for k in labels if k.startswith(f"before: {family}")), None)
         after = next((results[k] for k in labels if k.startswith(f"after: {family}")), None)
         if before and after and before["verified_per_1k_tokens"]:
             print(f"{family}: verified pairs per 1,000 target tokens, after / before: "
                   f"{after['verified_per_1k_tokens'] / before['verified_per_1k_tokens']:.2f}; per minute: "
                   f"{after['verified_per_min'] / before['verified_per_min']:.2f}")
-    after = next((results[k] for k in labels if k.startswith("after: arithmetic")), None)
-    if after and peer and peer["verified"]:
-        ratio = (after["verified"] / after["seconds"]) / (peer["verified"] / peer["seconds"])
-        print(f"verified pairs per minute, after / distilabel's valid pairs per minute: {ratio:.2f}")
-    print(json.dumps({"n": args.n, "results": results}))
+        peer = next((results[k] for k in labels if k.startswith(f"distilabel 1.5.3 on {family}:")), None)
+        if after and peer and peer["verified"]:
+            ratio = (after["verified"] / after["seconds"]) / (peer["verified"] / peer["seconds"])
+            print(f"{family}: verified pairs per minute, after / distilabel's valid pairs per minute: {ratio:.2f}")
+    print(json.dumps({"n": args.n, "one_step": args.one_step, "instructions": args.instructions, "results": results}))
 
 
 if __name__ == "__main__":
