@@ -340,7 +340,8 @@ def test_ray_job_submit_on_a_two_node_cluster_plays_episodes_and_engine_on_diffe
     dashboard = free_port()
     env = _ray_env()
     settings = ["models.default.resources={engine_node: 1}", "ray.episode_workers=2",
-                "ray.episode_worker_resources={episode_node: 1}", "ray.episodes_in_flight=4"]
+                "ray.episode_worker_resources={episode_node: 1}", "ray.episodes_in_flight=4",
+                "game.pooled_prior=true"]  # each worker pools the verdicts of its own episodes
     runtime_env = {"env_vars": {"PREFSMITH_HOME": os.environ["PREFSMITH_HOME"], "HF_HUB_OFFLINE": "1",
                                 "OMP_NUM_THREADS": "1"}}
     try:

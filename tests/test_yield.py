@@ -206,9 +206,11 @@ RETIRING = ["prompts=[{builtin: arithmetic, limit: 3, seed: 0}]", "game.candidat
             "game.max_candidates=4", "game.retire_after=2"]
 
 
-def _play_run(url: str, run_id: str, overrides: list[str], rates: list[float], skip_retired_by=()) -> list[str]:
+def _play_run(
+    url: str, run_id: str, overrides: list[str], rates: list[float], skip_retired_by=(), pool=None
+) -> list[str]:
     """One synthesis run of the arithmetic prompts with a chancy target (`rates` in source order), its rounds
-    stored as the synthesizer stores them; the prompt ids it played."""
+    stored as the synthesizer stores them (the episodes' verdicts pooled in `pool`); the prompt ids it played."""
     from configs import load_config
     from pipelines.game_setup import game_settings, model_ids, new_prompt_book
     from pipelines.recording import store_played_round
@@ -222,7 +224,7 @@ def _play_run(url: str, run_id: str, overrides: list[str], rates: list[float], s
     book, settings, ids = new_prompt_book(), game_settings(config), model_ids(config)
     for item in run.pending:
         play_pending(item, run.prompts[item.prompt_id], players(target), book, settings,
-                     lambda e, r: store_played_round(run.engine, run_id, e, r, ids))
+                     lambda e, r: store_played_round(run.engine, run_id, e, r, ids), pool)
     finish(run, book, None)
     return [order.index(item.prompt_id) for item in run.pending]
 
@@ -278,6 +280,31 @@ def test_retired_prompts_are_stored_skipped_for_their_model_and_pass_rates_expor
     assert row["accepted_by"] == "verified" and row["prompt_id"] == accepted
     assert (row["pass_rate"], row["samples"]) == (pytest.approx(first[accepted][3]), first[accepted][1])
     engine.dispose()
+
+
+def test_episodes_ended_early_by_a_pooled_prior_are_stored_with_their_reason(empty_db_url) -> None:
+    from sqlalchemy import select
+
+    from pipelines.synthesis.run import pending_episodes
+    from storage.db import session_scope
+    from storage.migrate import open_database
+    from storage.models import Episode
+
+    overrides = ["prompts=[{builtin: arithmetic, limit: 3, seed: 0}]", "game.candidates=2", "game.max_rounds=3",
+                 "game.pooled_prior=true", "game.round_threshold=0.2"]
+    assert _play_run(empty_db_url, "pooled", overrides, [0.0, 0.0, 0.0], pool=VerdictPool()) == [0, 1, 2]
+    engine = open_database(empty_db_url)
+    with session_scope(engine) as session:
+        rows = {e.prompt_id: e for e in session.execute(select(Episode).where(Episode.run_id == "pooled")).scalars()}
+        assert pending_episodes(session, "pooled") == []
+    engine.dispose()
+    first, *later = sorted(rows.values(), key=lambda e: -e.rounds_played)
+    # the first episode had no pooled verdicts (Beta(1, 1)): all three rounds; the later ones, with its six
+    # failures pooled, stop after one
+    assert (first.rounds_played, first.status, first.samples) == (3, "gave_up", 6), rows
+    for episode in later:
+        assert (episode.rounds_played, episode.status, episode.samples, episode.passes) == (1, "gave_up", 2, 0)
+        assert episode.failure_reason.startswith("stopped after 1 of 3 rounds: all 2 samples failed")
 
 
 def test_an_arithmetic_candidate_stops_after_its_final_sentence() -> None:
