@@ -84,6 +84,8 @@ def test_training_steps_reduce_loss_and_write_loadable_checkpoint(
 
     checkpoint = out / "checkpoint-4"
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / MASKS_WEIGHTS_NAME).is_file()
+    # vLLM loads every top-level *.safetensors of a model folder as the model's weights: only the model's there
+    assert [f.name for f in checkpoint.glob("*.safetensors")] == ["model.safetensors"]
     assert (checkpoint / "optimizer.pt").is_file() and (checkpoint / "trainer_state.json").is_file()
     reloaded = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
     masks = TokenMaskNetworks.from_pretrained(checkpoint)

@@ -13,7 +13,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-MASKS_WEIGHTS_NAME = "sparsepo_masks.safetensors"
+# In a folder of their own: vLLM loads every *.safetensors file at the top of a model folder as the model's weights
+# (a trained SparsePO model is the next round's target), so mask weights beside model.safetensors break its load.
+MASKS_WEIGHTS_NAME = "sparsepo_masks/masks.safetensors"
+LEGACY_MASKS_WEIGHTS_NAME = "sparsepo_masks.safetensors"  # where models trained before 2026-12-07 keep them
 MASKS_CONFIG_NAME = "sparsepo_masks.json"
 
 MaskInit = Literal["ones", "normal"]
@@ -82,10 +85,10 @@ class TokenMaskNetworks(nn.Module):
         """Write the weights; `save_mask_config` writes the description that `from_pretrained` reads."""
         from safetensors.torch import save_file
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        path = Path(directory) / MASKS_WEIGHTS_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
-        save_file(state, str(directory / MASKS_WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(state, str(path), metadata={"format": "pt"})
 
     def describe(self) -> dict[str, object]:
         return {
@@ -102,8 +105,14 @@ class TokenMaskNetworks(nn.Module):
 
         config = read_mask_config(directory)["networks"]
         networks = cls(config["num_layers"], config["hidden_size"], config["independent"], config["init"])
-        networks.load_state_dict(load_file(str(Path(directory) / MASKS_WEIGHTS_NAME)))
+        networks.load_state_dict(load_file(str(_weights_path(Path(directory)))))
         return networks
+
+
+def _weights_path(directory: Path) -> Path:
+    """The mask weights of a saved model: in their own folder, or beside the model (older models)."""
+    legacy = directory / LEGACY_MASKS_WEIGHTS_NAME
+    return legacy if legacy.is_file() and not (directory / MASKS_WEIGHTS_NAME).is_file() else directory / MASKS_WEIGHTS_NAME
 
 
 def save_mask_config(directory: str | Path, config: dict[str, object]) -> None:
@@ -119,7 +128,7 @@ def read_mask_config(directory: str | Path) -> dict:
 
 def saved_masks_exist(directory: str | Path) -> bool:
     directory = Path(directory)
-    return (directory / MASKS_WEIGHTS_NAME).is_file() and (directory / MASKS_CONFIG_NAME).is_file()
+    return _weights_path(directory).is_file() and (directory / MASKS_CONFIG_NAME).is_file()
 
 
 def activation_mask(hidden_states: Sequence[torch.Tensor], response_mask: torch.Tensor) -> torch.Tensor:

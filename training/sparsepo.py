@@ -190,7 +190,7 @@ class SparsePOTrainer(DPOTrainer):
 
     Learned mask networks live beside the policy (not inside it), so the policy stays a plain HF / PEFT
     model; they get their own optimizer param group, are written next to every saved model and checkpoint
-    (`sparsepo_masks.safetensors`), reloaded on resume, and their gradients are averaged across processes.
+    (`sparsepo_masks/masks.safetensors`), reloaded on resume, and their gradients are averaged across processes.
     """
 
     _tag_names = ["trl", "dpo", "sparsepo", "prefsmith"]
