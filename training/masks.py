@@ -111,8 +111,8 @@ class TokenMaskNetworks(nn.Module):
 
 def _weights_path(directory: Path) -> Path:
     """The mask weights of a saved model: in their own folder, or beside the model (older models)."""
-    legacy = directory / LEGACY_MASKS_WEIGHTS_NAME
-    return legacy if legacy.is_file() and not (directory / MASKS_WEIGHTS_NAME).is_file() else directory / MASKS_WEIGHTS_NAME
+    current, legacy = directory / MASKS_WEIGHTS_NAME, directory / LEGACY_MASKS_WEIGHTS_NAME
+    return legacy if legacy.is_file() and not current.is_file() else current
 
 
 def save_mask_config(directory: str | Path, config: dict[str, object]) -> None:
