@@ -15,7 +15,7 @@ model and seeds, side by side in one run, on two families:
   script builds the first time under .cache/: 4 generations at temperature 0.8 and 64 new tokens, UltraFeedback's
   overall rating by the same model, FormatTextGenerationDPO; a valid pair is one whose ratings differ.
 
-    python benchmarks/yield_bench.py [--n 8] [--one-step 0] [--instructions 0] [--only TEXT] [--no-peer]
+    python benchmarks/yield_bench.py [--n 8] [--one-step 0] [--instructions 0] [--seed 0] [--only TEXT] [--no-peer]
 
 Each prefsmith configuration is a whole `synthesize` in a process of its own (a local Ray, the engine loaded, a
 SQLite file). Every accepted pair is checked against the gold answers afterwards (share clean = chosen right,
@@ -70,8 +70,8 @@ print(json.dumps({"seconds": time.perf_counter() - started, "episodes": m.episod
 """
 
 
-def play(preset: str, source: str, n: int, overrides: list[str], db: Path, run_id: str) -> dict:
-    sources = [f"prompts=[{{builtin: {source}, limit: {n}, seed: 0}}]"]
+def play(preset: str, source: str, n: int, overrides: list[str], db: Path, run_id: str, seed: int = 0) -> dict:
+    sources = [f"prompts=[{{builtin: {source}, limit: {n}, seed: {seed}}}]"]
     done = subprocess.run(
         [sys.executable, "-c", PLAY, f"sqlite:///{db}", run_id, preset, json.dumps([*sources, *overrides])],
         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
@@ -119,12 +119,12 @@ def peer_python() -> Path:
     return python
 
 
-def run_peer(n: int, folder: Path, source: str = "arithmetic") -> dict:
+def run_peer(n: int, folder: Path, source: str = "arithmetic", seed: int = 0) -> dict:
     from agents.catalog import prepare
     from configs.schema import PromptSourceConfig
     from pipelines.prompt_sources import BUILTIN_SETS
 
-    rows = BUILTIN_SETS[source](PromptSourceConfig(builtin=source, limit=n, seed=0))
+    rows = BUILTIN_SETS[source](PromptSourceConfig(builtin=source, limit=n, seed=seed))
     problems = [{"prompt": p["prompt"], "answer": p["answer"]} for p in rows]
     problems_file = folder / "problems.json"
     problems_file.write_text(json.dumps(problems))
@@ -156,11 +156,13 @@ def figures(r: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=8, help="arithmetic problems (the first n of the set, seed 0)")
+    parser.add_argument("--n", type=int, default=8, help="arithmetic problems (the first n of the set)")
     parser.add_argument("--one-step", type=int, default=0,
-                        help="one-step arithmetic problems (the quickstart's set, first n, seed 0); 0 leaves them out")
+                        help="one-step arithmetic problems (the quickstart's set, first n); 0 leaves them out")
     parser.add_argument("--instructions", type=int, default=0,
-                        help="instruction prompts (the first n of the built-in set, seed 0); 0 leaves them out")
+                        help="instruction prompts (the first n of the built-in set); 0 leaves them out")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="which problems each set draws (its `seed`); 0 is the recorded benchmark's")
     parser.add_argument("--only", action="append", help="run only the configurations whose label has this text")
     parser.add_argument("--no-peer", action="store_true", help="leave the distilabel peer out")
     parser.add_argument("--peer-on", action="append", choices=["arithmetic", "arithmetic_one_step"],
@@ -172,14 +174,14 @@ def main() -> None:
         n = {"instructions": args.instructions, "arithmetic_one_step": args.one_step}.get(source, args.n)
         if n <= 0 or (args.only and not any(text in label for text in args.only)):
             continue
-        results[label] = figures(play(preset, source, n, overrides, folder / f"run{i}.db", f"yield-{i}"))
+        results[label] = figures(play(preset, source, n, overrides, folder / f"run{i}.db", f"yield-{i}", args.seed))
         print(f"{label}: {json.dumps(results[label])}", flush=True)
     for source in [] if args.no_peer else args.peer_on or ["arithmetic"]:
         n = args.one_step if source == "arithmetic_one_step" else args.n
         if n <= 0:
             continue
         label = f"distilabel 1.5.3 on {FAMILY[source]}: TextGeneration x4, UltraFeedback, DPO format"
-        results[label] = figures(run_peer(n, folder, source))
+        results[label] = figures(run_peer(n, folder, source, args.seed))
         print(f"{label}: {json.dumps(results[label])}", flush=True)
     print(f"\n{'configuration':<80}{'verified':>9}{'tokens':>8}{'per 1k tok':>11}{'per min':>8}{'clean':>7}"
           f"{'seconds':>9}")

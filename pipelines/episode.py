@@ -275,6 +275,14 @@ class EpisodeRecord:
             return UNIFORM
         return Prior.pooled(self.pool.counts() - self.pooled, self.settings.prior_strength)
 
+    def share(self, verdicts: list[bool | None]) -> None:
+        """Add verdicts just checked to the run's pool at once, so that the episodes in flight beside this one
+        weigh them in their next step decision, not only after this round ends."""
+        if self.pool is not None:
+            seen = PassCounts().plus(verdicts)
+            self.pool.add(seen)
+            self.pooled = self.pooled + seen
+
     @property
     def accepted_round(self) -> PlayedRound | None:
         return next((r for r in self.rounds if r.outcome == RoundOutcome.ACCEPTED), None)
@@ -288,17 +296,13 @@ def _fail(record: PlayedRound, failure: PlayerFailure) -> PlayedRound:
 
 
 def sample_in_steps(
-    prompt: EpisodePrompt,
-    players: Players,
-    settings: GameSettings,
-    record: PlayedRound,
-    counts: PassCounts,
-    prior: Prior = UNIFORM,
+    prompt: EpisodePrompt, players: Players, settings: GameSettings, record: PlayedRound, episode: EpisodeRecord
 ) -> PlayerFailure | None:
     """Steps 1–2 of the game: sample `candidates`, run the tools on them, and while their verdicts do not mix
-    and the prompt's posterior pass rate (`counts`: its samples before this round) says the next step likely
-    brings the missing side, sample and check another step, up to `max_candidates`. Step k > 0 draws with a
-    seed derived from the round's, so a round played again draws the same steps."""
+    and the prompt's posterior pass rate (the episode's counts before this round, under its prior as it stands
+    at that moment) says the next step likely brings the missing side, sample and check another step, up to
+    `max_candidates`. Each step's verdicts join the run's pool as soon as they are checked. Step k > 0 draws
+    with a seed derived from the round's, so a round played again draws the same steps."""
     first = players.target.sample(prompt, record.target_prompt.text, settings.candidates, record.seed)
     if isinstance(first, PlayerFailure):
         return first
@@ -307,10 +311,12 @@ def sample_in_steps(
         return None
     record.tools = players.judge.choose_tools(prompt)
     record.tool_calls = players.judge.investigate(prompt, record.candidates, record.tools)
+    episode.share(record.verdicts)
     while True:
         verdicts = record.verdicts
         room = settings.round_budget - len(record.candidates)
-        n = next_step(counts.plus(verdicts), verdicts, settings.step_size, room, settings.step_threshold, prior)
+        n = next_step(episode.counts.plus(verdicts), verdicts, settings.step_size, room, settings.step_threshold,
+                      episode.beta_prior())
         if n == 0:
             return None
         seed = derived_seed(record.seed, "step", record.steps)
@@ -327,6 +333,7 @@ def sample_in_steps(
         ]
         record.candidates += more
         record.steps += 1
+        episode.share(record.verdicts[offset:])
 
 
 def play_round(
@@ -334,12 +341,12 @@ def play_round(
     players: Players,
     settings: GameSettings,
     record: PlayedRound,
-    counts: PassCounts | None = None,
-    prior: Prior = UNIFORM,
+    episode: EpisodeRecord | None = None,
 ) -> PlayedRound:
-    """Steps 1–6 of the game for one round; fills `record` and returns it. `counts` are the prompt's verdicts
-    before this round and `prior` the Beta prior of its pass rate (what stepped sampling weighs)."""
-    failure = sample_in_steps(prompt, players, settings, record, counts or PassCounts(), prior)
+    """Steps 1–6 of the game for one round; fills `record` and returns it. `episode` holds the prompt's
+    verdicts before this round and its pass-rate prior (what stepped sampling weighs; default: none, Beta(1, 1))."""
+    episode = episode or EpisodeRecord(prompt, settings)
+    failure = sample_in_steps(prompt, players, settings, record, episode)
     if failure is not None:
         return _fail(record, failure)
     candidates = record.candidates
@@ -426,13 +433,9 @@ def play_episode(
     for index in range(first_round, settings.max_rounds):
         seed = derived_seed(settings.seed, prompt.id, index)
         record = PlayedRound(index, target_prompt, judge_prompt, seed)
-        record = play_round(prompt, players, settings, record, episode.counts, episode.beta_prior())
+        record = play_round(prompt, players, settings, record, episode)  # its verdicts joined the pool
         episode.rounds.append(record)
-        seen = PassCounts().plus(record.verdicts)
-        episode.own = episode.own + seen
-        if pool is not None:
-            pool.add(seen)
-            episode.pooled = episode.pooled + seen
+        episode.own = episode.own + PassCounts().plus(record.verdicts)
         chance = None if index == settings.max_rounds - 1 else hopeless(
             episode.counts, settings.candidates, settings.round_threshold, episode.beta_prior()
         )

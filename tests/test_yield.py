@@ -183,6 +183,28 @@ def test_a_pooled_prior_spends_fewer_samples_per_pair_on_a_family_the_model_rare
     assert pooled["pool"].samples == pooled["samples"], "every checked candidate joined the pool"
 
 
+def test_each_steps_verdicts_join_the_pool_as_soon_as_they_are_checked() -> None:
+    """Episodes in flight at once decide their steps on what the others checked so far, not on what their
+    finished rounds left: a run's first episodes must not all draw a second step on an empty pool."""
+
+    @dataclass
+    class Watching(ChancyTarget):
+        pool: VerdictPool = field(default_factory=VerdictPool)
+        pool_at_call: list[PassCounts] = field(default_factory=list)
+
+        def sample(self, prompt, system_prompt, n, seed):
+            self.pool_at_call.append(self.pool.counts())
+            return super().sample(prompt, system_prompt, n, seed)
+
+    target = Watching()
+    settings = GameSettings(candidates=2, max_rounds=1, seed=3, verdicts_decide=True, max_candidates=6,
+                            step_candidates=2, pooled_prior=True)
+    episode = play_episode(hard_family()[0], players(target), book(), settings, pool=target.pool)
+    assert episode.rounds[0].steps == 2, "Beta(1, 1) with nothing pooled: 2 fails leave 2/5 for a pass in 2"
+    assert target.pool_at_call == [PassCounts(), PassCounts(fails=2)], target.pool_at_call
+    assert episode.pooled == target.pool.counts() == PassCounts(fails=4)
+
+
 def test_an_episode_ended_by_the_round_threshold_says_why_and_retires_only_after_n_samples() -> None:
     prompt = hard_family()[0]  # p = 0
     pool = VerdictPool()
