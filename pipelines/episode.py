@@ -341,11 +341,10 @@ def play_round(
     players: Players,
     settings: GameSettings,
     record: PlayedRound,
-    episode: EpisodeRecord | None = None,
+    episode: EpisodeRecord,
 ) -> PlayedRound:
     """Steps 1–6 of the game for one round; fills `record` and returns it. `episode` holds the prompt's
-    verdicts before this round and its pass-rate prior (what stepped sampling weighs; default: none, Beta(1, 1))."""
-    episode = episode or EpisodeRecord(prompt, settings)
+    verdicts before this round and its pass-rate prior (what stepped sampling weighs)."""
     failure = sample_in_steps(prompt, players, settings, record, episode)
     if failure is not None:
         return _fail(record, failure)

@@ -367,3 +367,24 @@ def test_config_rejects_precomputed_reference_and_unknown_values(tmp_path: Path)
         sparsepo_args(tmp_path, mask_init="zeros")
     with pytest.raises(ValueError, match="loss_type must be 'sigmoid'"):
         sparsepo_args(tmp_path, loss_type="ipo")
+
+
+def test_mask_weights_sit_in_their_own_folder_and_an_older_models_file_is_still_read(tmp_path: Path) -> None:
+    from training.masks import (
+        LEGACY_MASKS_WEIGHTS_NAME,
+        MASKS_WEIGHTS_NAME,
+        TokenMaskNetworks,
+        save_mask_config,
+        saved_masks_exist,
+    )
+
+    torch.manual_seed(0)
+    networks = TokenMaskNetworks(num_layers=3, hidden_size=8, independent=True, init="normal")
+    networks.save(tmp_path)
+    save_mask_config(tmp_path, {"networks": networks.describe()})
+    assert list(tmp_path.glob("*.safetensors")) == [], "nothing vLLM would load as the model's weights"
+    (tmp_path / MASKS_WEIGHTS_NAME).rename(tmp_path / LEGACY_MASKS_WEIGHTS_NAME)  # as models before 2026-12-07
+    assert saved_masks_exist(tmp_path)
+    loaded = TokenMaskNetworks.from_pretrained(tmp_path).state_dict()
+    assert loaded.keys() == networks.state_dict().keys()
+    assert all(torch.equal(loaded[name], value) for name, value in networks.state_dict().items())
