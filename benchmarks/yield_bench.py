@@ -45,6 +45,9 @@ BEFORE = ["game.stop_at_final_answer=false", "game.pooled_prior=false", "game.ro
           "game.max_candidates=null", "game.retire_after=null"]
 YIELD = ["game.step_candidates=4", "game.retire_after=8", "game.pooled_prior=true", "game.round_threshold=0.2"]
 AFTER = ["game.max_candidates=8", *YIELD, "game.stop_at_final_answer=true"]
+# the value rule: steps of 1 to 4 and rounds only while their expected pairs pay at the family's own yield, the
+# prior's weight fitted to how far the prompts' pass rates spread
+VALUE = ["game.step_rule=value", "game.prior_strength=auto"]
 FAMILY = {"arithmetic": "arithmetic", "arithmetic_one_step": "one-step arithmetic", "instructions": "instructions"}
 RUNS = {  # label: (preset, prompt source, overrides)
     "before: arithmetic, one step, every round": ("quickstart", "arithmetic", BEFORE),
@@ -54,6 +57,9 @@ RUNS = {  # label: (preset, prompt source, overrides)
     "before: instructions, one step, every round": ("instructions", "instructions", BEFORE),
     "after: instructions, stepped, pooled prior, early end": ("instructions", "instructions",
                                                               ["game.max_candidates=8", *YIELD]),
+    "after, value rule: arithmetic": ("quickstart", "arithmetic", [*AFTER, *VALUE]),
+    "after, value rule: one-step arithmetic": ("quickstart", "arithmetic_one_step", [*AFTER, *VALUE]),
+    "after, value rule: instructions": ("instructions", "instructions", ["game.max_candidates=8", *YIELD, *VALUE]),
 }
 
 PLAY = """
@@ -79,7 +85,29 @@ def play(preset: str, source: str, n: int, overrides: list[str], db: Path, run_i
     if done.returncode != 0:
         raise SystemExit(f"{run_id} failed:\n{done.stderr[-3000:]}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    return figures | (grade_instructions(db, run_id) if source == "instructions" else grade(db, run_id))
+    graded = grade_instructions(db, run_id) if source == "instructions" else grade(db, run_id)
+    return figures | graded | spread(db, run_id)
+
+
+def spread(db: Path, run_id: str) -> dict:
+    """How alike the run's prompts are for the model: the pass rate over all checked candidates, and the prior
+    weight under which each prompt's own counts are likeliest (`VerdictPool.strength`, what `game.prior_strength:
+    auto` fits: large when the prompts pass at about one rate, small when their rates spread). No allocation of
+    samples across prompts alike can beat about that pass rate in pairs per candidate."""
+    import sqlite3
+
+    from pipelines.sampling import PassCounts, VerdictPool
+
+    pool = VerdictPool()
+    with sqlite3.connect(db) as conn:
+        for prompt, samples, passes in conn.execute(
+            "SELECT prompt_id, samples, passes FROM episodes WHERE run_id = ?", (run_id,)
+        ):
+            pool.add(PassCounts(passes, samples - passes), prompt)
+    counts = pool.counts()
+    return {"candidates_checked": counts.samples,
+            "pass_rate": round(counts.passes / counts.samples, 3) if counts.samples else None,
+            "fitted_prior_strength": pool.strength(fallback=float("nan"))}
 
 
 def grade_instructions(db: Path, run_id: str) -> dict:
@@ -164,6 +192,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="which problems each set draws (its `seed`); 0 is the recorded benchmark's")
     parser.add_argument("--only", action="append", help="run only the configurations whose label has this text")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override added to every after configuration (e.g. game.candidates=2)")
     parser.add_argument("--no-peer", action="store_true", help="leave the distilabel peer out")
     parser.add_argument("--peer-on", action="append", choices=["arithmetic", "arithmetic_one_step"],
                         help="the problem sets the peer plays (default: arithmetic)")
@@ -174,6 +204,7 @@ def main() -> None:
         n = {"instructions": args.instructions, "arithmetic_one_step": args.one_step}.get(source, args.n)
         if n <= 0 or (args.only and not any(text in label for text in args.only)):
             continue
+        overrides = [*overrides, *args.set] if label.startswith("after") else overrides
         results[label] = figures(play(preset, source, n, overrides, folder / f"run{i}.db", f"yield-{i}", args.seed))
         print(f"{label}: {json.dumps(results[label])}", flush=True)
     for source in [] if args.no_peer else args.peer_on or ["arithmetic"]:
@@ -192,15 +223,19 @@ def main() -> None:
     labels = list(results)
     for family in FAMILY.values():
         before = next((results[k] for k in labels if k.startswith(f"before: {family}")), None)
-        after = next((results[k] for k in labels if k.startswith(f"after: {family}")), None)
-        if before and after and before["verified_per_1k_tokens"]:
-            print(f"{family}: verified pairs per 1,000 target tokens, after / before: "
-                  f"{after['verified_per_1k_tokens'] / before['verified_per_1k_tokens']:.2f}; per minute: "
-                  f"{after['verified_per_min'] / before['verified_per_min']:.2f}")
         peer = next((results[k] for k in labels if k.startswith(f"distilabel 1.5.3 on {family}:")), None)
-        if after and peer and peer["verified"]:
-            ratio = (after["verified"] / after["seconds"]) / (peer["verified"] / peer["seconds"])
-            print(f"{family}: verified pairs per minute, after / distilabel's valid pairs per minute: {ratio:.2f}")
+        for label in labels:
+            if not label.startswith("after") or label.split(": ", 1)[1].split(",")[0] != family:
+                continue
+            after, name = results[label], label.split(":")[0]
+            if before and before["verified_per_1k_tokens"]:
+                print(f"{family}: verified pairs per 1,000 target tokens, {name} / before: "
+                      f"{after['verified_per_1k_tokens'] / before['verified_per_1k_tokens']:.2f}; per minute: "
+                      f"{after['verified_per_min'] / before['verified_per_min']:.2f}")
+            if peer and peer["verified"]:
+                ratio = (after["verified"] / after["seconds"]) / (peer["verified"] / peer["seconds"])
+                print(f"{family}: verified pairs per minute, {name} / distilabel's valid pairs per minute: "
+                      f"{ratio:.2f}")
     print(json.dumps({"n": args.n, "one_step": args.one_step, "instructions": args.instructions, "results": results}))
 
 

@@ -8,7 +8,7 @@ memory); `config_hash` leaves them out, so changing them never invalidates data 
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -150,8 +150,11 @@ class GameConfig(Strict):
         "instead of Beta(1, 1). A family the model rarely solves (or always does) then stops sampling a prompt "
         "whose first candidates agree sooner. Step and round decisions then depend on the order episodes finish.",
     )
-    prior_strength: float = Field(
-        2.0, gt=0, description="The pooled prior's weight in samples (2 with no pooled verdicts yet: Beta(1, 1))."
+    prior_strength: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        2.0,
+        description="The pooled prior's weight in samples (2 with no pooled verdicts yet: Beta(1, 1)). `auto`: "
+        "fitted to how far the pass rates of the run's prompts spread (the weight under which their verdicts are "
+        "likeliest; 2 until 8 prompts have verdicts).",
     )
     round_threshold: float | None = Field(
         None,
@@ -161,6 +164,15 @@ class GameConfig(Strict):
         "when P(a candidate of the missing side among the next round's `candidates`) under the prompt's posterior "
         "is at most this: stored as out_of_reach or mastered once `retire_after` samples are reached, else as "
         "gave_up saying why. None: every round is played.",
+    )
+    step_rule: Literal["chance", "value"] = Field(
+        "chance",
+        description="What decides another step and another round while a prompt's verdicts agree. `chance`: "
+        "P(the missing side) above `step_threshold` / `round_threshold`. `value`: the expected verified pairs "
+        "of the best way on (steps of 1 to `step_candidates` up to the round's budget; another round from its "
+        "first `candidates`) must pay for its candidates at the pairs per candidate that the family's prior "
+        "says a fresh prompt gives, so samples go where a pair is likeliest per token; the thresholds are then "
+        "unused. Best with `pooled_prior` and `prior_strength: auto`.",
     )
     prior_from_history: bool = Field(
         True,

@@ -22,7 +22,17 @@ from agents.game import (
     verdict_of,
 )
 from agents.verdicts import PromptRewrite, RewardVerdict
-from pipelines.sampling import UNIFORM, PassCounts, Prior, VerdictPool, hopeless, next_step, retired
+from pipelines.sampling import (
+    UNIFORM,
+    PassCounts,
+    Prior,
+    VerdictPool,
+    hopeless,
+    next_step,
+    retired,
+    round_worth,
+    value_step,
+)
 from storage.vocabulary import AcceptedBy, EpisodeStatus, RoundOutcome
 
 
@@ -100,8 +110,9 @@ class GameSettings:
     step_threshold: float = 0.3
     retire_after: int | None = None  # N samples of one verdict retire the prompt (None: never)
     pooled_prior: bool = False  # each prompt's prior pooled from the run's other prompts (else Beta(1, 1))
-    prior_strength: float = 2.0  # the pooled prior's weight, in samples
+    prior_strength: float | None = 2.0  # the pooled prior's weight, in samples (None: fitted to the pool)
     round_threshold: float | None = None  # another round only above this chance of the missing side (None: always)
+    step_rule: Literal["chance", "value"] = "chance"  # what decides steps and rounds (pipelines.sampling)
 
     @property
     def round_budget(self) -> int:
@@ -273,14 +284,17 @@ class EpisodeRecord:
         """The prior of the prompt's pass rate: pooled from the run's other prompts, or Beta(1, 1)."""
         if not self.settings.pooled_prior or self.pool is None:
             return UNIFORM
-        return Prior.pooled(self.pool.counts() - self.pooled, self.settings.prior_strength)
+        strength = self.settings.prior_strength
+        if strength is None:  # fitted to how the run's prompts spread
+            strength = self.pool.strength(fallback=2.0)
+        return Prior.pooled(self.pool.counts() - self.pooled, strength)
 
     def share(self, verdicts: list[bool | None]) -> None:
         """Add verdicts just checked to the run's pool at once, so that the episodes in flight beside this one
         weigh them in their next step decision, not only after this round ends."""
         if self.pool is not None:
             seen = PassCounts().plus(verdicts)
-            self.pool.add(seen)
+            self.pool.add(seen, self.prompt.id)
             self.pooled = self.pooled + seen
 
     @property
@@ -315,8 +329,11 @@ def sample_in_steps(
     while True:
         verdicts = record.verdicts
         room = settings.round_budget - len(record.candidates)
-        n = next_step(episode.counts.plus(verdicts), verdicts, settings.step_size, room, settings.step_threshold,
-                      episode.beta_prior())
+        counts = episode.counts.plus(verdicts)
+        if settings.step_rule == "value":
+            n = value_step(counts, verdicts, settings.candidates, settings.step_size, room, episode.beta_prior())
+        else:
+            n = next_step(counts, verdicts, settings.step_size, room, settings.step_threshold, episode.beta_prior())
         if n == 0:
             return None
         seed = derived_seed(record.seed, "step", record.steps)
@@ -435,10 +452,8 @@ def play_episode(
         record = play_round(prompt, players, settings, record, episode)  # its verdicts joined the pool
         episode.rounds.append(record)
         episode.own = episode.own + PassCounts().plus(record.verdicts)
-        chance = None if index == settings.max_rounds - 1 else hopeless(
-            episode.counts, settings.candidates, settings.round_threshold, episode.beta_prior()
-        )
-        last_round = index == settings.max_rounds - 1 or chance is not None
+        early = None if index == settings.max_rounds - 1 else early_end(episode)
+        last_round = index == settings.max_rounds - 1 or early is not None
         retire = None if record.outcome == RoundOutcome.ACCEPTED else retired(
             episode.counts, settings.retire_after, budget_spent=last_round
         )
@@ -454,7 +469,7 @@ def play_episode(
                 f"{'passed' if retire == EpisodeStatus.MASTERED else 'failed'} their tools' checks"
             )
         elif last_round:
-            _close_without_pair(episode, chance)
+            _close_without_pair(episode, early)
         elif record.outcome == RoundOutcome.REJECTED:
             assert record.ranking is not None and record.reward is not None
             assert record.chosen_index is not None and record.rejected_index is not None
@@ -485,9 +500,33 @@ def play_episode(
     return episode
 
 
-def _close_without_pair(episode: EpisodeRecord, chance: float | None = None) -> None:
+def early_end(episode: EpisodeRecord) -> str | None:
+    """Why the episode ends before its last round, when every verdict of it so far agrees and another round is
+    not worth playing (`game.round_threshold`, or the value rule); None: play on."""
+    settings, counts, prior = episode.settings, episode.counts, episode.beta_prior()
+    if counts.samples == 0:
+        return None
+    side = "passing" if counts.passes == 0 else "failing"
+    if settings.step_rule == "value":
+        worth = round_worth(counts, settings.candidates, settings.step_size, settings.round_budget, prior)
+        if worth is None:
+            return None
+        return (
+            f"another round's expected pairs, less its candidates at the yield a fresh prompt of this family gives, "
+            f"came to {worth:.3f} (game.step_rule value)"
+        )
+    chance = hopeless(counts, settings.candidates, settings.round_threshold, prior)
+    if chance is None:
+        return None
+    return (
+        f"a {side} candidate among the next round's {settings.candidates} had chance {chance:.2f} "
+        f"(game.round_threshold {settings.round_threshold:g})"
+    )
+
+
+def _close_without_pair(episode: EpisodeRecord, early: str | None = None) -> None:
     """Close an episode that made no pair: failed when every round failed, else gave up — after its rounds, or
-    early when another round had only `chance` of bringing the side its agreeing verdicts lack."""
+    early (`early` says why: another round was not worth playing)."""
     settings = episode.settings
     outcomes = [r.outcome for r in episode.rounds]
     episode.finished = True
@@ -496,14 +535,11 @@ def _close_without_pair(episode: EpisodeRecord, chance: float | None = None) -> 
         return
     best = max((r.reward.score for r in episode.rounds if r.reward is not None), default=None)
     episode.status = EpisodeStatus.GAVE_UP
-    if chance is not None:
+    if early is not None:
         counts = episode.counts
-        side = "passing" if counts.passes == 0 else "failing"
         episode.reason = (
             f"stopped after {len(episode.rounds)} of {settings.max_rounds} rounds: all {counts.samples} samples "
-            f"{'failed' if counts.passes == 0 else 'passed'} their tools' checks, and a {side} candidate among the "
-            f"next round's {settings.candidates} had chance {chance:.2f} (game.round_threshold "
-            f"{settings.round_threshold:g})"
+            f"{'failed' if counts.passes == 0 else 'passed'} their tools' checks, and {early}"
         )
         return
     episode.reason = (

@@ -26,8 +26,9 @@ def game_settings(config: SynthesisConfig) -> GameSettings:
         step_threshold=config.game.step_threshold,
         retire_after=config.game.retire_after,
         pooled_prior=config.game.pooled_prior,
-        prior_strength=config.game.prior_strength,
+        prior_strength=None if config.game.prior_strength == "auto" else config.game.prior_strength,
         round_threshold=config.game.round_threshold,
+        step_rule=config.game.step_rule,
     )
 
 

@@ -12,8 +12,19 @@ import pytest
 from agents.backends import Backend, ChatRequest, ChatResult, Completion
 from agents.game import Candidate, EpisodePrompt, derived_seed
 from agents.players import Judge, RewardModel, default_prompt
-from pipelines.episode import GameSettings, Players, PromptBook, play_episode
-from pipelines.sampling import UNIFORM, PassCounts, Prior, VerdictPool, chance_of_side, hopeless, next_step, retired
+from pipelines.episode import EpisodeRecord, GameSettings, Players, PromptBook, play_episode
+from pipelines.sampling import (
+    FIT_AFTER_PROMPTS,
+    STRENGTHS,
+    UNIFORM,
+    PassCounts,
+    Prior,
+    VerdictPool,
+    chance_of_side,
+    hopeless,
+    next_step,
+    retired,
+)
 from storage.records import prompt_id_for
 from tools.reference_answer import ReferenceAnswerTool
 
@@ -168,6 +179,32 @@ def test_a_pooled_prior_is_uniform_until_verdicts_come_and_then_leans_to_the_fam
     assert hopeless(PassCounts(1, 3), 4, 0.99, prior=hard) is None, "mixed verdicts: a pair can still come"
     assert hopeless(PassCounts(), 4, 0.99) is None, "nothing checked yet"
     assert PassCounts(3, 5) - PassCounts(1, 5) == PassCounts(2, 0)
+
+
+
+def test_the_fitted_prior_weight_tells_prompts_alike_from_prompts_whose_pass_rates_spread() -> None:
+    """`game.prior_strength: auto`: 24 prompts that all pass at 0.1 fit a heavy prior (a prompt's own few verdicts
+    say little), 24 that pass at 0 or 0.6 in turn a light one; with fewer than 8 prompts, the fallback."""
+    rng = random.Random(0)
+    alike, spread = VerdictPool(), VerdictPool()
+    for i in range(24):
+        passes = sum(rng.random() < 0.1 for _ in range(12))
+        alike.add(PassCounts(passes, 12 - passes), f"alike-{i}")
+        passes = sum(rng.random() < (0.0 if i % 2 else 0.6) for _ in range(12))
+        spread.add(PassCounts(passes, 12 - passes), f"spread-{i}")
+    assert alike.strength(fallback=2.0) >= 16 and spread.strength(fallback=2.0) <= 2, (
+        alike.strength(2.0), spread.strength(2.0))
+    assert alike.counts().samples == spread.counts().samples == 24 * 12
+    fitted = EpisodeRecord(hard_family()[0], GameSettings(pooled_prior=True, prior_strength=None), pool=alike)
+    prior = fitted.beta_prior()
+    assert prior.passes + prior.fails == pytest.approx(alike.strength(fallback=2.0))
+    assert prior.passes / (prior.passes + prior.fails) == pytest.approx((34 + 1) / (24 * 12 + 2))
+    few = VerdictPool()
+    for i in range(FIT_AFTER_PROMPTS - 1):
+        few.add(PassCounts(1, 3), f"few-{i}")
+    assert few.strength(fallback=3.0) == 3.0
+    few.add(PassCounts(1, 3), "few-last")
+    assert few.strength(fallback=3.0) == max(STRENGTHS), "every prompt passing 1 of 4: as alike as can be"
 
 
 POOLED = GameSettings(candidates=2, max_rounds=3, accept_threshold=8, seed=3, verdicts_decide=True,
