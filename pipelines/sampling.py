@@ -1,12 +1,14 @@
 """Where a round's samples go: a prompt's pass rate under the tool verdicts as a Beta posterior, whether one more
-step of candidates (or one more round) is likely to bring the side a verified pair still lacks, and when a prompt
-is retired. The prior is Beta(1, 1), or one pooled from the verdicts of the run's other prompts (`VerdictPool`).
+step of candidates (or one more round) is likely to bring the side a verified pair still lacks (or, by the value
+rule, would pay for its candidates), and when a prompt is retired. The prior is Beta(1, 1), or one pooled from the
+verdicts of the run's other prompts (`VerdictPool`), its weight fixed or fitted to how far their pass rates spread.
 
 Pure arithmetic on counts (docs/methods.md, "Sampling by expected yield"): no model, no SQL.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Iterable
@@ -238,6 +240,16 @@ def family_rate(prior: Prior, first: int, size: int, budget: int) -> float:
     return low
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_rate(passes: float, fails: float, first: int, size: int, budget: int) -> float:
+    return family_rate(Prior(passes, fails), first, size, budget)
+
+
+def _rate(prior: Prior, first: int, size: int, budget: int) -> float:
+    """`family_rate`, the prior rounded to 1/1000 of a sample: a run's decisions ask for a few priors many times."""
+    return _cached_rate(round(prior.passes, 3), round(prior.fails, 3), first, size, budget)
+
+
 def value_step(counts: PassCounts, verdicts: list[bool | None], first: int, size: int, room: int,
                prior: Prior = UNIFORM) -> int:
     """The value rule's next step in a round (0: stop): only while every candidate so far has a verdict and they
@@ -246,7 +258,7 @@ def value_step(counts: PassCounts, verdicts: list[bool | None], first: int, size
     if room <= 0 or not verdicts or any(v is None for v in verdicts) or len(set(verdicts)) > 1:
         return 0
     budget = len(verdicts) + room
-    value = RoundValue(family_rate(prior, first, size, budget), first, size, budget)
+    value = RoundValue(_rate(prior, first, size, budget), first, size, budget)
     return value.best(prior.passes + counts.passes, prior.fails + counts.fails, bool(verdicts[0]), len(verdicts))
 
 
@@ -256,6 +268,6 @@ def round_worth(counts: PassCounts, first: int, size: int, budget: int, prior: P
     so the episode ends; else None."""
     if counts.samples == 0 or (counts.passes and counts.fails):
         return None
-    value = RoundValue(family_rate(prior, first, size, budget), first, size, budget)
+    value = RoundValue(_rate(prior, first, size, budget), first, size, budget)
     worth = value.step(prior.passes + counts.passes, prior.fails + counts.fails, None, 0, first)
     return None if round(worth, 12) > 0 else worth

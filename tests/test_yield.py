@@ -5,7 +5,7 @@ probability; the judge is the real one with the reference-answer tool. Counted, 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -21,9 +21,12 @@ from pipelines.sampling import (
     Prior,
     VerdictPool,
     chance_of_side,
+    family_rate,
     hopeless,
     next_step,
     retired,
+    round_worth,
+    value_step,
 )
 from storage.records import prompt_id_for
 from tools.reference_answer import ReferenceAnswerTool
@@ -220,6 +223,44 @@ def test_a_pooled_prior_spends_fewer_samples_per_pair_on_a_family_the_model_rare
     assert pooled["pool"].samples == pooled["samples"], "every checked candidate joined the pool"
 
 
+
+def test_the_value_rule_pays_for_a_step_only_at_the_familys_own_yield() -> None:
+    """`game.step_rule: value`: worth = expected pairs - rate x candidates. With the pass rate known to be 1/2, a
+    round of 2 gives a pair half the time (rate 1/4 per candidate); a third candidate on the agreeing pair adds
+    1/2 a pair for 1: 0.5 - 2r + 0.5 (0.5 - r) = 0 gives 0.3."""
+    known = Prior(5e5, 5e5)
+    assert family_rate(known, first=2, size=1, budget=2) == pytest.approx(0.25, abs=1e-6)
+    assert family_rate(known, first=2, size=1, budget=3) == pytest.approx(0.3, abs=1e-6)
+    hard = Prior.pooled(PassCounts(passes=2, fails=38), strength=2.0)
+    two_wrong = PassCounts(fails=2)
+    assert value_step(two_wrong, [False, False], first=2, size=2, room=4) == 1, "Beta(1, 1): one more is worth it"
+    assert value_step(two_wrong, [False, False], first=2, size=2, room=4, prior=hard) == 0, "a family rarely right"
+    assert value_step(PassCounts(1, 1), [True, False], first=2, size=2, room=4) == 0, "mixed: the pair is there"
+    assert value_step(PassCounts(1, 0), [True, None], first=2, size=2, room=4) == 0, "unverifiable"
+    assert value_step(two_wrong, [False, False], first=2, size=2, room=0) == 0, "no room left"
+    assert round_worth(two_wrong, first=2, size=2, budget=6, prior=hard) < 0, "ends where a fresh prompt pays more"
+    assert round_worth(PassCounts(), 2, 2, 6, hard) is None, "nothing checked yet"
+    assert round_worth(PassCounts(1, 3), 2, 2, 6, hard) is None, "mixed verdicts: a pair can still come"
+    assert round_worth(PassCounts(fails=1), first=2, size=2, budget=6) is None, "Beta(1, 1): worth another round"
+
+
+def test_the_value_rule_gets_more_verified_pairs_per_sample_than_the_chance_thresholds() -> None:
+    """The same pooled game, steps and rounds decided by the chance thresholds or by value: on prompts whose pass
+    rates spread from 0 to 1 and on a family mostly out of reach, more verified pairs per target sample."""
+    value = replace(POOLED, step_rule="value")
+    for prompts, gain in ((population(), 1.15), (hard_family(), 1.0)):
+        by_chance, by_value = play_pooled(POOLED, prompts), play_pooled(value, prompts)
+        assert by_value["per_sample"] > gain * by_chance["per_sample"], (by_chance, by_value)
+        assert by_value["verified"] >= 0.7 * by_chance["verified"], (by_chance, by_value)
+
+
+def play_pooled(settings: GameSettings, prompts: list[EpisodePrompt]) -> dict[str, float]:
+    target, pool = ChancyTarget(), VerdictPool()
+    outcomes = [play_episode(p, players(target), book(), settings, pool=pool) for p in prompts]
+    verified = sum(e.status == "accepted" for e in outcomes)
+    return {"verified": verified, "samples": target.samples, "per_sample": verified / target.samples}
+
+
 def test_each_steps_verdicts_join_the_pool_as_soon_as_they_are_checked() -> None:
     """Episodes in flight at once decide their steps on what the others checked so far, not on what their
     finished rounds left: a run's first episodes must not all draw a second step on an empty pool."""
@@ -364,6 +405,31 @@ def test_episodes_ended_early_by_a_pooled_prior_are_stored_with_their_reason(emp
     for episode in later:
         assert (episode.rounds_played, episode.status, episode.samples, episode.passes) == (1, "gave_up", 2, 0)
         assert episode.failure_reason.startswith("stopped after 1 of 3 rounds: all 2 samples failed")
+
+
+
+def test_episodes_ended_by_the_value_rule_are_stored_with_their_reason(empty_db_url) -> None:
+    """Through the config: `game.step_rule: value`, `game.prior_strength: auto`. Two wrong answers under
+    Beta(1, 1) already make another round worth less than a fresh prompt's (2/4 for a pass among 2, at the rate
+    a uniform family gives), so each episode stops after one, saying so."""
+    from sqlalchemy import select
+
+    from storage.db import session_scope
+    from storage.migrate import open_database
+    from storage.models import Episode
+
+    overrides = ["prompts=[{builtin: arithmetic, limit: 3, seed: 0}]", "game.candidates=2", "game.max_rounds=3",
+                 "game.pooled_prior=true", "game.step_rule=value", "game.prior_strength=auto"]
+    assert _play_run(empty_db_url, "valued", overrides, [0.0, 0.0, 0.0], pool=VerdictPool()) == [0, 1, 2]
+    engine = open_database(empty_db_url)
+    with session_scope(engine) as session:
+        rows = list(session.execute(select(Episode).where(Episode.run_id == "valued")).scalars())
+    engine.dispose()
+    assert len(rows) == 3
+    for episode in rows:
+        assert (episode.rounds_played, episode.status, episode.samples, episode.passes) == (1, "gave_up", 2, 0)
+        assert episode.failure_reason.startswith("stopped after 1 of 3 rounds: all 2 samples failed")
+        assert episode.failure_reason.endswith("(game.step_rule value)"), episode.failure_reason
 
 
 def test_an_arithmetic_candidate_stops_after_its_final_sentence() -> None:
