@@ -506,7 +506,6 @@ def early_end(episode: EpisodeRecord) -> str | None:
     settings, counts, prior = episode.settings, episode.counts, episode.beta_prior()
     if counts.samples == 0:
         return None
-    side = "passing" if counts.passes == 0 else "failing"
     if settings.step_rule == "value":
         worth = round_worth(counts, settings.candidates, settings.step_size, settings.round_budget, prior)
         if worth is None:
@@ -518,6 +517,7 @@ def early_end(episode: EpisodeRecord) -> str | None:
     chance = hopeless(counts, settings.candidates, settings.round_threshold, prior)
     if chance is None:
         return None
+    side = "passing" if counts.passes == 0 else "failing"
     return (
         f"a {side} candidate among the next round's {settings.candidates} had chance {chance:.2f} "
         f"(game.round_threshold {settings.round_threshold:g})"

@@ -157,10 +157,10 @@ def hard_family(n: int = 60) -> list[EpisodePrompt]:
     return prompts
 
 
-def play_family(settings: GameSettings) -> dict[str, float]:
-    """The hard family played in order by one process, its episodes' verdicts pooled."""
+def play_family(settings: GameSettings, prompts: list[EpisodePrompt] | None = None) -> dict[str, float]:
+    """The prompts (the hard family) played in order by one process, its episodes' verdicts pooled."""
     target, pool = ChancyTarget(), VerdictPool()
-    outcomes = [play_episode(p, players(target), book(), settings, pool=pool) for p in hard_family()]
+    outcomes = [play_episode(p, players(target), book(), settings, pool=pool) for p in prompts or hard_family()]
     verified = sum(r.accepted_by == "verified" for e in outcomes for r in e.rounds)
     return {"verified": verified, "samples": target.samples, "per_sample": verified / target.samples,
             "rounds": sum(len(e.rounds) for e in outcomes), "pool": pool.counts(),
@@ -182,7 +182,6 @@ def test_a_pooled_prior_is_uniform_until_verdicts_come_and_then_leans_to_the_fam
     assert hopeless(PassCounts(1, 3), 4, 0.99, prior=hard) is None, "mixed verdicts: a pair can still come"
     assert hopeless(PassCounts(), 4, 0.99) is None, "nothing checked yet"
     assert PassCounts(3, 5) - PassCounts(1, 5) == PassCounts(2, 0)
-
 
 
 def test_the_fitted_prior_weight_tells_prompts_alike_from_prompts_whose_pass_rates_spread() -> None:
@@ -223,7 +222,6 @@ def test_a_pooled_prior_spends_fewer_samples_per_pair_on_a_family_the_model_rare
     assert pooled["pool"].samples == pooled["samples"], "every checked candidate joined the pool"
 
 
-
 def test_the_value_rule_pays_for_a_step_only_at_the_familys_own_yield() -> None:
     """`game.step_rule: value`: worth = expected pairs - rate x candidates. With the pass rate known to be 1/2, a
     round of 2 gives a pair half the time (rate 1/4 per candidate); a third candidate on the agreeing pair adds
@@ -249,16 +247,9 @@ def test_the_value_rule_gets_more_verified_pairs_per_sample_than_the_chance_thre
     rates spread from 0 to 1 and on a family mostly out of reach, more verified pairs per target sample."""
     value = replace(POOLED, step_rule="value")
     for prompts, gain in ((population(), 1.15), (hard_family(), 1.0)):
-        by_chance, by_value = play_pooled(POOLED, prompts), play_pooled(value, prompts)
+        by_chance, by_value = play_family(POOLED, prompts), play_family(value, prompts)
         assert by_value["per_sample"] > gain * by_chance["per_sample"], (by_chance, by_value)
         assert by_value["verified"] >= 0.7 * by_chance["verified"], (by_chance, by_value)
-
-
-def play_pooled(settings: GameSettings, prompts: list[EpisodePrompt]) -> dict[str, float]:
-    target, pool = ChancyTarget(), VerdictPool()
-    outcomes = [play_episode(p, players(target), book(), settings, pool=pool) for p in prompts]
-    verified = sum(e.status == "accepted" for e in outcomes)
-    return {"verified": verified, "samples": target.samples, "per_sample": verified / target.samples}
 
 
 def test_each_steps_verdicts_join_the_pool_as_soon_as_they_are_checked() -> None:
@@ -405,7 +396,6 @@ def test_episodes_ended_early_by_a_pooled_prior_are_stored_with_their_reason(emp
     for episode in later:
         assert (episode.rounds_played, episode.status, episode.samples, episode.passes) == (1, "gave_up", 2, 0)
         assert episode.failure_reason.startswith("stopped after 1 of 3 rounds: all 2 samples failed")
-
 
 
 def test_episodes_ended_by_the_value_rule_are_stored_with_their_reason(empty_db_url) -> None:
