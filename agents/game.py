@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from storage.vocabulary import Candidate as Candidate  # the players' candidate is the stored one
 from tools.base import Evidence, PromptContext
+from tools.calculator import CalculatorTool
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ def verdict_of(calls: list[ToolCall], index: int) -> bool | None:
 FINAL_FORM_STOPS: dict[str, list[str]] = {
     "arithmetic": [r"[Tt]he (?:final )?answer is:? *\**-?\$?\d[\d,]*(?:\.\d+)?\**\.(?!\d)"],
 }
+
+
+def steps_checked(prompt: EpisodePrompt) -> bool:
+    """Whether the calculator checks the steps of `prompt`'s candidates (its own rule: arithmetic answers)."""
+    return CalculatorTool().arguments_for(prompt.context(), "") is not None
 
 
 def final_form_stops(prompt: EpisodePrompt) -> list[str]:

@@ -15,6 +15,7 @@ from string import Template
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agents.backends import Backend, ChatMessage, ChatRequest, ParseFailure, generate_structured
+from agents.backends.protocol import AbandonCheck
 from agents.game import (
     Candidate,
     EpisodePrompt,
@@ -24,6 +25,7 @@ from agents.game import (
     ScoredCandidate,
     ToolCall,
     final_form_stops,
+    steps_checked,
     verdict_of,
 )
 from agents.verdicts import PromptRewrite, RewardVerdict, ranking_schema, tool_choice_schema
@@ -73,6 +75,7 @@ class Target:
     model_id: str
     sampling: SamplingConfig
     stop_at_final_answer: bool = False  # end each candidate after its family's final form (game.stop_at_final_answer)
+    abandon_false_steps: bool = False  # end a candidate at its first settled false step (game.abandon_false_steps)
 
     def sample(self, prompt: EpisodePrompt, system_prompt: str, n: int, seed: int) -> list[Candidate] | PlayerFailure:
         own_system = [m["content"] for m in prompt.messages if m["role"] == "system"]
@@ -81,7 +84,10 @@ class Target:
             ChatMessage(role=m["role"], content=m["content"]) for m in prompt.messages if m["role"] != "system"
         ]
         stops = final_form_stops(prompt) if self.stop_at_final_answer else []
-        request = ChatRequest.from_sampling(messages, self.sampling, n=n, seed=seed, stop_patterns=stops)
+        abandon: list[AbandonCheck] = ["false_step"] if self.abandon_false_steps and steps_checked(prompt) else []
+        request = ChatRequest.from_sampling(
+            messages, self.sampling, n=n, seed=seed, stop_patterns=stops, abandon_on=abandon
+        )
         (result,) = self.backend.generate([request])
         if result.error is not None:
             return PlayerFailure("target", f"{type(result.error).__name__}: {result.error}")

@@ -6,7 +6,7 @@ model and seeds, side by side in one run, on two families:
   before this work); *after*: stepped sampling (up to 8 candidates a round in steps of 4), each prompt's prior
   pooled from the run's other prompts, an episode ended once another round is unlikely to bring the side its
   agreeing verdicts lack (`game.round_threshold` 0.2), prompts retired after 8 samples of one verdict, and
-  candidates that stop after the family's final sentence;
+  candidates that stop after the family's final sentence or at a false step no continuation can undo;
 - one-step arithmetic (`--one-step N`): the quickstart's own problems (one operation each, where SmolLM2-135M
   is right about a third of the time), the same two games;
 - instructions (`--instructions N`): the built-in instruction-following prompts with configs/instructions.yaml,
@@ -42,9 +42,9 @@ PEER_VENV = REPO / ".cache" / "distilabel-1.5.3"
 PEER_PACKAGES = [["torch==2.13.0"], ["setuptools<81", "distilabel==1.5.3", "outlines==0.1.14", "transformers==5.24.*"]]
 # before: what the game did before sampling by yield, whatever the presets now turn on
 BEFORE = ["game.stop_at_final_answer=false", "game.pooled_prior=false", "game.round_threshold=null",
-          "game.max_candidates=null", "game.retire_after=null"]
+          "game.max_candidates=null", "game.retire_after=null", "game.abandon_false_steps=false"]
 YIELD = ["game.step_candidates=4", "game.retire_after=8", "game.pooled_prior=true", "game.round_threshold=0.2"]
-AFTER = ["game.max_candidates=8", *YIELD, "game.stop_at_final_answer=true"]
+AFTER = ["game.max_candidates=8", *YIELD, "game.stop_at_final_answer=true", "game.abandon_false_steps=true"]
 # the value rule: steps of 1 to 4 and rounds only while their expected pairs pay at the family's own yield, the
 # prior's weight fitted to how far the prompts' pass rates spread
 VALUE = ["game.step_rule=value", "game.prior_strength=auto"]

@@ -193,6 +193,13 @@ class GameConfig(Strict):
         description="End a candidate right after the final form its prompt's family asks for (arithmetic: "
         "'The answer is N.'), where the family defines one, instead of spending max_tokens after it.",
     )
+    abandon_false_steps: bool = Field(
+        False,
+        description="End a candidate as soon as it writes a false arithmetic statement that no continuation can "
+        "change (one a word follows), where the calculator checks its steps: that candidate fails the steps check "
+        "whatever it writes next, so its later tokens are not spent. Its text is kept up to the false statement, "
+        "finish reason `abandoned`. Only where `calculator` is among tools.enabled.",
+    )
 
     @model_validator(mode="after")
     def _max_at_least_candidates(self) -> GameConfig:

@@ -61,7 +61,10 @@ def build_players(
         tools = {name: wrap_tool(tool) for name, tool in tools.items()}
     return Players(
         target=Target(
-            backends[roles.target], models[roles.target].name, config.sampling, config.game.stop_at_final_answer
+            backends[roles.target], models[roles.target].name, config.sampling,
+            stop_at_final_answer=config.game.stop_at_final_answer,
+            # a false step fails a candidate only where the calculator checks steps
+            abandon_false_steps=config.game.abandon_false_steps and "calculator" in tools,
         ),
         judge=Judge(
             backends[roles.judge], models[roles.judge].name, tools,

@@ -196,6 +196,36 @@ def test_stop_strings_and_per_request_budgets(backend: Backend) -> None:
     assert all(c.completion_tokens < 20 for c in full.completions if c.finish_reason == "stop")
 
 
+STEPS = [
+    "A baker makes 26 loaves and sells 5 of them. How many loaves are left? Show your steps.",
+    "Mia has 21 stickers and buys 9 more. How many stickers does she have now? Show your steps.",
+    "A box holds 9 pencils. How many pencils are in 7 boxes? Show your steps.",
+    "A train travels 5 km every hour. How far does it travel in 9 hours? Show your steps.",
+]
+
+
+def test_a_completion_is_abandoned_at_its_first_settled_false_step(backend: Backend) -> None:
+    """`abandon_on: [false_step]` ends each sample where the calculator's settled reading finds a false statement
+    (the transformers backend while generating, the others after): the text up to it, finish reason `abandoned`,
+    never more tokens; every other sample is what it is without the setting (the same seeded draws)."""
+    from tools.calculator import settled_false_step
+
+    plain = [ask(q, n=8, temperature=0.8, top_p=0.95, seed=3, max_tokens=48) for q in STEPS]
+    ended = backend.generate([r.model_copy(update={"abandon_on": ["false_step"]}) for r in plain])
+    abandoned = 0
+    for whole, cut in zip(backend.generate(plain), ended, strict=True):
+        assert whole.error is None and cut.error is None
+        for w, c in zip(whole.completions, cut.completions, strict=True):
+            kept = settled_false_step(w.text)
+            if kept is None:
+                assert c == w
+                continue
+            abandoned += 1
+            assert (c.text, c.finish_reason) == (kept, "abandoned")
+            assert c.completion_tokens <= w.completion_tokens
+    assert abandoned >= 2, "the model writes false steps to these at this temperature"
+
+
 def test_json_schema_answers_validate(backend: Backend, record_property: pytest.RecordProperty) -> None:
     schema = JudgeRating.model_json_schema()
     requests = [judge_request(question, answer, json_schema=schema) for question, answer in JUDGE_CASES]

@@ -146,6 +146,57 @@ def test_calculator_checks_every_arithmetic_statement(
     assert [(s["statement"], s["holds"]) for s in evidence["data"]["statements"]] == statements
 
 
+# Answers SmolLM2-135M wrote to the one-step problems (benchmarks/yield_bench.py), and continuations that make a
+# false-looking start true: a candidate may be abandoned at a false step only where no continuation can undo it.
+WRITTEN = [
+    "Mia has 21 stickers, and she buys 9 more stickers. So, 21 - 9 = 11 stickers are left over. Mia has 11 stickers "
+    "left.\n\nThe answer is 1",
+    "There are 26 - 5 = 13 loaves of bread left.\n\nA helpful assistant is here to help you refine your answer.",
+    "1.25 * 3 = 3\n2.5 * 3 = 6.5\n1.25 * 3 = 3\nThe answer is 3.",
+    "In a 17-stick box, Mia has 17 * 4 = 60 stickers. She now has 60 - 4 = 36 stickers. The answer is 36.",
+    "A box holds 6 pencils. So, 6 * 9 = 56. The answer is 56.",
+    "She has 37 - 9 = 21 stickers left.\n#### 2\nThe answer is 2",
+    "A train travels 6 km every hour. In 8 hours, it travels 6 * 8 = 48 km. The answer is 48.",
+]
+UNDONE = [
+    "21 - 9 = 10 + 2 = 12 stickers are left.",
+    "21 - 9 = 10 plus 2, so 12 stickers.",
+    "26 - 5 = 21 loaves, and 6 x 8 = 48 pencils.",
+    "10 / 3 = 3.33 each",
+    "half of 6 x 8 = 24 apples",
+    "6 x 8 = 40 + 8 = 48 in all",
+]
+
+
+@pytest.mark.parametrize("text", WRITTEN + UNDONE)
+def test_a_false_step_is_settled_only_where_no_continuation_can_undo_it(text: str) -> None:
+    """Every start of `text` that `settled_false_step` abandons is abandoned at the same place as the whole text,
+    and the whole text fails the steps check; a text whose steps all hold is never abandoned at any start."""
+    from tools.calculator import settled_false_step
+
+    fails = CalculatorTool().invoke({"candidate": text})["verdict"] is False
+    whole = settled_false_step(text)
+    for end in range(1, len(text) + 1):
+        cut = settled_false_step(text[:end])
+        if cut is not None:
+            assert fails and cut == whole, (text[:end], cut, whole)
+            assert CalculatorTool().invoke({"candidate": cut})["verdict"] is False, "what is kept still fails"
+    if text in UNDONE:
+        assert whole is None
+    else:
+        assert (whole is not None) == fails
+
+
+def test_a_settled_false_step_keeps_the_text_up_to_it() -> None:
+    from tools.calculator import settled_false_step
+
+    assert settled_false_step(WRITTEN[0]) == "Mia has 21 stickers, and she buys 9 more stickers. So, 21 - 9 = 11"
+    assert settled_false_step("26 - 5 = 20.\n\nThe answer is 20.") == "26 - 5 = 20."
+    assert settled_false_step("26 - 5 = 20") is None, "nothing after it yet: '20' may go on to '201'"
+    assert settled_false_step("26 - 5 = 20 ti") is None, "'ti' may become 'times 1'"
+    assert settled_false_step("26 - 5 = 21. The answer is 21.") is None
+
+
 def test_calculator_applies_to_arithmetic_prompts_only() -> None:
     tool = CalculatorTool()
     assert tool.arguments_for(PromptContext(text="q", meta={"answer": 4}), "x") == {"candidate": "x"}
@@ -188,6 +239,8 @@ def test_the_finish_check() -> None:
     allowed = PromptContext(text="q", meta={"allow_unfinished": True})
     assert tool.evidence(tool.arguments_for_finish(allowed, "length")).verdict is None
     assert tool.evidence(tool.arguments_for_finish(PromptContext(text="q"), None)).verdict is None
+    abandoned = tool.evidence(tool.arguments_for_finish(allowed, "abandoned"))
+    assert abandoned.verdict is False and "false step" in abandoned.summary, "whatever the task allows"
     assert tool.arguments_for(PromptContext(text="q"), "text") is None, "named in tools.enabled it adds nothing"
 
 

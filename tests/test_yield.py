@@ -448,6 +448,36 @@ def test_an_arithmetic_candidate_stops_after_its_final_sentence() -> None:
     assert backend.requests[0].stop_patterns == [], "off, or a family without a final form: no stop"
 
 
+def test_a_target_asks_to_abandon_false_steps_only_where_the_calculator_checks_them() -> None:
+    from agents.players import Target
+    from configs import load_config
+    from configs.schema import SamplingConfig
+    from pipelines.game_setup import build_players
+
+    class Recording(Backend):
+        def __init__(self) -> None:
+            super().__init__(max_batch_size=4)
+            self.requests: list[ChatRequest] = []
+
+        def _generate_batch(self, requests):
+            self.requests += requests
+            text = "She has 21 - 9 = 11 stickers left over. The answer is 11."
+            return [ChatResult([Completion(text, "stop", 20)] * r.n, prompt_tokens=10) for r in requests]
+
+    backend = Recording()
+    target = Target(backend, "t", SamplingConfig(), abandon_false_steps=True)
+    prompt = population()[3]
+    arithmetic = EpisodePrompt(prompt.id, prompt.messages, {"task": "arithmetic", "answer": "12"})
+    (cut,) = target.sample(arithmetic, "sys", 1, 0)
+    assert (cut.text, cut.finish_reason) == ("She has 21 - 9 = 11", "abandoned")
+    (code,) = target.sample(EpisodePrompt(prompt.id, prompt.messages, {"tests": "assert f()"}), "sys", 1, 0)
+    assert [r.abandon_on for r in backend.requests] == [["false_step"], []]
+    assert code.finish_reason == "stop", "no calculator on code: nothing abandoned"
+    for enabled, abandons in (("[reference_answer, calculator]", True), ("[reference_answer]", False)):
+        config = load_config("quickstart", ["game.abandon_false_steps=true", f"tools.enabled={enabled}"])
+        assert build_players(config, {"default": backend}).target.abandon_false_steps is abandons
+
+
 def test_max_candidates_below_candidates_is_refused_naming_both() -> None:
     from configs import load_config
     from configs.errors import ConfigError

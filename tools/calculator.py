@@ -12,7 +12,7 @@ import ast
 import math
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -208,11 +208,12 @@ def _exact(side: str) -> str:
     return re.sub(r"(\d+)\.(\d+)", lambda m: f"({int(m.group(1) + m.group(2))}/{10 ** len(m.group(2))})", side)
 
 
-def statements_in(text: str) -> list[Statement]:
-    """Every arithmetic statement in `text` with an operator in it (a bare "3 = 3" says nothing), in order."""
+def _statements(text: str) -> Iterator[tuple[Statement, str, int]]:
+    """Each checkable statement of `text` in order, with the text as read (operators in words written as
+    symbols) and where the statement ends in it."""
     for pattern, replacement in _SPELLED:
         text = pattern.sub(replacement, text)
-    found: list[Statement] = []
+    found = 0
     for match in _STATEMENT.finditer(text):
         written = match.group(0).strip()
         if not _OPERATOR.search(written) or _part_of_more(text, match.start(), match.end(), written):
@@ -223,10 +224,48 @@ def statements_in(text: str) -> list[Statement]:
         except CalculatorError:
             continue  # unbalanced parentheses, a division by zero: not a statement that can be checked
         holds = all(_holds((sides[i], values[i]), (sides[i + 1], values[i + 1])) for i in range(len(sides) - 1))
-        found.append(Statement(" ".join(written.split()), values, holds))
-        if len(found) == MAX_STATEMENTS:
-            break
-    return found
+        yield Statement(" ".join(written.split()), values, holds), text, match.end()
+        found += 1
+        if found == MAX_STATEMENTS:
+            return
+
+
+def statements_in(text: str) -> list[Statement]:
+    """Every arithmetic statement in `text` with an operator in it (a bare "3 = 3" says nothing), in order."""
+    return [statement for statement, _, _ in _statements(text)]
+
+
+# What settles a statement: a whole word after it (two letters or more and the character after them, not an
+# operator spelled out), after at most a punctuation mark and blank space. No continuation of the text can then
+# extend the statement, make it a part of a larger one, or change its sides.
+_SETTLED_BY = re.compile(
+    r"[ \t]*(?:[.,;:!?][ \t]*)?\n*[ \t]*"
+    r"(?!(?:times|multiplied|plus|minus|divided)[^A-Za-z])[A-Za-z]{2,}[^A-Za-z]"
+)
+
+
+def settled_false_step(text: str) -> str | None:
+    """The shortest start of `text` that settles a false statement (see `_SETTLED_BY`), without the letters that
+    settle it: whatever a writer adds to that start, the steps check fails. None when `text` has no such statement.
+    A candidate may be ended there (`game.abandon_false_steps`): the tokens after it could not make it pass."""
+    first = next(
+        (s for s, read, end in _statements(text) if not s.holds and _SETTLED_BY.match(read, end)), None
+    )
+    if first is None:
+        return None
+    # the shortest prefix that settles it, found on the text as written (operators in words change its length)
+    low, high = 1, len(text)
+    while low < high:
+        middle = (low + high) // 2
+        if _settles(text[:middle], first):
+            high = middle
+        else:
+            low = middle + 1
+    return text[: low - 1].rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz").rstrip()
+
+
+def _settles(prefix: str, statement: Statement) -> bool:
+    return any(s == statement and _SETTLED_BY.match(read, end) for s, read, end in _statements(prefix))
 
 
 class CalculatorArgs(BaseModel):

@@ -1,5 +1,6 @@
 """The finish check: a candidate the backend cut off at max_tokens (finish reason `length`) did not finish its
-answer, and fails, unless its task allows unfinished answers (prompt meta `allow_unfinished`).
+answer, and fails, unless its task allows unfinished answers (prompt meta `allow_unfinished`). One ended at a
+failure no continuation could undo (finish reason `abandoned`, `game.abandon_false_steps`) fails whatever the task.
 
 The judge runs it on every candidate, whatever tools are configured: a cut-off answer is never clean data.
 """
@@ -16,7 +17,10 @@ CHECK = "finished"
 
 
 class FinishedArgs(BaseModel):
-    finish_reason: str | None = Field(description="Why the backend ended the candidate: 'stop' or 'length'.")
+    finish_reason: str | None = Field(
+        description="Why the backend ended the candidate: 'stop', 'length' or 'abandoned' (at a failure no "
+        "continuation could undo)."
+    )
     allow_unfinished: bool = Field(False, description="The task accepts an answer cut off at max_tokens.")
 
 
@@ -34,6 +38,9 @@ class FinishedTool(JudgeTool):
                 summary, verdict = "cut off at max_tokens; the task allows unfinished answers", None
             else:
                 summary, verdict = "did not finish (cut off at max_tokens)", False
+        elif finish_reason == "abandoned":
+            summary = "abandoned at a false step no continuation could undo (game.abandon_false_steps)"
+            verdict = False
         elif finish_reason is None:
             summary, verdict = "finish reason unknown (the backend did not say)", None
         else:

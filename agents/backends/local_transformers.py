@@ -31,12 +31,14 @@ from transformers.cache_utils import DynamicLayer
 
 from agents.backends.errors import InvalidRequestError
 from agents.backends.protocol import (
+    AbandonCheck,
     ChatRequest,
     ChatResult,
     Completion,
     FinishReason,
     LocalBackend,
     _Ticket,
+    abandoned_at,
     cut_after_patterns,
 )
 from agents.catalog import resolve_model
@@ -73,6 +75,7 @@ class _Row:
     top_p: float
     stop: list[str]
     stop_patterns: list[str]
+    abandon_on: list[AbandonCheck]
     generator: torch.Generator | None
     matcher: Any | None  # xgrammar.GrammarMatcher of a JSON-schema request
     finished: bool = False
@@ -295,6 +298,7 @@ class TransformersBackend(LocalBackend):
                 top_p=request.top_p,
                 stop=request.stop,
                 stop_patterns=request.stop_patterns,
+                abandon_on=request.abandon_on,
                 generator=torch.Generator().manual_seed(sample_seed(seed, sample)) if request.temperature > 0 else None,
                 matcher=xgrammar.GrammarMatcher(grammar) if grammar is not None else None,
             )
@@ -486,9 +490,17 @@ class TransformersBackend(LocalBackend):
                 _finish(row, "stop", text[:cut])
                 return True
         if row.stop_patterns:
-            kept = cut_after_patterns(self._decode(row.tokens), row.stop_patterns)
-            if kept is not None:
+            text = self._decode(row.tokens)
+            kept = cut_after_patterns(text, row.stop_patterns)
+            # a match at the very end may not be one yet ("The answer is 9." before "5."): one more token says
+            if kept is not None and (len(kept) < len(text) or len(row.tokens) >= row.max_new):
                 _finish(row, "stop", kept)
+                return True
+        if row.abandon_on:
+            text = self._decode(row.tokens)
+            failed = abandoned_at(text, row.abandon_on)
+            if failed is not None:
+                _finish(row, "abandoned", failed)
                 return True
         if len(row.tokens) >= row.max_new:
             _finish(row, "length", self._decode(row.tokens))

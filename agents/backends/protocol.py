@@ -17,7 +17,9 @@ from agents.backends.errors import BackendError, ContextLengthError, InvalidRequ
 from configs.schema import SamplingConfig
 
 Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "abandoned"]
+# The checks that may end a completion early because its text has already failed (`ChatRequest.abandon_on`).
+AbandonCheck = Literal["false_step"]
 
 
 class ChatMessage(BaseModel):
@@ -47,6 +49,12 @@ class ChatRequest(BaseModel):
         "so their texts are cut there after generating.",
     )
     json_schema: dict[str, Any] | None = Field(None, description="JSON schema the answer must follow.")
+    abandon_on: list[AbandonCheck] = Field(
+        default_factory=list,
+        description="Checks that end a completion as soon as its text fails them beyond repair (`false_step`: a "
+        "false arithmetic statement no continuation can change), finish reason `abandoned`, its text kept up to "
+        "the failure. The transformers backend stops generating there; other engines' texts are cut after.",
+    )
 
     @classmethod
     def from_sampling(
@@ -72,14 +80,28 @@ def cut_after_patterns(text: str, patterns: list[str]) -> str | None:
     return text[: min(ends)] if ends else None
 
 
-def _cut(request: ChatRequest, result: ChatResult) -> ChatResult:
-    """`result` with every completion ended after the request's first stop-pattern match."""
-    if not request.stop_patterns or not result.ok:
+def abandoned_at(text: str, checks: list[AbandonCheck]) -> str | None:
+    """The start of `text` to keep when one of `checks` finds it failed beyond repair; None when none does."""
+    if "false_step" not in checks:
+        return None
+    from tools.calculator import settled_false_step  # the calculator's own reading of a statement
+
+    return settled_false_step(text)
+
+
+def ended_early(request: ChatRequest, result: ChatResult) -> ChatResult:
+    """`result` with every completion ended after the request's first stop-pattern match, and at the failure
+    that abandons it (`abandon_on`), whichever comes first: what the transformers backend stops at while
+    generating, so that every backend keeps the same text."""
+    if not (request.stop_patterns or request.abandon_on) or not result.ok:
         return result
     completions = []
     for c in result.completions:
-        kept = cut_after_patterns(c.text, request.stop_patterns)
-        completions.append(c if kept is None or kept == c.text else Completion(kept, "stop", c.completion_tokens))
+        kept = cut_after_patterns(c.text, request.stop_patterns) if request.stop_patterns else None
+        if kept is not None and kept != c.text:
+            c = Completion(kept, "stop", c.completion_tokens)
+        failed = abandoned_at(c.text, request.abandon_on) if request.abandon_on else None
+        completions.append(c if failed is None else Completion(failed, "abandoned", c.completion_tokens))
     return ChatResult(completions, result.prompt_tokens, result.error)
 
 
@@ -175,7 +197,7 @@ class Backend(ABC):
                 ticket.failure = failure
                 ticket.done.set()
             return
-        results = [_cut(request, result) for request, result in zip(flat, results, strict=True)]
+        results = [ended_early(request, result) for request, result in zip(flat, results, strict=True)]
         offset = 0
         for ticket in tickets:
             ticket.results = results[offset : offset + len(ticket.requests)]

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from agents.backends.errors import EngineError
-from agents.backends.protocol import ChatRequest, ChatResult, LocalBackend
+from agents.backends.protocol import ChatRequest, ChatResult, LocalBackend, ended_early
 from agents.backends.vllm_inprocess import (
     admit_with_params,
     chat_result,
@@ -80,7 +80,8 @@ class VLLMAsyncBackend(LocalBackend):
             ids, params = admitted
             params.output_kind = RequestOutputKind.FINAL_ONLY  # one output, every one of the n samples in it
             pending.append(self._submit(self._one(ids, params)))
-        return [item if isinstance(item, ChatResult) else item.result() for item in pending]
+        results = [item if isinstance(item, ChatResult) else item.result() for item in pending]
+        return [ended_early(request, result) for request, result in zip(requests, results, strict=True)]
 
     def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         return self.generate(requests)
