@@ -72,6 +72,23 @@ def test_pages_show_what_the_database_holds(sample_db) -> None:
     assert 'id="chosen-finish">finished: stop<' in pair.text and 'id="rejected-finish">finished: stop<' in pair.text
 
 
+def test_a_rejected_answer_abandoned_at_a_false_step_says_so(sample_db) -> None:
+    from sqlalchemy import update
+
+    from storage.models import Generation
+
+    engine, _ = sample_db
+    with session_scope(engine) as session:
+        pair = session.execute(select(PreferencePair).order_by(PreferencePair.id)).scalars().first()
+        session.execute(update(Generation).where(Generation.round_id == pair.round_id,
+                                                 Generation.index == pair.rejected_index)
+                        .values(finish_reason="abandoned"))
+        pair_id = pair.id
+    page = client(engine).get(f"/pairs/{pair_id}")
+    assert 'class="tag fail" id="rejected-finish">abandoned at a false step<' in page.text
+    assert 'id="chosen-finish">finished: stop<' in page.text
+
+
 @pytest.mark.parametrize("bad", ["min_score=abc", "status=everything", "after=garbage"])
 def test_bad_filters_say_what_is_wrong_and_still_show_the_page(sample_db, bad: str) -> None:
     engine, _ = sample_db
