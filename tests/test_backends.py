@@ -379,6 +379,18 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
 
 
 @pytest.mark.model
+def test_a_final_form_stop_waits_for_a_decimal_to_end(transformers_backend: Backend) -> None:
+    """The final-form pattern matches "The answer is 12." while "12.75." is still being written (digits and the
+    point are tokens of their own): the stop waits one token to see that it is the sentence's end."""
+    from agents.game import FINAL_FORM_STOPS
+
+    request = ask("Say exactly this sentence: 'The answer is 12.75.' Then explain why.", max_tokens=40,
+                  stop_patterns=FINAL_FORM_STOPS["arithmetic"])
+    (result,) = transformers_backend.generate([request])
+    (completion,) = result.completions
+    assert (completion.text, completion.finish_reason) == ("The answer is 12.75.", "stop")
+
+
 def test_a_short_request_joins_a_running_loop_and_returns_first(transformers_backend: Backend) -> None:
     """Continuous batching: a request made while a long answer decodes joins its loop at the next step and
     returns as soon as its own tokens are out, not when the long answer ends."""
