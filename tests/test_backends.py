@@ -391,6 +391,7 @@ def test_a_final_form_stop_waits_for_a_decimal_to_end(transformers_backend: Back
     assert (completion.text, completion.finish_reason) == ("The answer is 12.75.", "stop")
 
 
+@pytest.mark.model
 def test_a_short_request_joins_a_running_loop_and_returns_first(transformers_backend: Backend) -> None:
     """Continuous batching: a request made while a long answer decodes joins its loop at the next step and
     returns as soon as its own tokens are out, not when the long answer ends."""
