@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from agents.backends import Backend, ChatRequest, ChatResult, Completion
+from agents.backends.protocol import FinishReason
 from agents.game import Candidate, EpisodePrompt, derived_seed
 from agents.players import Judge, RewardModel, default_prompt
 from pipelines.episode import EpisodeRecord, GameSettings, Players, PromptBook, play_episode
@@ -33,15 +34,18 @@ from tools.reference_answer import ReferenceAnswerTool
 
 
 class FixedBackend(Backend):
-    """An engine that answers every request with the same text (the judge's and reward model's JSON)."""
+    """An engine that answers every request with the same text (the judge's and reward model's JSON, a target's
+    answer), keeping the requests it got."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, finish_reason: FinishReason = "stop", tokens: int = 5) -> None:
         super().__init__(max_batch_size=8)
-        self.text, self.requests = text, 0
+        self.text, self.finish_reason, self.tokens = text, finish_reason, tokens
+        self.requests: list[ChatRequest] = []
 
     def _generate_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        self.requests += len(requests)
-        return [ChatResult([Completion(self.text, "stop", 5)] * r.n, prompt_tokens=10) for r in requests]
+        self.requests += requests
+        answer = Completion(self.text, self.finish_reason, self.tokens)
+        return [ChatResult([answer] * r.n, prompt_tokens=10) for r in requests]
 
 
 @dataclass
@@ -427,18 +431,10 @@ def test_an_arithmetic_candidate_stops_after_its_final_sentence() -> None:
     from agents.players import Target
     from configs.schema import SamplingConfig
 
-    class Rambling(Backend):
-        def __init__(self) -> None:
-            super().__init__(max_batch_size=4)
-            self.requests: list[ChatRequest] = []
-
-        def _generate_batch(self, requests):
-            self.requests += requests
-            text = "3 + 4 = 7. So 7.5 is not it. The answer is 7. Also, here is a long aside that goes on"
-            return [ChatResult([Completion(text, "length", 40)] * r.n, prompt_tokens=10) for r in requests]
-
     prompt = population()[3]
-    backend = Rambling()
+    backend = FixedBackend(
+        "3 + 4 = 7. So 7.5 is not it. The answer is 7. Also, here is a long aside that goes on", "length", 40
+    )
     (plain,) = Target(backend, "t", SamplingConfig()).sample(prompt, "sys", 1, 0)
     assert plain.finish_reason == "length" and "aside" in plain.text
     arithmetic = EpisodePrompt(prompt.id, prompt.messages, {"task": "arithmetic"})
@@ -454,17 +450,7 @@ def test_a_target_asks_to_abandon_false_steps_only_where_the_calculator_checks_t
     from configs.schema import SamplingConfig
     from pipelines.game_setup import build_players
 
-    class Recording(Backend):
-        def __init__(self) -> None:
-            super().__init__(max_batch_size=4)
-            self.requests: list[ChatRequest] = []
-
-        def _generate_batch(self, requests):
-            self.requests += requests
-            text = "She has 21 - 9 = 11 stickers left over. The answer is 11."
-            return [ChatResult([Completion(text, "stop", 20)] * r.n, prompt_tokens=10) for r in requests]
-
-    backend = Recording()
+    backend = FixedBackend("She has 21 - 9 = 11 stickers left over. The answer is 11.", "stop", 20)
     target = Target(backend, "t", SamplingConfig(), abandon_false_steps=True)
     prompt = population()[3]
     arithmetic = EpisodePrompt(prompt.id, prompt.messages, {"task": "arithmetic", "answer": "12"})

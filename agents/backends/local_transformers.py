@@ -483,27 +483,24 @@ class TransformersBackend(LocalBackend):
             return True
         if row.matcher is not None and not row.matcher.accept_token(token):
             raise RuntimeError(f"grammar rejected token {token} it had allowed")
+        # decoded once per token for every check below, and only for a row that has one
+        text = self._decode(row.tokens) if row.stop or row.stop_patterns or row.abandon_on else ""
         if row.stop:
-            text = self._decode(row.tokens)
             cut = min((text.find(stop) for stop in row.stop if stop in text), default=-1)
             if cut >= 0:
                 _finish(row, "stop", text[:cut])
                 return True
-        if row.stop_patterns:
-            text = self._decode(row.tokens)
-            kept = cut_after_patterns(text, row.stop_patterns)
-            # a match at the very end may not be one yet ("The answer is 9." before "5."): one more token says
-            if kept is not None and (len(kept) < len(text) or len(row.tokens) >= row.max_new):
-                _finish(row, "stop", kept)
-                return True
-        if row.abandon_on:
-            text = self._decode(row.tokens)
-            failed = abandoned_at(text, row.abandon_on)
-            if failed is not None:
-                _finish(row, "abandoned", failed)
-                return True
+        kept = cut_after_patterns(text, row.stop_patterns)
+        # a match at the very end may not be one yet ("The answer is 9." before "5."): one more token says
+        if kept is not None and (len(kept) < len(text) or len(row.tokens) >= row.max_new):
+            _finish(row, "stop", kept)
+            return True
+        failed = abandoned_at(text, row.abandon_on)
+        if failed is not None:
+            _finish(row, "abandoned", failed)
+            return True
         if len(row.tokens) >= row.max_new:
-            _finish(row, "length", self._decode(row.tokens))
+            _finish(row, "length", text or self._decode(row.tokens))
             return True
         return False
 

@@ -97,10 +97,10 @@ def ended_early(request: ChatRequest, result: ChatResult) -> ChatResult:
         return result
     completions = []
     for c in result.completions:
-        kept = cut_after_patterns(c.text, request.stop_patterns) if request.stop_patterns else None
+        kept = cut_after_patterns(c.text, request.stop_patterns)
         if kept is not None and kept != c.text:
             c = Completion(kept, "stop", c.completion_tokens)
-        failed = abandoned_at(c.text, request.abandon_on) if request.abandon_on else None
+        failed = abandoned_at(c.text, request.abandon_on)
         completions.append(c if failed is None else Completion(failed, "abandoned", c.completion_tokens))
     return ChatResult(completions, result.prompt_tokens, result.error)
 
